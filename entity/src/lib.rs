@@ -1,0 +1,22 @@
+//! sea-orm entities for every table crm-gateway owns: the site's records (`user`, `properties`,
+//! `bookings`, `enquiries`, `owner_memberships`) and the CRM audit trail (`crm_sync_logs`).
+//!
+//! Table and column names are the seed integration's (`shared/seed/crm-integration-v1.md`).
+//! Money is integer minor units (pence for GBP); `crm_last_synced_at` is Unix milliseconds.
+
+pub mod bookings;
+pub mod crm_sync_logs;
+pub mod enquiries;
+pub mod enums;
+pub mod owner_memberships;
+pub mod properties;
+pub mod user;
+
+pub mod prelude {
+    pub use super::bookings::Entity as Bookings;
+    pub use super::crm_sync_logs::Entity as CrmSyncLogs;
+    pub use super::enquiries::Entity as Enquiries;
+    pub use super::owner_memberships::Entity as OwnerMemberships;
+    pub use super::properties::Entity as Properties;
+    pub use super::user::Entity as User;
+}

@@ -1,0 +1,29 @@
+//! crm-gateway's schema, one migration per change. Every migration runs on SQLite and PostgreSQL
+//! and has a working `down`.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20260101_000001_create_site_tables;
+mod m20260101_000002_create_crm_sync_logs;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m20260101_000001_create_site_tables::Migration),
+            Box::new(m20260101_000002_create_crm_sync_logs::Migration),
+        ]
+    }
+}
+
+/// `CREATE INDEX name ON table (columns)`, the form every index here takes.
+pub(crate) fn index(name: &str, table: impl IntoIden, columns: &[&'static str]) -> IndexCreateStatement {
+    let mut index = Index::create();
+    index.name(name).table(table);
+    for column in columns {
+        index.col(*column);
+    }
+    index.to_owned()
+}

@@ -1,0 +1,481 @@
+//! Every setting the gateway reads, its default and its validation.
+//!
+//! Settings come from the command line or the environment (a `.env` file is loaded first, if
+//! present). Raw values are collected by clap, then [`Settings::validate`] checks all of them at
+//! once and reports every problem, each naming its variable, so a bad deployment fails in one go.
+
+use clap::Args;
+use secrecy::SecretString;
+use std::fmt;
+use std::net::SocketAddr;
+use url::Url;
+
+/// The default database: a SQLite file in the working directory, created when absent.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://crm-gateway.db";
+
+/// Raw settings as given on the command line or in the environment; see [`Config`] for meanings.
+#[derive(Args, Clone, Default)]
+pub struct Settings {
+    /// Talk to a real CRM (`true`) or to the built-in mock that only logs (`false`, the default).
+    #[arg(long, env = "CRM_ENABLED", global = true)]
+    pub crm_enabled: Option<String>,
+    /// Which CRM to talk to when CRM_ENABLED=true: `treadsoft` (default) or `mock`.
+    #[arg(long, env = "CRM_PROVIDER", global = true)]
+    pub crm_provider: Option<String>,
+    /// Base URL of the CRM's REST API, e.g. https://api.treadsoft.com. Required when CRM_ENABLED=true.
+    #[arg(long, env = "CRM_API_URL", global = true)]
+    pub crm_api_url: Option<String>,
+    /// The CRM API key. Required when CRM_ENABLED=true.
+    #[arg(long, env = "CRM_API_KEY", hide_env_values = true, global = true)]
+    pub crm_api_key: Option<String>,
+    /// The CRM API secret that signs each request. Required when CRM_ENABLED=true.
+    #[arg(long, env = "CRM_API_SECRET", hide_env_values = true, global = true)]
+    pub crm_api_secret: Option<String>,
+    /// Secret(s) that CRM webhooks are signed with; several, comma-separated, during a rotation.
+    #[arg(long, env = "CRM_WEBHOOK_SECRET", hide_env_values = true, global = true)]
+    pub crm_webhook_secret: Option<String>,
+    /// Database: sqlite://PATH (default sqlite://crm-gateway.db) or postgres://USER@HOST/DB.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
+    pub database_url: Option<String>,
+    /// Largest number of pooled database connections (PostgreSQL; SQLite readers). Default 10.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", global = true)]
+    pub database_max_connections: Option<String>,
+    /// SQLite durability: FULL (default; an acknowledged write survives power loss) or NORMAL
+    /// (faster; the last transactions before a power loss may be lost, never corrupted).
+    #[arg(long, env = "SQLITE_SYNCHRONOUS", global = true)]
+    pub sqlite_synchronous: Option<String>,
+    /// Address the HTTP server listens on. Default 127.0.0.1:8080; port 0 picks a free port.
+    #[arg(long, env = "BIND_ADDR", global = true)]
+    pub bind_addr: Option<String>,
+    /// Bearer token the site sends to the /api routes. Unset: only loopback clients are served.
+    #[arg(long, env = "GATEWAY_API_TOKEN", hide_env_values = true, global = true)]
+    pub gateway_api_token: Option<String>,
+    /// Log filter in tracing's syntax, e.g. `info` or `crm_gateway=debug,info`. Default `info`.
+    #[arg(long, env = "RUST_LOG", global = true)]
+    pub rust_log: Option<String>,
+    /// Log format: `human` (default) or `json` (one object per line, for log shippers).
+    #[arg(long, env = "LOG_FORMAT", global = true)]
+    pub log_format: Option<String>,
+    /// HTTP worker threads. Default: one per CPU core.
+    #[arg(long, env = "HTTP_WORKERS", global = true)]
+    pub http_workers: Option<String>,
+}
+
+/// Which CRM implementation serves the gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CrmProvider {
+    /// Logs every operation and answers with generated ids; never touches the network.
+    Mock,
+    /// TreadSoft's partner API, with its credentials.
+    TreadSoft(TreadSoftConfig),
+}
+
+/// Credentials and address of a TreadSoft account.
+#[derive(Debug, Clone)]
+pub struct TreadSoftConfig {
+    pub api_url: Url,
+    pub api_key: SecretString,
+    pub api_secret: SecretString,
+}
+
+impl PartialEq for TreadSoftConfig {
+    fn eq(&self, other: &Self) -> bool {
+        use secrecy::ExposeSecret;
+        self.api_url == other.api_url
+            && self.api_key.expose_secret() == other.api_key.expose_secret()
+            && self.api_secret.expose_secret() == other.api_secret.expose_secret()
+    }
+}
+impl Eq for TreadSoftConfig {}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// SQLite's `synchronous` pragma, as the user may choose it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SqliteSynchronous {
+    Full,
+    Normal,
+}
+
+/// Validated configuration. Secrets are [`SecretString`]s: `Debug` shows `[REDACTED]`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub crm: CrmProvider,
+    /// Webhook signing secrets, newest first; empty when unset.
+    pub webhook_secrets: Vec<SecretString>,
+    pub database: DatabaseConfig,
+    pub bind_addr: SocketAddr,
+    pub api_token: Option<SecretString>,
+    pub log_filter: String,
+    pub log_format: LogFormat,
+    pub http_workers: usize,
+}
+
+/// Where the data lives and how the pool behaves.
+#[derive(Clone)]
+pub struct DatabaseConfig {
+    /// The connection URL; may hold a password, so `Debug` prints only its scheme.
+    pub url: String,
+    pub max_connections: u32,
+    pub sqlite_synchronous: SqliteSynchronous,
+}
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = self.url.split(':').next().unwrap_or_default();
+        f.debug_struct("DatabaseConfig")
+            .field("url", &format_args!("{scheme}://[REDACTED]"))
+            .field("max_connections", &self.max_connections)
+            .field("sqlite_synchronous", &self.sqlite_synchronous)
+            .finish()
+    }
+}
+
+impl Config {
+    /// The CRM's name for logs: `mock` or `treadsoft`.
+    pub fn crm_name(&self) -> &'static str {
+        match self.crm {
+            CrmProvider::Mock => "mock",
+            CrmProvider::TreadSoft(_) => "treadsoft",
+        }
+    }
+}
+
+/// One problem with one variable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub variable: &'static str,
+    pub message: String,
+}
+
+/// Every problem found, in the order the variables are listed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError(pub Vec<ConfigProblem>);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration ({} problem(s)):", self.0.len())?;
+        for problem in &self.0 {
+            writeln!(f, "  {}: {}", problem.variable, problem.message)?;
+        }
+        Ok(())
+    }
+}
+
+/// Collects problems while values are parsed.
+#[derive(Default)]
+struct Problems(Vec<ConfigProblem>);
+
+impl Problems {
+    fn add(&mut self, variable: &'static str, message: impl Into<String>) {
+        self.0.push(ConfigProblem { variable, message: message.into() });
+    }
+
+    /// Parses `raw` with `parse`, or records its error and yields `fallback` so checking goes on.
+    fn parse<T>(
+        &mut self,
+        variable: &'static str,
+        raw: Option<&str>,
+        default: T,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> T
+    where
+        T: Clone,
+    {
+        match raw.map(str::trim).filter(|s| !s.is_empty()) {
+            None => default,
+            Some(value) => parse(value).unwrap_or_else(|message| {
+                self.add(variable, message);
+                default
+            }),
+        }
+    }
+}
+
+fn non_empty(raw: &Option<String>) -> Option<&str> {
+    raw.as_deref().map(str::trim).filter(|s| !s.is_empty())
+}
+
+fn parse_bool(value: &str) -> Result<bool, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(format!("expected true or false, got {value:?}")),
+    }
+}
+
+fn parse_positive<T: std::str::FromStr + PartialOrd + Default>(value: &str) -> Result<T, String> {
+    match value.parse::<T>() {
+        Ok(n) if n > T::default() => Ok(n),
+        _ => Err(format!("expected a whole number above 0, got {value:?}")),
+    }
+}
+
+fn parse_database_url(value: &str) -> Result<String, String> {
+    let scheme = value.split(':').next().unwrap_or_default();
+    match scheme {
+        "sqlite" if value.contains(":memory:") || value.contains("mode=memory") => Err(
+            "an in-memory SQLite database would lose every acknowledged write; name a file, e.g. sqlite://crm-gateway.db"
+                .into(),
+        ),
+        "sqlite" => Ok(value.to_owned()),
+        "postgres" | "postgresql" => Url::parse(value)
+            .map(|_| value.to_owned())
+            .map_err(|e| format!("not a valid PostgreSQL URL: {e}")),
+        _ => Err("expected sqlite://PATH or postgres://USER@HOST/DATABASE".into()),
+    }
+}
+
+impl Settings {
+    /// Checks every value and returns the configuration, or all problems at once.
+    pub fn validate(&self) -> Result<Config, ConfigError> {
+        let mut problems = Problems::default();
+
+        let enabled = problems.parse("CRM_ENABLED", self.crm_enabled.as_deref(), false, parse_bool);
+        let provider = non_empty(&self.crm_provider).map(str::to_ascii_lowercase);
+        if let Some(p) = provider.as_deref().filter(|p| !matches!(*p, "treadsoft" | "mock")) {
+            problems.add("CRM_PROVIDER", format!("unknown provider {p:?}; expected treadsoft or mock"));
+        }
+        let crm = if enabled && provider.as_deref().unwrap_or("treadsoft") == "treadsoft" {
+            self.treadsoft(&mut problems)
+        } else {
+            CrmProvider::Mock
+        };
+
+        let webhook_secrets = non_empty(&self.crm_webhook_secret)
+            .map(|raw| {
+                raw.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| SecretString::from(s.to_owned()))
+                    .collect()
+            })
+            .unwrap_or_default();
+
+        let database = DatabaseConfig {
+            url: problems.parse(
+                "DATABASE_URL",
+                self.database_url.as_deref(),
+                DEFAULT_DATABASE_URL.to_owned(),
+                parse_database_url,
+            ),
+            max_connections: problems.parse(
+                "DATABASE_MAX_CONNECTIONS",
+                self.database_max_connections.as_deref(),
+                10,
+                parse_positive,
+            ),
+            sqlite_synchronous: problems.parse(
+                "SQLITE_SYNCHRONOUS",
+                self.sqlite_synchronous.as_deref(),
+                SqliteSynchronous::Full,
+                |v| match v.to_ascii_uppercase().as_str() {
+                    "FULL" => Ok(SqliteSynchronous::Full),
+                    "NORMAL" => Ok(SqliteSynchronous::Normal),
+                    _ => Err(format!("expected FULL or NORMAL, got {v:?}")),
+                },
+            ),
+        };
+
+        let bind_addr =
+            problems.parse("BIND_ADDR", self.bind_addr.as_deref(), SocketAddr::from(([127, 0, 0, 1], 8080)), |v| {
+                v.parse().map_err(|_| format!("expected HOST:PORT such as 127.0.0.1:8080, got {v:?}"))
+            });
+        let log_format = problems.parse("LOG_FORMAT", self.log_format.as_deref(), LogFormat::Human, |v| {
+            match v.to_ascii_lowercase().as_str() {
+                "human" | "text" | "pretty" => Ok(LogFormat::Human),
+                "json" => Ok(LogFormat::Json),
+                _ => Err(format!("expected human or json, got {v:?}")),
+            }
+        });
+        let log_filter = problems.parse("RUST_LOG", self.rust_log.as_deref(), "info".to_owned(), |v| {
+            tracing_subscriber::EnvFilter::try_new(v)
+                .map(|_| v.to_owned())
+                .map_err(|e| format!("not a valid log filter: {e}"))
+        });
+        let default_workers = std::thread::available_parallelism().map_or(2, usize::from);
+        let http_workers =
+            problems.parse("HTTP_WORKERS", self.http_workers.as_deref(), default_workers, parse_positive);
+
+        if !problems.0.is_empty() {
+            return Err(ConfigError(problems.0));
+        }
+        Ok(Config {
+            crm,
+            webhook_secrets,
+            database,
+            bind_addr,
+            api_token: non_empty(&self.gateway_api_token).map(|t| SecretString::from(t.to_owned())),
+            log_filter,
+            log_format,
+            http_workers,
+        })
+    }
+
+    fn treadsoft(&self, problems: &mut Problems) -> CrmProvider {
+        const WHY: &str = "required when CRM_ENABLED=true";
+        let api_url = match non_empty(&self.crm_api_url) {
+            None => {
+                problems.add("CRM_API_URL", WHY);
+                None
+            }
+            Some(raw) => match Url::parse(raw) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => Some(url),
+                Ok(_) => {
+                    problems.add("CRM_API_URL", format!("expected an http(s) URL, got {raw:?}"));
+                    None
+                }
+                Err(e) => {
+                    problems.add("CRM_API_URL", format!("not a valid URL ({e}): {raw:?}"));
+                    None
+                }
+            },
+        };
+        let mut secret = |variable: &'static str, raw: &Option<String>| {
+            let value = non_empty(raw).map(|s| SecretString::from(s.to_owned()));
+            if value.is_none() {
+                problems.add(variable, WHY);
+            }
+            value
+        };
+        let api_key = secret("CRM_API_KEY", &self.crm_api_key);
+        let api_secret = secret("CRM_API_SECRET", &self.crm_api_secret);
+        match (api_url, api_key, api_secret) {
+            (Some(api_url), Some(api_key), Some(api_secret)) => {
+                CrmProvider::TreadSoft(TreadSoftConfig { api_url, api_key, api_secret })
+            }
+            _ => CrmProvider::Mock,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(pairs: &[(&str, &str)]) -> Settings {
+        let mut s = Settings::default();
+        for (k, v) in pairs {
+            let v = Some((*v).to_owned());
+            match *k {
+                "CRM_ENABLED" => s.crm_enabled = v,
+                "CRM_PROVIDER" => s.crm_provider = v,
+                "CRM_API_URL" => s.crm_api_url = v,
+                "CRM_API_KEY" => s.crm_api_key = v,
+                "CRM_API_SECRET" => s.crm_api_secret = v,
+                "CRM_WEBHOOK_SECRET" => s.crm_webhook_secret = v,
+                "DATABASE_URL" => s.database_url = v,
+                "BIND_ADDR" => s.bind_addr = v,
+                "LOG_FORMAT" => s.log_format = v,
+                "GATEWAY_API_TOKEN" => s.gateway_api_token = v,
+                other => panic!("unknown test variable {other}"),
+            }
+        }
+        s
+    }
+
+    fn variables(err: ConfigError) -> Vec<&'static str> {
+        err.0.into_iter().map(|p| p.variable).collect()
+    }
+
+    #[test]
+    fn no_environment_gives_safe_defaults() {
+        let config = Settings::default().validate().unwrap();
+        assert_eq!(config.crm, CrmProvider::Mock);
+        assert_eq!(config.database.url, DEFAULT_DATABASE_URL);
+        assert_eq!(config.database.sqlite_synchronous, SqliteSynchronous::Full);
+        assert_eq!(config.bind_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.log_format, LogFormat::Human);
+        assert!(config.api_token.is_none());
+    }
+
+    #[test]
+    fn enabled_without_credentials_names_every_missing_variable() {
+        let err = settings(&[("CRM_ENABLED", "true")]).validate().unwrap_err();
+        assert_eq!(variables(err), ["CRM_API_URL", "CRM_API_KEY", "CRM_API_SECRET"]);
+    }
+
+    #[test]
+    fn all_problems_are_reported_at_once() {
+        let err = settings(&[
+            ("CRM_ENABLED", "true"),
+            ("CRM_PROVIDER", "salesforce"),
+            ("DATABASE_URL", "mysql://x"),
+            ("BIND_ADDR", "nowhere"),
+            ("LOG_FORMAT", "xml"),
+        ])
+        .validate()
+        .unwrap_err();
+        assert_eq!(variables(err), ["CRM_PROVIDER", "DATABASE_URL", "BIND_ADDR", "LOG_FORMAT"]);
+    }
+
+    #[test]
+    fn an_unparsable_url_is_named() {
+        let err = settings(&[
+            ("CRM_ENABLED", "true"),
+            ("CRM_API_URL", "not a url"),
+            ("CRM_API_KEY", "k"),
+            ("CRM_API_SECRET", "s"),
+        ])
+        .validate()
+        .unwrap_err();
+        assert_eq!(err.0.len(), 1);
+        assert_eq!(err.0[0].variable, "CRM_API_URL");
+        assert!(err.0[0].message.contains("not a valid URL"));
+    }
+
+    #[test]
+    fn treadsoft_with_credentials_is_selected() {
+        let config = settings(&[
+            ("CRM_ENABLED", "true"),
+            ("CRM_API_URL", "https://api.treadsoft.com"),
+            ("CRM_API_KEY", "key"),
+            ("CRM_API_SECRET", "secret"),
+        ])
+        .validate()
+        .unwrap();
+        assert!(
+            matches!(config.crm, CrmProvider::TreadSoft(ref t) if t.api_url.as_str() == "https://api.treadsoft.com/")
+        );
+    }
+
+    #[test]
+    fn crm_disabled_selects_the_mock_whatever_the_provider() {
+        let config = settings(&[("CRM_ENABLED", "false"), ("CRM_PROVIDER", "treadsoft")]).validate().unwrap();
+        assert_eq!(config.crm, CrmProvider::Mock);
+    }
+
+    #[test]
+    fn in_memory_sqlite_is_refused() {
+        let err = settings(&[("DATABASE_URL", "sqlite::memory:")]).validate().unwrap_err();
+        assert_eq!(variables(err), ["DATABASE_URL"]);
+    }
+
+    #[test]
+    fn webhook_secrets_split_on_commas_for_rotation() {
+        let config = settings(&[("CRM_WEBHOOK_SECRET", "whsec_new, whsec_old")]).validate().unwrap();
+        assert_eq!(config.webhook_secrets.len(), 2);
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let config = settings(&[
+            ("CRM_ENABLED", "true"),
+            ("CRM_API_URL", "https://api.treadsoft.com"),
+            ("CRM_API_KEY", "key-VISIBLE"),
+            ("CRM_API_SECRET", "secret-VISIBLE"),
+            ("CRM_WEBHOOK_SECRET", "whsec-VISIBLE"),
+            ("DATABASE_URL", "postgres://app:pw-VISIBLE@db/crm"),
+            ("GATEWAY_API_TOKEN", "token-VISIBLE"),
+        ])
+        .validate()
+        .unwrap();
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("VISIBLE"), "{shown}");
+    }
+}

@@ -1,0 +1,109 @@
+//! Connecting to the database and migrating it.
+//!
+//! SQLite gets two pools: one writer connection, through which every write goes, so writes are
+//! serialized inside the gateway and no request ever sees "database is locked"; and a pool of
+//! read-only connections that WAL mode lets read alongside the writer. PostgreSQL gets one pool
+//! that serves both roles.
+
+use crate::config::{DatabaseConfig, SqliteSynchronous};
+use migration::{Migrator, MigratorTrait};
+use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous as Synchronous};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseBackend, DatabaseConnection, DbErr};
+use std::time::Duration;
+
+/// How long a SQLite connection waits for a lock held by another process (e.g. a `sqlite3` shell).
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The gateway's database handles. Cloning is cheap (pools are shared).
+#[derive(Clone, Debug)]
+pub struct Db {
+    writer: DatabaseConnection,
+    reader: DatabaseConnection,
+}
+
+impl Db {
+    /// Opens the database (creating a SQLite file when absent) with the pragmas the gateway needs.
+    #[tracing::instrument(name = "db.connect", skip_all)]
+    pub async fn connect(config: &DatabaseConfig) -> Result<Self, DbErr> {
+        if config.url.starts_with("sqlite:") {
+            let writer = connect_sqlite(config, Role::Writer).await?;
+            let reader = connect_sqlite(config, Role::Reader).await?;
+            Ok(Self { writer, reader })
+        } else {
+            let mut options = ConnectOptions::new(config.url.clone());
+            options
+                .max_connections(config.max_connections)
+                .acquire_timeout(Duration::from_secs(30))
+                .sqlx_logging(false);
+            let pool = Database::connect(options).await?;
+            Ok(Self { writer: pool.clone(), reader: pool })
+        }
+    }
+
+    /// The connection every write (and every transaction that writes) must use.
+    pub fn writer(&self) -> &DatabaseConnection {
+        &self.writer
+    }
+
+    /// A connection for reads that need not see the writer's open transaction.
+    pub fn reader(&self) -> &DatabaseConnection {
+        &self.reader
+    }
+
+    pub fn backend(&self) -> DatabaseBackend {
+        self.writer.get_database_backend()
+    }
+
+    /// Applies every pending migration.
+    #[tracing::instrument(name = "db.migrate", skip_all)]
+    pub async fn migrate(&self) -> Result<(), DbErr> {
+        Migrator::up(&self.writer, None).await
+    }
+
+    /// A round trip to the database through both handles.
+    pub async fn ping(&self) -> Result<(), DbErr> {
+        self.reader.execute_unprepared("SELECT 1").await?;
+        self.writer.execute_unprepared("SELECT 1").await?;
+        Ok(())
+    }
+
+    pub async fn close(self) -> Result<(), DbErr> {
+        let same = self.backend() == DatabaseBackend::Postgres;
+        self.reader.close().await?;
+        if !same {
+            self.writer.close().await?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Writer,
+    Reader,
+}
+
+async fn connect_sqlite(config: &DatabaseConfig, role: Role) -> Result<DatabaseConnection, DbErr> {
+    let synchronous = match config.sqlite_synchronous {
+        SqliteSynchronous::Full => Synchronous::Full,
+        SqliteSynchronous::Normal => Synchronous::Normal,
+    };
+    let mut options = ConnectOptions::new(config.url.clone());
+    options
+        .max_connections(if role == Role::Writer { 1 } else { config.max_connections })
+        .min_connections(if role == Role::Writer { 1 } else { 0 })
+        .acquire_timeout(Duration::from_secs(30))
+        .sqlx_logging(false)
+        .map_sqlx_sqlite_opts(move |o| {
+            let o = o
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(synchronous)
+                .foreign_keys(true)
+                .busy_timeout(SQLITE_BUSY_TIMEOUT);
+            match role {
+                Role::Writer => o.create_if_missing(true),
+                Role::Reader => o.read_only(true),
+            }
+        });
+    Database::connect(options).await
+}

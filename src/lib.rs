@@ -1,0 +1,16 @@
+//! crm-gateway: a bridge between the Group Escape Houses site database and the TreadSoft CRM.
+//!
+//! - [`config`]: every setting, its default and validation
+//! - [`db`]: connecting (SQLite pragmas, PostgreSQL pool) and migrating
+//! - [`startup`]: the HTTP application and its lifecycle
+//! - [`error`]: the JSON error shape
+//! - [`ops`]: health and readiness
+//! - [`cli`], [`telemetry`]: the command line and logging
+
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod ops;
+pub mod startup;
+pub mod telemetry;

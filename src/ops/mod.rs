@@ -1,0 +1,3 @@
+//! Operating the gateway: health and readiness.
+
+pub mod health;

@@ -1,0 +1,129 @@
+//! Building the application and running it until it is told to stop.
+
+use crate::config::Config;
+use crate::db::Db;
+use crate::error::{self, json_error_responses};
+use crate::ops::health;
+use actix_web::dev::{Server, Service};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::ErrorHandlers;
+use actix_web::{App, HttpMessage, HttpServer, web};
+use anyhow::Context;
+use std::future::Future;
+use std::net::TcpListener;
+use tracing_actix_web::{RequestId, TracingLogger};
+
+/// Largest JSON body the app-facing routes accept.
+pub const JSON_BODY_LIMIT: usize = 1024 * 1024;
+
+/// What every handler can reach.
+pub struct AppState {
+    pub config: Config,
+    pub db: Db,
+}
+
+/// A built server, bound to its port, not yet running.
+pub struct Application {
+    port: u16,
+    server: Server,
+    db: Db,
+}
+
+impl Application {
+    /// Connects to the database, applies migrations and binds the listener.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let db = Db::connect(&config.database).await.context("cannot open the database")?;
+        db.migrate().await.context("cannot migrate the database")?;
+        Self::build_with_db(config, db)
+    }
+
+    /// Binds the listener over an open, migrated database.
+    pub fn build_with_db(config: Config, db: Db) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(config.bind_addr)
+            .with_context(|| format!("cannot listen on {} (BIND_ADDR)", config.bind_addr))?;
+        let local_addr = listener.local_addr()?;
+        let port = local_addr.port();
+        let workers = config.http_workers;
+        let state = web::Data::new(AppState { config, db: db.clone() });
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .app_data(error::json_config(JSON_BODY_LIMIT))
+                .configure(health::routes)
+                .default_service(web::to(error::not_found))
+                .wrap(ErrorHandlers::new().default_handler(json_error_responses))
+                .wrap_fn(|req, srv| {
+                    let request_id = req.extensions().get::<RequestId>().map(ToString::to_string);
+                    let response = srv.call(req);
+                    async move {
+                        let mut response = response.await?;
+                        if let Some(value) = request_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
+                            response.headers_mut().insert(HeaderName::from_static("x-request-id"), value);
+                        }
+                        Ok(response)
+                    }
+                })
+                .wrap(TracingLogger::default())
+        })
+        .workers(workers)
+        .disable_signals()
+        .shutdown_timeout(30)
+        .listen(listener)?
+        .run();
+        tracing::info!(addr = %local_addr, "listening");
+        Ok(Self { port, server, db })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests finish
+    /// (up to 30 s) and returns.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+        let handle = self.server.handle();
+        let mut server = std::pin::pin!(self.server);
+        tokio::select! {
+            result = &mut server => return result,
+            () = shutdown => tracing::info!("shutting down: finishing in-flight requests"),
+        }
+        // The stop command is sent now; the server future must be polled to carry it out.
+        let stopped = handle.stop(true);
+        let result = server.await;
+        stopped.await;
+        tracing::info!("stopped");
+        result
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,280 @@
+//! Starting the real application against a fresh database, and talking to it.
+
+use crm_gateway::config::{Config, DatabaseConfig, Settings, SqliteSynchronous};
+use crm_gateway::db::Db;
+use crm_gateway::startup::Application;
+use sea_orm::{ConnectionTrait, Database};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::oneshot;
+
+/// Where PostgreSQL tests go unless `TEST_POSTGRES_URL` says otherwise.
+pub const DEFAULT_TEST_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+/// Test databases on PostgreSQL are named with this prefix and their creation time.
+const PG_PREFIX: &str = "cgw_test_";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs each named `async fn(TestApp)` once on SQLite and once on PostgreSQL.
+#[macro_export]
+macro_rules! on_both_databases {
+    ($($test:ident),* $(,)?) => {$(
+        mod $test {
+            #[tokio::test]
+            async fn sqlite() {
+                $crate::helpers::run_app_test($crate::helpers::Backend::Sqlite, super::$test).await;
+            }
+            #[tokio::test]
+            async fn postgres() {
+                $crate::helpers::run_app_test($crate::helpers::Backend::Postgres, super::$test).await;
+            }
+        }
+    )*};
+}
+
+/// Runs each named `async fn(TestDatabase)` once per database, without the HTTP server.
+#[macro_export]
+macro_rules! on_both_databases_without_app {
+    ($($test:ident),* $(,)?) => {$(
+        mod $test {
+            #[tokio::test]
+            async fn sqlite() {
+                $crate::helpers::run_db_test($crate::helpers::Backend::Sqlite, super::$test).await;
+            }
+            #[tokio::test]
+            async fn postgres() {
+                $crate::helpers::run_db_test($crate::helpers::Backend::Postgres, super::$test).await;
+            }
+        }
+    )*};
+}
+
+pub async fn run_app_test<F, Fut>(backend: Backend, test: F)
+where
+    F: FnOnce(TestApp) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let Some(database) = TestDatabase::create(backend).await else { return };
+    let cleanup = database.cleanup_handle();
+    let app = TestApp::spawn(database).await;
+    test(app).await;
+    cleanup.run().await;
+}
+
+pub async fn run_db_test<F, Fut>(backend: Backend, test: F)
+where
+    F: FnOnce(TestDatabase) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let Some(database) = TestDatabase::create(backend).await else { return };
+    let cleanup = database.cleanup_handle();
+    test(database).await;
+    cleanup.run().await;
+}
+
+/// A database no other test uses: a SQLite file in a temporary folder, or a PostgreSQL database.
+pub struct TestDatabase {
+    pub backend: Backend,
+    pub config: DatabaseConfig,
+    _dir: Option<tempfile::TempDir>,
+    pg_name: Option<String>,
+}
+
+/// Drops a test's PostgreSQL database once the test is done with it.
+pub struct Cleanup(Option<String>);
+
+impl Cleanup {
+    pub async fn run(self) {
+        if let Some(name) = self.0 {
+            drop_pg_database(&name).await;
+        }
+    }
+}
+
+impl TestDatabase {
+    /// A fresh, empty database; `None` when the test must be skipped (PostgreSQL absent outside CI).
+    pub async fn create(backend: Backend) -> Option<Self> {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temporary folder");
+                let url = format!("sqlite://{}", dir.path().join("gateway.db").display());
+                Some(Self { backend, config: database_config(url), _dir: Some(dir), pg_name: None })
+            }
+            Backend::Postgres => {
+                let admin_url = postgres_url();
+                let admin = match tokio::time::timeout(Duration::from_secs(5), Database::connect(&admin_url)).await {
+                    Ok(Ok(admin)) => admin,
+                    outcome => {
+                        let why = match outcome {
+                            Ok(Err(e)) => e.to_string(),
+                            _ => "timed out".to_owned(),
+                        };
+                        if std::env::var("CI").is_ok_and(|v| v == "true") {
+                            panic!("PostgreSQL at {admin_url} does not answer ({why}) and CI=true");
+                        }
+                        eprintln!(
+                            "\n*** SKIPPED on PostgreSQL: {admin_url} does not answer ({why}). \
+                             Start PostgreSQL or set TEST_POSTGRES_URL. ***\n"
+                        );
+                        return None;
+                    }
+                };
+                remove_stale_pg_databases(&admin).await;
+                let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+                let name = format!("{PG_PREFIX}{now}_{}", uuid::Uuid::new_v4().simple());
+                admin
+                    .execute_unprepared(&format!(r#"CREATE DATABASE "{name}""#))
+                    .await
+                    .expect("create a test database");
+                let _ = admin.close().await;
+                let mut url = url::Url::parse(&admin_url).expect("TEST_POSTGRES_URL is a URL");
+                url.set_path(&name);
+                Some(Self { backend, config: database_config(url.to_string()), _dir: None, pg_name: Some(name) })
+            }
+        }
+    }
+
+    pub fn cleanup_handle(&self) -> Cleanup {
+        Cleanup(self.pg_name.clone())
+    }
+
+    /// Connects without migrating.
+    pub async fn connect(&self) -> Db {
+        Db::connect(&self.config).await.expect("connect to the test database")
+    }
+
+    /// Connects and applies every migration.
+    pub async fn migrated(&self) -> Db {
+        let db = self.connect().await;
+        db.migrate().await.expect("migrate the test database");
+        db
+    }
+}
+
+fn database_config(url: String) -> DatabaseConfig {
+    DatabaseConfig { url, max_connections: 5, sqlite_synchronous: SqliteSynchronous::Full }
+}
+
+pub fn postgres_url() -> String {
+    std::env::var("TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_TEST_POSTGRES_URL.to_owned())
+}
+
+async fn admin_connection() -> sea_orm::DatabaseConnection {
+    Database::connect(&postgres_url()).await.expect("connect to PostgreSQL")
+}
+
+async fn drop_pg_database(name: &str) {
+    let admin = admin_connection().await;
+    let _ = admin.execute_unprepared(&format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#)).await;
+    let _ = admin.close().await;
+}
+
+/// Drops test databases left over by runs that crashed more than an hour ago (once per run).
+async fn remove_stale_pg_databases(admin: &sea_orm::DatabaseConnection) {
+    static DONE: AtomicBool = AtomicBool::new(false);
+    if DONE.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let cutoff = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs().saturating_sub(3600);
+    let rows = admin
+        .query_all_raw(sea_orm::Statement::from_string(
+            admin.get_database_backend(),
+            format!("SELECT datname FROM pg_database WHERE datname LIKE '{PG_PREFIX}%'"),
+        ))
+        .await
+        .unwrap_or_default();
+    for row in rows {
+        let Ok(name) = row.try_get::<String>("", "datname") else { continue };
+        let created = name.trim_start_matches(PG_PREFIX).split('_').next().and_then(|t| t.parse::<u64>().ok());
+        if created.is_some_and(|t| t < cutoff) {
+            let _ = admin.execute_unprepared(&format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#)).await;
+        }
+    }
+}
+
+/// The configuration a test app runs with: no environment, port 0, one HTTP worker.
+pub fn test_config(database: DatabaseConfig) -> Config {
+    let mut config = Settings::default().validate().expect("defaults are valid");
+    config.database = database;
+    config.bind_addr = "127.0.0.1:0".parse().unwrap();
+    config.http_workers = 1;
+    config
+}
+
+/// The real application, serving on a free port of 127.0.0.1.
+pub struct TestApp {
+    pub address: String,
+    pub db: Db,
+    pub backend: Backend,
+    pub http: reqwest::Client,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    _database: TestDatabase,
+}
+
+impl TestApp {
+    pub async fn spawn(database: TestDatabase) -> Self {
+        init_test_logging();
+        let config = test_config(database.config.clone());
+        let app = Application::build(config).await.expect("build the application");
+        let port = app.port();
+        let db = app.db().clone();
+        let (tx, rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(app.run_until(async {
+            let _ = rx.await;
+        }));
+        Self {
+            address: format!("http://127.0.0.1:{port}"),
+            db,
+            backend: database.backend,
+            http: reqwest::Client::new(),
+            shutdown: Some(tx),
+            server: Some(server),
+            _database: database,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http.get(format!("{}{path}", self.address)).send().await.expect("request sent")
+    }
+
+    pub async fn request(&self, method: reqwest::Method, path: &str) -> reqwest::Response {
+        self.http.request(method, format!("{}{path}", self.address)).send().await.expect("request sent")
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub async fn stop(&mut self) -> std::io::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.server.take() {
+            Some(server) => server.await.expect("server task"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Logs of the app under test go to the test output when `TEST_LOG` is set.
+fn init_test_logging() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        crm_gateway::telemetry::init("debug,sqlx=warn", crm_gateway::config::LogFormat::Human);
+    }
+}
+
+/// A JSON error body's `error.code`.
+pub async fn error_code(response: reqwest::Response) -> String {
+    let body: serde_json::Value = response.json().await.expect("a JSON error body");
+    body["error"]["code"].as_str().expect("error.code is a string").to_owned()
+}

@@ -1,0 +1,8 @@
+//! The integration suite: one binary, every test against the real app in-process, on SQLite and
+//! (where it answers) PostgreSQL.
+
+mod helpers;
+
+mod cli;
+mod database;
+mod health;
