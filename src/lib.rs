@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod inbound;
 pub mod ops;
 pub mod startup;
 pub mod telemetry;
