@@ -14,4 +14,5 @@ pub mod error;
 pub mod inbound;
 pub mod ops;
 pub mod startup;
+pub mod sync;
 pub mod telemetry;

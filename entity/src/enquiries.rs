@@ -2,9 +2,10 @@
 
 use crate::enums::{CrmSyncStatus, EnquirySource, EnquiryStatus};
 use sea_orm::entity::prelude::*;
+use serde::{Deserialize, Serialize};
 
 #[sea_orm::model]
-#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, Serialize, Deserialize)]
 #[sea_orm(table_name = "enquiries")]
 pub struct Model {
     #[sea_orm(primary_key)]
@@ -24,6 +25,8 @@ pub struct Model {
     pub crm_last_synced_at: Option<i64>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
+    /// Set when the record was deleted (in the CRM or locally); the row stays as a tombstone.
+    pub deleted_at: Option<DateTimeUtc>,
 }
 
 impl ActiveModelBehavior for ActiveModel {}

@@ -5,11 +5,16 @@
 //! Money is integer minor units (pence for GBP); `crm_last_synced_at` is Unix milliseconds.
 
 pub mod bookings;
+pub mod crm_inbox;
+pub mod crm_outbox;
+pub mod crm_requests;
 pub mod crm_sync_logs;
 pub mod enquiries;
 pub mod enums;
 pub mod owner_memberships;
 pub mod properties;
+pub mod sync_field_versions;
+pub mod sync_tombstones;
 pub mod user;
 
 pub mod prelude {

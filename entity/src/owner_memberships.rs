@@ -2,9 +2,10 @@
 
 use crate::enums::{CrmSyncStatus, MembershipPaymentStatus, MembershipTier, OwnerMembershipStatus};
 use sea_orm::entity::prelude::*;
+use serde::{Deserialize, Serialize};
 
 #[sea_orm::model]
-#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, Serialize, Deserialize)]
 #[sea_orm(table_name = "owner_memberships")]
 pub struct Model {
     #[sea_orm(primary_key)]
@@ -22,6 +23,8 @@ pub struct Model {
     pub crm_last_synced_at: Option<i64>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
+    /// Set when the record was deleted (in the CRM or locally); the row stays as a tombstone.
+    pub deleted_at: Option<DateTimeUtc>,
     #[sea_orm(belongs_to, from = "user_id", to = "id")]
     pub user: HasOne<super::user::Entity>,
 }

@@ -2,9 +2,10 @@
 
 use crate::enums::{CrmSyncStatus, MembershipStatus, Role};
 use sea_orm::entity::prelude::*;
+use serde::{Deserialize, Serialize};
 
 #[sea_orm::model]
-#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, Serialize, Deserialize)]
 #[sea_orm(table_name = "user")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
@@ -17,6 +18,8 @@ pub struct Model {
     pub role: Role,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
+    /// Set when the record was deleted (in the CRM or locally); the row stays as a tombstone.
+    pub deleted_at: Option<DateTimeUtc>,
     pub crm_id: Option<String>,
     pub crm_sync_status: CrmSyncStatus,
     /// Unix milliseconds of the last successful sync.

@@ -5,6 +5,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20260101_000001_create_site_tables;
 mod m20260101_000002_create_crm_sync_logs;
+mod m20260102_000001_create_sync_tables;
 
 pub struct Migrator;
 
@@ -14,6 +15,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20260101_000001_create_site_tables::Migration),
             Box::new(m20260101_000002_create_crm_sync_logs::Migration),
+            Box::new(m20260102_000001_create_sync_tables::Migration),
         ]
     }
 }
