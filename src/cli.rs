@@ -2,10 +2,17 @@
 
 use crate::config::{Config, Settings};
 use crate::db::Db;
+use crate::inbound::inbox;
+use crate::inbound::verify::treadsoft_signature;
 use crate::startup::{Application, shutdown_signal};
+use crate::sync::apply::SyncContext;
+use crate::sync::hlc::Hlc;
+use crate::sync::stamps;
 use crate::telemetry;
+use crate::writer::Writer;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use std::sync::Arc;
 
 /// crm-gateway keeps the Group Escape Houses site and the TreadSoft CRM in sync, both ways.
 ///
@@ -27,16 +34,82 @@ pub enum Command {
     Serve,
     /// Apply every pending database migration, then exit.
     Migrate,
+    /// Print the headers TreadSoft would send with the delivery read from standard input, so it
+    /// can be sent with curl: `crm-gateway sign --secret S < delivery.json > headers.txt`.
+    Sign {
+        /// The webhook signing secret (default: the first of CRM_WEBHOOK_SECRET).
+        #[arg(long)]
+        secret: Option<String>,
+        /// Unix seconds to sign for (default: now).
+        #[arg(long)]
+        timestamp: Option<i64>,
+    },
+    /// Work with the webhook inbox.
+    Inbox {
+        #[command(subcommand)]
+        command: InboxCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum InboxCommand {
+    /// Apply a stored event again (e.g. one that failed), and print what became of it.
+    Replay {
+        /// The event id (`evt_...`).
+        event_id: String,
+    },
 }
 
 /// Runs the parsed command line. Errors are for `main` to print.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let command = cli.command.unwrap_or(Command::Serve);
+    if let Command::Sign { secret, timestamp } = &command {
+        return sign(&cli.settings, secret.clone(), *timestamp);
+    }
     let config = cli.settings.validate()?;
     telemetry::init(&config.log_filter, config.log_format);
-    match cli.command.unwrap_or(Command::Serve) {
+    match command {
         Command::Serve => serve(config).await,
         Command::Migrate => migrate(config).await,
+        Command::Inbox { command: InboxCommand::Replay { event_id } } => replay(config, event_id).await,
+        Command::Sign { .. } => unreachable!("handled above"),
     }
+}
+
+fn sign(settings: &Settings, secret: Option<String>, timestamp: Option<i64>) -> anyhow::Result<()> {
+    use std::io::Read;
+    let secret = secret
+        .or_else(|| {
+            settings.crm_webhook_secret.as_deref().and_then(|s| s.split(',').next()).map(|s| s.trim().to_owned())
+        })
+        .filter(|s| !s.is_empty())
+        .context("give --secret or set CRM_WEBHOOK_SECRET")?;
+    let mut body = Vec::new();
+    std::io::stdin().read_to_end(&mut body).context("cannot read the delivery from standard input")?;
+    let timestamp = timestamp.unwrap_or_else(|| chrono::Utc::now().timestamp());
+    let delivery_id = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("deliveryId").and_then(|d| d.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    println!("Content-Type: application/json");
+    println!("User-Agent: TreadSoft-Webhooks/1.0");
+    println!("X-TreadSoft-Delivery: {delivery_id}");
+    println!("X-TreadSoft-Timestamp: {timestamp}");
+    println!("X-TreadSoft-Signature: {}", treadsoft_signature(&secret, timestamp, &body));
+    Ok(())
+}
+
+async fn replay(config: Config, event_id: String) -> anyhow::Result<()> {
+    let db = Db::connect(&config.database).await.context("cannot open the database")?;
+    db.migrate().await.context("cannot migrate the database")?;
+    let floor = stamps::max_stamp(db.reader()).await?;
+    let sync = Arc::new(SyncContext { precedence: config.tie_winner, hlc: Hlc::starting_after(floor) });
+    let (writer, _task) = Writer::start(db.writer().clone());
+    match inbox::replay(&writer, sync, event_id.clone()).await? {
+        Some(result) => println!("{}", serde_json::to_string_pretty(&result)?),
+        None => anyhow::bail!("the inbox has no event {event_id}"),
+    }
+    Ok(())
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

@@ -4,6 +4,7 @@
 //! present). Raw values are collected by clap, then [`Settings::validate`] checks all of them at
 //! once and reports every problem, each naming its variable, so a bad deployment fails in one go.
 
+use crate::sync::lww::Origin;
 use clap::Args;
 use secrecy::SecretString;
 use std::fmt;
@@ -34,6 +35,15 @@ pub struct Settings {
     /// Secret(s) that CRM webhooks are signed with; several, comma-separated, during a rotation.
     #[arg(long, env = "CRM_WEBHOOK_SECRET", hide_env_values = true, global = true)]
     pub crm_webhook_secret: Option<String>,
+    /// How far (seconds) a webhook's timestamp may be from the gateway's clock. Default 300.
+    #[arg(long, env = "CRM_WEBHOOK_TOLERANCE_SECS", global = true)]
+    pub crm_webhook_tolerance_secs: Option<String>,
+    /// Largest webhook body accepted, in bytes. Default 1048576 (1 MiB).
+    #[arg(long, env = "CRM_WEBHOOK_MAX_BYTES", global = true)]
+    pub crm_webhook_max_bytes: Option<String>,
+    /// Who wins a tie between a CRM change and a local one with the same stamp: `crm` (default) or `local`.
+    #[arg(long, env = "SYNC_TIE_WINNER", global = true)]
+    pub sync_tie_winner: Option<String>,
     /// Database: sqlite://PATH (default sqlite://crm-gateway.db) or postgres://USER@HOST/DB.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
     pub database_url: Option<String>,
@@ -108,6 +118,12 @@ pub struct Config {
     pub crm: CrmProvider,
     /// Webhook signing secrets, newest first; empty when unset.
     pub webhook_secrets: Vec<SecretString>,
+    /// Largest accepted distance between a webhook's timestamp and the clock, in seconds.
+    pub webhook_tolerance_secs: i64,
+    /// Largest accepted webhook body, in bytes.
+    pub webhook_max_bytes: usize,
+    /// Which side wins a tie between stamps.
+    pub tie_winner: Origin,
     pub database: DatabaseConfig,
     pub bind_addr: SocketAddr,
     pub api_token: Option<SecretString>,
@@ -257,6 +273,21 @@ impl Settings {
             })
             .unwrap_or_default();
 
+        let webhook_tolerance_secs = problems.parse(
+            "CRM_WEBHOOK_TOLERANCE_SECS",
+            self.crm_webhook_tolerance_secs.as_deref(),
+            300,
+            parse_positive,
+        );
+        let webhook_max_bytes =
+            problems.parse("CRM_WEBHOOK_MAX_BYTES", self.crm_webhook_max_bytes.as_deref(), 1024 * 1024, parse_positive);
+        let tie_winner = problems.parse("SYNC_TIE_WINNER", self.sync_tie_winner.as_deref(), Origin::Crm, |v| {
+            match v.to_ascii_lowercase().as_str() {
+                "crm" => Ok(Origin::Crm),
+                "local" => Ok(Origin::Local),
+                _ => Err(format!("expected crm or local, got {v:?}")),
+            }
+        });
         let database = DatabaseConfig {
             url: problems.parse(
                 "DATABASE_URL",
@@ -308,6 +339,9 @@ impl Settings {
         Ok(Config {
             crm,
             webhook_secrets,
+            webhook_tolerance_secs,
+            webhook_max_bytes,
+            tie_winner,
             database,
             bind_addr,
             api_token: non_empty(&self.gateway_api_token).map(|t| SecretString::from(t.to_owned())),

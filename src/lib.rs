@@ -7,6 +7,7 @@
 //! - [`ops`]: health and readiness
 //! - [`cli`], [`telemetry`]: the command line and logging
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod db;
@@ -16,3 +17,4 @@ pub mod ops;
 pub mod startup;
 pub mod sync;
 pub mod telemetry;
+pub mod writer;

@@ -1,9 +1,15 @@
 //! Building the application and running it until it is told to stop.
 
+use crate::auth;
 use crate::config::Config;
 use crate::db::Db;
 use crate::error::{self, json_error_responses};
+use crate::inbound;
 use crate::ops::health;
+use crate::sync::apply::SyncContext;
+use crate::sync::hlc::Hlc;
+use crate::sync::stamps;
+use crate::writer::Writer;
 use actix_web::dev::{Server, Service};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::ErrorHandlers;
@@ -11,6 +17,7 @@ use actix_web::{App, HttpMessage, HttpServer, web};
 use anyhow::Context;
 use std::future::Future;
 use std::net::TcpListener;
+use std::sync::Arc;
 use tracing_actix_web::{RequestId, TracingLogger};
 
 /// Largest JSON body the app-facing routes accept.
@@ -20,6 +27,9 @@ pub const JSON_BODY_LIMIT: usize = 1024 * 1024;
 pub struct AppState {
     pub config: Config,
     pub db: Db,
+    /// The group-commit writer: every write goes through it.
+    pub writer: Writer,
+    pub sync: Arc<SyncContext>,
 }
 
 /// A built server, bound to its port, not yet running.
@@ -27,6 +37,8 @@ pub struct Application {
     port: u16,
     server: Server,
     db: Db,
+    writer: Writer,
+    sync: Arc<SyncContext>,
 }
 
 impl Application {
@@ -34,22 +46,32 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let db = Db::connect(&config.database).await.context("cannot open the database")?;
         db.migrate().await.context("cannot migrate the database")?;
-        Self::build_with_db(config, db)
+        Self::build_with_db(config, db).await
     }
 
-    /// Binds the listener over an open, migrated database.
-    pub fn build_with_db(config: Config, db: Db) -> anyhow::Result<Self> {
+    /// Starts the writer and binds the listener over an open, migrated database.
+    pub async fn build_with_db(config: Config, db: Db) -> anyhow::Result<Self> {
+        let floor = stamps::max_stamp(db.reader()).await.context("cannot read the latest version stamp")?;
+        let sync = Arc::new(SyncContext { precedence: config.tie_winner, hlc: Hlc::starting_after(floor) });
+        let (writer, _writer_task) = Writer::start(db.writer().clone());
         let listener = TcpListener::bind(config.bind_addr)
             .with_context(|| format!("cannot listen on {} (BIND_ADDR)", config.bind_addr))?;
         let local_addr = listener.local_addr()?;
         let port = local_addr.port();
         let workers = config.http_workers;
-        let state = web::Data::new(AppState { config, db: db.clone() });
+        let webhook_limit = config.webhook_max_bytes;
+        let state = web::Data::new(AppState { config, db: db.clone(), writer: writer.clone(), sync: sync.clone() });
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
                 .app_data(error::json_config(JSON_BODY_LIMIT))
                 .configure(health::routes)
+                .configure(|cfg| inbound::routes::routes(cfg, webhook_limit))
+                .service(
+                    web::scope("/api")
+                        .wrap(actix_web::middleware::from_fn(auth::require_api_token))
+                        .configure(inbound::inbox::routes),
+                )
                 .default_service(web::to(error::not_found))
                 .wrap(ErrorHandlers::new().default_handler(json_error_responses))
                 .wrap_fn(|req, srv| {
@@ -71,7 +93,7 @@ impl Application {
         .listen(listener)?
         .run();
         tracing::info!(addr = %local_addr, "listening");
-        Ok(Self { port, server, db })
+        Ok(Self { port, server, db, writer, sync })
     }
 
     pub fn port(&self) -> u16 {
@@ -80,6 +102,14 @@ impl Application {
 
     pub fn db(&self) -> &Db {
         &self.db
+    }
+
+    pub fn writer(&self) -> &Writer {
+        &self.writer
+    }
+
+    pub fn sync(&self) -> &Arc<SyncContext> {
+        &self.sync
     }
 
     /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests finish

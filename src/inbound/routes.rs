@@ -1,0 +1,129 @@
+//! `POST /api/crm/webhooks/treadsoft`: verify, record every event durably, apply, answer per event.
+
+use super::verify::{self, SignedHeaders, VerifyError};
+use crate::error::{ApiError, resource};
+use crate::startup::AppState;
+use crate::sync::apply::{self, EventResult};
+use crate::writer::WriteError;
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Most events TreadSoft puts in one delivery.
+const MAX_EVENTS: usize = 100;
+
+pub fn routes(cfg: &mut web::ServiceConfig, body_limit: usize) {
+    cfg.service(
+        resource("/api/crm/webhooks/treadsoft")
+            .app_data(web::PayloadConfig::new(body_limit))
+            .route(web::post().to(receive_webhook)),
+    );
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Delivery {
+    delivery_id: Option<String>,
+    events: Vec<Value>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DeliveryResults {
+    delivery_id: String,
+    results: Vec<EventResult>,
+}
+
+#[tracing::instrument(name = "webhook", skip_all, fields(delivery_id, events))]
+async fn receive_webhook(
+    req: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    authenticate(&req, &body, &state)?;
+    let delivery = parse_delivery(&req, &body)?;
+    let span = tracing::Span::current();
+    span.record("delivery_id", delivery.delivery_id.as_deref().unwrap_or_default());
+    span.record("events", delivery.events.len());
+
+    let delivery_id = delivery.delivery_id.unwrap_or_default();
+    let events = delivery.events;
+    let sync = state.sync.clone();
+    let id = delivery_id.clone();
+    let results = state
+        .writer
+        .run(move |txn| {
+            Box::pin(async move {
+                let mut results = Vec::with_capacity(events.len());
+                for event in &events {
+                    results.push(apply::receive(txn, &sync, &id, event).await?);
+                }
+                Ok(results)
+            })
+        })
+        .await
+        .map_err(unavailable)?;
+    Ok(HttpResponse::Ok().json(DeliveryResults { delivery_id, results }))
+}
+
+/// Checks the signature before anything of the body is read.
+fn authenticate(req: &HttpRequest, body: &[u8], state: &AppState) -> Result<(), ApiError> {
+    let secrets = &state.config.webhook_secrets;
+    if secrets.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "webhook_secret_not_configured",
+            "CRM_WEBHOOK_SECRET is not set, so no webhook can be verified",
+        ));
+    }
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let headers = if header(verify::STANDARD_SIGNATURE).is_some() {
+        SignedHeaders::Standard {
+            id: header(verify::STANDARD_ID),
+            timestamp: header(verify::STANDARD_TIMESTAMP),
+            signature: header(verify::STANDARD_SIGNATURE),
+        }
+    } else {
+        SignedHeaders::TreadSoft {
+            timestamp: header(verify::TREADSOFT_TIMESTAMP),
+            signature: header(verify::TREADSOFT_SIGNATURE),
+        }
+    };
+    let now = chrono::Utc::now().timestamp();
+    verify::verify(headers, body, secrets, now, state.config.webhook_tolerance_secs).map_err(|e: VerifyError| {
+        tracing::warn!(code = e.code(), "refused an unverified webhook");
+        ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string())
+    })
+}
+
+/// A verified body must be a delivery: `{"deliveryId", "events": [1..=100 objects with an "id"]}`.
+fn parse_delivery(req: &HttpRequest, body: &[u8]) -> Result<Delivery, ApiError> {
+    let invalid = |message: String| ApiError::bad_request("invalid_delivery", message);
+    let mut delivery: Delivery =
+        serde_json::from_slice(body).map_err(|e| invalid(format!("the body is not a delivery: {e}")))?;
+    if delivery.events.is_empty() || delivery.events.len() > MAX_EVENTS {
+        return Err(invalid(format!("a delivery holds 1 to {MAX_EVENTS} events, not {}", delivery.events.len())));
+    }
+    for (i, event) in delivery.events.iter().enumerate() {
+        if event.get("id").and_then(Value::as_str).is_none_or(str::is_empty) {
+            return Err(invalid(format!("events[{i}] has no string id")));
+        }
+    }
+    if delivery.delivery_id.as_deref().is_none_or(str::is_empty) {
+        let header = [verify::TREADSOFT_DELIVERY, verify::STANDARD_ID]
+            .into_iter()
+            .find_map(|name| req.headers().get(name).and_then(|v| v.to_str().ok()));
+        delivery.delivery_id = Some(header.unwrap_or_default().to_owned());
+    }
+    Ok(delivery)
+}
+
+fn unavailable(e: WriteError) -> ApiError {
+    tracing::error!(error = %crate::error::ErrorChain(&e), "a delivery could not be recorded");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "storage_unavailable",
+        "the delivery could not be stored; nothing of it was applied, send it again",
+    )
+}

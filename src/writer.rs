@@ -1,0 +1,110 @@
+//! Group commit: one writer task per database drains whatever work is queued into a single
+//! transaction, commits once, then answers every caller.
+//!
+//! Each piece of work runs in its own savepoint, so one that fails is rolled back alone while the
+//! others commit. A caller's answer comes only after the commit that holds its work: what it is
+//! told was written is durably written. This turns N fsyncs into one under load without adding a
+//! waiting window: an idle writer starts a transaction as soon as one piece of work arrives.
+
+use futures_util::future::BoxFuture;
+use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+/// Most pieces of work one transaction takes.
+const MAX_BATCH: usize = 256;
+
+type Completion = Box<dyn FnOnce(Result<(), Arc<DbErr>>) + Send>;
+type Job = Box<dyn for<'t> FnOnce(&'t DatabaseTransaction) -> BoxFuture<'t, Completion> + Send>;
+
+/// Why a piece of work was not written.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The work itself failed; its savepoint was rolled back, the rest of the batch committed.
+    #[error("the write failed: {0}")]
+    Work(#[source] DbErr),
+    /// The batch's transaction could not be opened or committed; nothing of it was written.
+    #[error("the database transaction failed: {0}")]
+    Transaction(#[source] Arc<DbErr>),
+    /// The work never ran: the database could not start a transaction, or the gateway is stopping.
+    #[error("the database is unavailable or the gateway is stopping")]
+    Unavailable,
+}
+
+/// A handle to the writer task. Cloning is cheap.
+#[derive(Clone)]
+pub struct Writer {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Writer {
+    /// Starts the writer task over `connection` (the database's single writer connection).
+    pub fn start(connection: DatabaseConnection) -> (Self, tokio::task::JoinHandle<()>) {
+        let (jobs, queue) = mpsc::channel(4 * MAX_BATCH);
+        (Self { jobs }, tokio::spawn(run(connection, queue)))
+    }
+
+    /// Runs `work` in the next group transaction and returns its result once that has committed.
+    pub async fn run<T, F>(&self, work: F) -> Result<T, WriteError>
+    where
+        T: Send + 'static,
+        F: for<'t> FnOnce(&'t DatabaseTransaction) -> BoxFuture<'t, Result<T, DbErr>> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel::<Result<T, WriteError>>();
+        let job: Job = Box::new(move |txn: &DatabaseTransaction| {
+            Box::pin(async move {
+                let outcome = in_savepoint(txn, work).await;
+                Box::new(move |committed: Result<(), Arc<DbErr>>| {
+                    let result = match committed {
+                        Err(e) => Err(WriteError::Transaction(e)),
+                        Ok(()) => outcome.map_err(WriteError::Work),
+                    };
+                    let _ = reply.send(result);
+                }) as Completion
+            })
+        });
+        self.jobs.send(job).await.map_err(|_| WriteError::Unavailable)?;
+        answer.await.map_err(|_| WriteError::Unavailable)?
+    }
+}
+
+async fn in_savepoint<T, F>(txn: &DatabaseTransaction, work: F) -> Result<T, DbErr>
+where
+    F: for<'t> FnOnce(&'t DatabaseTransaction) -> BoxFuture<'t, Result<T, DbErr>>,
+{
+    let savepoint = txn.begin().await?;
+    match work(&savepoint).await {
+        Ok(value) => {
+            savepoint.commit().await?;
+            Ok(value)
+        }
+        Err(e) => {
+            savepoint.rollback().await?;
+            Err(e)
+        }
+    }
+}
+
+async fn run(connection: DatabaseConnection, mut queue: mpsc::Receiver<Job>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let txn = match connection.begin().await {
+            Ok(txn) => txn,
+            Err(e) => {
+                // Dropping the work answers its callers with `Unavailable`.
+                tracing::error!(error = %e, jobs = batch.len(), "cannot open a write transaction");
+                batch.clear();
+                continue;
+            }
+        };
+        let mut completions = Vec::with_capacity(batch.len());
+        for job in batch.drain(..) {
+            completions.push(job(&txn).await);
+        }
+        let committed = txn.commit().await.map_err(Arc::new);
+        if let Err(e) = &committed {
+            tracing::error!(error = %e, jobs = completions.len(), "group commit failed");
+        }
+        completions.into_iter().for_each(|complete| complete(committed.clone()));
+    }
+}
