@@ -356,7 +356,7 @@ async fn apply_event(c: &DatabaseTransaction, ctx: &SyncContext, raw: &Value) ->
     stamps::set_field_versions(c, t, &local.id, &unstamped, &fallback).await?;
     stamps::set_field_versions(c, t, &local.id, &changed, &version).await?;
     mark_synced(&mut changes, &object.id);
-    records::update(c, t, &local.id, changes).await?;
+    records::update(c, t, &local, changes).await?;
     if link_back {
         queue_link_back(c, t, &local.id, &object.id).await?;
     }
@@ -503,7 +503,7 @@ async fn delete(
         serde_json::to_value(object.deleted_at.unwrap_or(object.updated_at)).unwrap_or_default(),
     );
     mark_synced(&mut changes, &object.id);
-    records::update(c, t, &local.id, changes).await?;
+    records::update(c, t, &local, changes).await?;
     log_applied(c, t, &local.id, &object.id, "delete", raw).await?;
     Ok(Decision::applied(None))
 }

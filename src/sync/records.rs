@@ -6,7 +6,8 @@ use super::mapping::RecordType;
 use entity::{bookings, enquiries, owner_memberships, properties, user};
 use sea_orm::sea_query::{Expr, Func};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, ExprTrait, QueryFilter, QuerySelect,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, ExprTrait, IdenStatic, Iterable, QueryFilter,
+    QuerySelect,
 };
 use serde_json::{Map, Value};
 
@@ -118,21 +119,26 @@ pub async fn insert(c: &impl ConnectionTrait, t: RecordType, values: Map<String,
     })
 }
 
-/// Sets the given columns of record `id`.
+/// Sets the columns in `changes` of record `local`, leaving every other column as it is.
 pub async fn update(
     c: &impl ConnectionTrait,
     t: RecordType,
-    id: &str,
-    mut values: Map<String, Value>,
+    local: &Local,
+    changes: Map<String, Value>,
 ) -> Result<(), DbErr> {
-    let key = match id_value(t, id) {
-        Some(_) if t.has_text_id() => Value::String(id.to_owned()),
-        Some(_) => Value::from(id.parse::<i64>().unwrap_or_default()),
-        None => return Err(DbErr::RecordNotFound(format!("{} {id}", t.table()))),
-    };
-    values.insert("id".into(), key);
+    // `from_json` wants every column (its placeholders for missing date-times do not parse), so
+    // start from the stored row and then mark the unchanged columns as not set.
+    let mut full = local.values.clone();
+    full.extend(changes.iter().map(|(k, v)| (k.clone(), v.clone())));
     with_table!(t, m => {
-        m::ActiveModel::from_json(Value::Object(values))?.update(c).await?;
+        let mut row = m::ActiveModel::from_json(Value::Object(full))?;
+        for column in <m::Column as Iterable>::iter() {
+            let name = column.as_str();
+            if name != "id" && !changes.contains_key(name) {
+                row.not_set(column);
+            }
+        }
+        row.update(c).await?;
         Ok(())
     })
 }

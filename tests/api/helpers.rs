@@ -196,9 +196,13 @@ async fn remove_stale_pg_databases(admin: &sea_orm::DatabaseConnection) {
     }
 }
 
-/// The configuration a test app runs with: no environment, port 0, one HTTP worker.
+/// The webhook secret test apps verify with (the fixtures are signed with it too).
+pub const WEBHOOK_SECRET: &str = "whsec_test_fixtures";
+
+/// The configuration a test app runs with: no environment but a webhook secret, port 0, one HTTP worker.
 pub fn test_config(database: DatabaseConfig) -> Config {
     let mut config = Settings::default().validate().expect("defaults are valid");
+    config.webhook_secrets = vec![secrecy::SecretString::from(WEBHOOK_SECRET.to_owned())];
     config.database = database;
     config.bind_addr = "127.0.0.1:0".parse().unwrap();
     config.http_workers = 1;
@@ -209,6 +213,7 @@ pub fn test_config(database: DatabaseConfig) -> Config {
 pub struct TestApp {
     pub address: String,
     pub db: Db,
+    pub sync: std::sync::Arc<crm_gateway::sync::apply::SyncContext>,
     pub backend: Backend,
     pub http: reqwest::Client,
     shutdown: Option<oneshot::Sender<()>>,
@@ -218,11 +223,18 @@ pub struct TestApp {
 
 impl TestApp {
     pub async fn spawn(database: TestDatabase) -> Self {
+        Self::spawn_with(database, |_| {}).await
+    }
+
+    /// Spawns with a configuration `adjust` may change first.
+    pub async fn spawn_with(database: TestDatabase, adjust: impl FnOnce(&mut Config)) -> Self {
         init_test_logging();
-        let config = test_config(database.config.clone());
+        let mut config = test_config(database.config.clone());
+        adjust(&mut config);
         let app = Application::build(config).await.expect("build the application");
         let port = app.port();
         let db = app.db().clone();
+        let sync = app.sync().clone();
         let (tx, rx) = oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until(async {
             let _ = rx.await;
@@ -230,6 +242,7 @@ impl TestApp {
         Self {
             address: format!("http://127.0.0.1:{port}"),
             db,
+            sync,
             backend: database.backend,
             http: reqwest::Client::new(),
             shutdown: Some(tx),
@@ -244,6 +257,41 @@ impl TestApp {
 
     pub async fn request(&self, method: reqwest::Method, path: &str) -> reqwest::Response {
         self.http.request(method, format!("{}{path}", self.address)).send().await.expect("request sent")
+    }
+
+    /// POSTs `body` to the webhook endpoint, signed as TreadSoft signs it, now.
+    pub async fn post_webhook(&self, body: &str) -> reqwest::Response {
+        let timestamp = chrono::Utc::now().timestamp();
+        let signature = crm_gateway::inbound::verify::treadsoft_signature(WEBHOOK_SECRET, timestamp, body.as_bytes());
+        self.post_webhook_with(
+            body,
+            &[("X-TreadSoft-Timestamp", timestamp.to_string()), ("X-TreadSoft-Signature", signature)],
+        )
+        .await
+    }
+
+    /// POSTs `body` to the webhook endpoint with exactly `headers` (and a JSON content type).
+    pub async fn post_webhook_with(&self, body: &str, headers: &[(&str, String)]) -> reqwest::Response {
+        let mut request = self
+            .http
+            .post(format!("{}/api/crm/webhooks/treadsoft", self.address))
+            .header("Content-Type", "application/json")
+            .body(body.to_owned());
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        request.send().await.expect("request sent")
+    }
+
+    /// Posts a delivery of `events` and returns each event's outcome, in order.
+    pub async fn deliver(&self, events: &[serde_json::Value]) -> Vec<String> {
+        let body = serde_json::json!({
+            "deliveryId": uuid::Uuid::new_v4().to_string(), "accountId": "acc_ge_houses", "events": events
+        });
+        let response = self.post_webhook(&body.to_string()).await;
+        assert_eq!(response.status(), reqwest::StatusCode::OK, "delivery refused");
+        let answer: serde_json::Value = response.json().await.unwrap();
+        answer["results"].as_array().unwrap().iter().map(|r| r["outcome"].as_str().unwrap().to_owned()).collect()
     }
 
     /// Stops the server gracefully and waits for it.

@@ -6,3 +6,4 @@ mod helpers;
 mod cli;
 mod database;
 mod health;
+mod inbound;
