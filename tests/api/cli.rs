@@ -109,3 +109,40 @@ fn migrate_creates_the_database_and_exits() {
     let again = gateway(dir.path()).arg("migrate").output().unwrap();
     assert!(again.status.success());
 }
+
+#[test]
+fn sign_prints_headers_that_verify() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let body = br#"{"deliveryId":"d-1","events":[]}"#;
+    let mut child = gateway(dir.path())
+        .args(["sign", "--secret", "whsec_x", "--timestamp", "1736073000"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(body).unwrap();
+
+    let output = child.wait_with_output().unwrap();
+
+    assert!(output.status.success());
+    let headers = String::from_utf8(output.stdout).unwrap();
+    let value = |name: &str| headers.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
+    assert_eq!(value("X-TreadSoft-Delivery:"), Some("d-1"));
+    let signed = crm_gateway::inbound::verify::SignedHeaders::TreadSoft {
+        timestamp: value("X-TreadSoft-Timestamp:"),
+        signature: value("X-TreadSoft-Signature:"),
+    };
+    let secret = ["whsec_x".to_owned().into()];
+    assert_eq!(crm_gateway::inbound::verify::verify(signed, body, &secret, 1_736_073_000, 300), Ok(()));
+}
+
+#[test]
+fn inbox_replay_of_an_unknown_event_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+
+    let output = gateway(dir.path()).args(["inbox", "replay", "evt_missing"]).output().unwrap();
+
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no event evt_missing"));
+}

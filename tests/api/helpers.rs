@@ -218,7 +218,8 @@ pub struct TestApp {
     pub http: reqwest::Client,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-    _database: TestDatabase,
+    database_config: DatabaseConfig,
+    _database: Option<TestDatabase>,
 }
 
 impl TestApp {
@@ -228,8 +229,19 @@ impl TestApp {
 
     /// Spawns with a configuration `adjust` may change first.
     pub async fn spawn_with(database: TestDatabase, adjust: impl FnOnce(&mut Config)) -> Self {
+        let mut app = Self::start(database.config.clone(), database.backend, adjust).await;
+        app._database = Some(database);
+        app
+    }
+
+    /// A second gateway instance on the same database (as when scaling out on PostgreSQL).
+    pub async fn another_instance(&self) -> Self {
+        Self::start(self.database_config.clone(), self.backend, |_| {}).await
+    }
+
+    async fn start(database: DatabaseConfig, backend: Backend, adjust: impl FnOnce(&mut Config)) -> Self {
         init_test_logging();
-        let mut config = test_config(database.config.clone());
+        let mut config = test_config(database.clone());
         adjust(&mut config);
         let app = Application::build(config).await.expect("build the application");
         let port = app.port();
@@ -243,11 +255,12 @@ impl TestApp {
             address: format!("http://127.0.0.1:{port}"),
             db,
             sync,
-            backend: database.backend,
+            backend,
             http: reqwest::Client::new(),
             shutdown: Some(tx),
             server: Some(server),
-            _database: database,
+            database_config: database,
+            _database: None,
         }
     }
 

@@ -477,7 +477,39 @@ async fn an_existing_user_is_linked_by_email_not_duplicated(app: TestApp) {
     assert_eq!(linked.email, "john@example.com");
 }
 
+async fn many_concurrent_deliveries_are_all_stored(app: TestApp) {
+    let deliveries = (0..40).map(|n| {
+        let app = &app;
+        async move { app.deliver(&[created(&format!("evt_{n}"), &format!("crm_contact_{n}"))]).await }
+    });
+
+    let outcomes = futures_util::future::join_all(deliveries).await;
+
+    assert!(outcomes.iter().all(|o| o == &["applied"]), "{outcomes:?}");
+    assert_eq!(user::Entity::find().count(app.db.reader()).await.unwrap(), 40);
+    assert_eq!(crm_inbox::Entity::find().count(app.db.reader()).await.unwrap(), 40);
+}
+
+async fn two_instances_take_the_same_event_once(database: TestDatabase) {
+    let first = TestApp::spawn(database).await;
+    let second = first.another_instance().await;
+    let event = [created("evt_twice", "crm_contact_1")];
+
+    let (a, b) = tokio::join!(first.deliver(&event), second.deliver(&event));
+
+    let mut outcomes = [a[0].clone(), b[0].clone()];
+    outcomes.sort();
+    assert_eq!(outcomes, ["applied", "duplicate"]);
+    assert_eq!(user::Entity::find().count(first.db.reader()).await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn two_instances_on_postgres_take_the_same_event_once() {
+    crate::helpers::run_db_test(crate::helpers::Backend::Postgres, two_instances_take_the_same_event_once).await;
+}
+
 on_both_databases!(
+    many_concurrent_deliveries_are_all_stored,
     a_signed_delivery_creates_the_contact_as_a_user,
     refusals_say_which_check_failed_and_store_nothing,
     a_signed_body_that_is_not_a_delivery_is_400,
