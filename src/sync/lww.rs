@@ -38,14 +38,19 @@ pub struct Version {
     pub event_id: String,
 }
 
-/// Orders two versions of the same field; `precedence` wins ties between the two origins.
-pub fn compare(a: &Version, b: &Version, precedence: Origin) -> Ordering {
-    let by_clock = if a.origin == Origin::Crm && b.origin == Origin::Crm {
+/// Orders two stamps by their clocks alone: TreadSoft's `version` between two TreadSoft stamps,
+/// (milliseconds, counter) otherwise.
+fn by_clock(a: &Version, b: &Version) -> Ordering {
+    if a.origin == Origin::Crm && b.origin == Origin::Crm {
         a.stamp.seq.cmp(&b.stamp.seq).then(a.stamp.ms.cmp(&b.stamp.ms))
     } else {
         a.stamp.cmp(&b.stamp)
-    };
-    by_clock
+    }
+}
+
+/// Orders two versions of the same field; `precedence` wins ties between the two origins.
+pub fn compare(a: &Version, b: &Version, precedence: Origin) -> Ordering {
+    by_clock(a, b)
         .then_with(|| match (a.origin, b.origin) {
             (x, y) if x == y => Ordering::Equal,
             (x, _) if x == precedence => Ordering::Greater,
@@ -62,12 +67,7 @@ pub fn wins(incoming: &Version, stored: Option<&Version>, precedence: Origin) ->
 /// Whether a change stamped `change` is dropped by a delete stamped `delete`: at or before it
 /// (a tie goes to the delete).
 pub fn deleted_after(change: &Version, delete: &Version) -> bool {
-    let by_clock = if change.origin == Origin::Crm && delete.origin == Origin::Crm {
-        change.stamp.seq.cmp(&delete.stamp.seq).then(change.stamp.ms.cmp(&delete.stamp.ms))
-    } else {
-        change.stamp.cmp(&delete.stamp)
-    };
-    by_clock != Ordering::Greater
+    by_clock(change, delete) != Ordering::Greater
 }
 
 #[cfg(test)]
