@@ -4,11 +4,13 @@
 //! present). Raw values are collected by clap, then [`Settings::validate`] checks all of them at
 //! once and reports every problem, each naming its variable, so a bad deployment fails in one go.
 
+use crate::crm::rate_limit::RateLimit;
 use crate::sync::lww::Origin;
 use clap::Args;
 use secrecy::SecretString;
 use std::fmt;
 use std::net::SocketAddr;
+use std::time::Duration;
 use url::Url;
 
 /// The default database: a SQLite file in the working directory, created when absent.
@@ -44,6 +46,12 @@ pub struct Settings {
     /// Who wins a tie between a CRM change and a local one with the same stamp: `crm` (default) or `local`.
     #[arg(long, env = "SYNC_TIE_WINNER", global = true)]
     pub sync_tie_winner: Option<String>,
+    /// Client-side limit on TreadSoft requests, REQUESTS/PERIOD. Default 100/10s (TreadSoft's own limit).
+    #[arg(long, env = "CRM_RATE_LIMIT", global = true)]
+    pub crm_rate_limit: Option<String>,
+    /// Seconds a TreadSoft request may take before it counts as failed (and is retried). Default 10.
+    #[arg(long, env = "CRM_REQUEST_TIMEOUT_SECS", global = true)]
+    pub crm_request_timeout_secs: Option<String>,
     /// Database: sqlite://PATH (default sqlite://crm-gateway.db) or postgres://USER@HOST/DB.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
     pub database_url: Option<String>,
@@ -124,6 +132,10 @@ pub struct Config {
     pub webhook_max_bytes: usize,
     /// Which side wins a tie between stamps.
     pub tie_winner: Origin,
+    /// Client-side limit on CRM requests.
+    pub crm_rate_limit: RateLimit,
+    /// Timeout of one CRM request.
+    pub crm_request_timeout: Duration,
     pub database: DatabaseConfig,
     pub bind_addr: SocketAddr,
     pub api_token: Option<SecretString>,
@@ -288,6 +300,18 @@ impl Settings {
                 _ => Err(format!("expected crm or local, got {v:?}")),
             }
         });
+        let crm_rate_limit = problems.parse(
+            "CRM_RATE_LIMIT",
+            self.crm_rate_limit.as_deref(),
+            RateLimit { requests: 100, period: Duration::from_secs(10) },
+            RateLimit::parse,
+        );
+        let crm_request_timeout = Duration::from_secs(problems.parse(
+            "CRM_REQUEST_TIMEOUT_SECS",
+            self.crm_request_timeout_secs.as_deref(),
+            10,
+            parse_positive,
+        ));
         let database = DatabaseConfig {
             url: problems.parse(
                 "DATABASE_URL",
@@ -342,6 +366,8 @@ impl Settings {
             webhook_tolerance_secs,
             webhook_max_bytes,
             tie_winner,
+            crm_rate_limit,
+            crm_request_timeout,
             database,
             bind_addr,
             api_token: non_empty(&self.gateway_api_token).map(|t| SecretString::from(t.to_owned())),

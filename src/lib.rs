@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod crm;
 pub mod db;
 pub mod error;
 pub mod inbound;

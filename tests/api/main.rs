@@ -4,6 +4,7 @@
 mod helpers;
 
 mod cli;
+mod crm_client;
 mod database;
 mod health;
 mod inbound;

@@ -1,0 +1,149 @@
+//! The CRM service layer: one [`CrmClient`] trait, a TreadSoft implementation and a mock, chosen
+//! at start-up by the configuration (as the seed's factory does).
+
+pub mod mock;
+pub mod rate_limit;
+pub mod signing;
+pub mod treadsoft;
+
+use crate::config::{Config, CrmProvider};
+use crate::sync::mapping::RecordType;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A TreadSoft record as the API returns it (API.md §1-2).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CrmRecord {
+    pub id: String,
+    #[serde(default)]
+    pub external_id: Option<String>,
+    #[serde(default)]
+    pub version: i64,
+    #[serde(default)]
+    pub updated_at: Option<DateTime<Utc>>,
+    /// Every field of the record, the common ones included.
+    #[serde(flatten)]
+    pub fields: Map<String, Value>,
+}
+
+/// A record TreadSoft wrote, and the `X-TreadSoft-Request-Id` of the call that wrote it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Written {
+    pub record: CrmRecord,
+    pub request_id: Option<String>,
+}
+
+/// One page of `GET /v1/R?updatedSince=`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Page {
+    pub data: Vec<CrmRecord>,
+    pub next_cursor: Option<String>,
+}
+
+/// One record's answer in a batch upsert.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchItem {
+    pub external_id: String,
+    #[serde(default)]
+    pub id: Option<String>,
+    /// `created`, `updated` or `error`.
+    pub status: String,
+    #[serde(default)]
+    pub error: Option<ErrorBody>,
+}
+
+/// TreadSoft's error object (API.md §3.3).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorBody {
+    #[serde(default)]
+    pub code: String,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default)]
+    pub existing_id: Option<String>,
+}
+
+/// Why a CRM call failed, sorted by what the caller should do about it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CrmError {
+    /// Try again later (429, 5xx, timeout, connection error); `retry_after` when TreadSoft said.
+    #[error("{message}")]
+    Transient { status: Option<u16>, message: String, retry_after: Option<Duration> },
+    /// Trying again will not help until something is fixed (400, 401, 412, 422).
+    #[error("{status} {code}: {message}")]
+    Permanent { status: u16, code: String, message: String },
+    /// 409: a contact with that email exists already, as `existing_id`.
+    #[error("a contact with that email exists already ({existing_id})")]
+    Duplicate { existing_id: String },
+    /// 404: no such record (or it was deleted).
+    #[error("404 not_found: {message}")]
+    NotFound { message: String },
+}
+
+impl CrmError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Transient { .. })
+    }
+
+    /// The HTTP status TreadSoft answered with, if it answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Transient { status, .. } => *status,
+            Self::Permanent { status, .. } => Some(*status),
+            Self::Duplicate { .. } => Some(409),
+            Self::NotFound { .. } => Some(404),
+        }
+    }
+}
+
+/// What the gateway asks of a CRM, for each record type.
+#[async_trait::async_trait]
+pub trait CrmClient: Send + Sync + std::fmt::Debug {
+    /// `POST /v1/R`; `idempotency_key` makes a retry return the first answer instead of a second record.
+    async fn create(
+        &self,
+        t: RecordType,
+        fields: &Map<String, Value>,
+        idempotency_key: &str,
+    ) -> Result<Written, CrmError>;
+    /// `PATCH /v1/R/{id}` with the fields given.
+    async fn update(&self, t: RecordType, id: &str, fields: &Map<String, Value>) -> Result<Written, CrmError>;
+    /// `DELETE /v1/R/{id}`; returns the request id.
+    async fn delete(&self, t: RecordType, id: &str) -> Result<Option<String>, CrmError>;
+    /// `GET /v1/R/{id}`.
+    async fn get(&self, t: RecordType, id: &str) -> Result<CrmRecord, CrmError>;
+    /// `GET /v1/R?updatedSince=&limit=&cursor=`.
+    async fn list_since(
+        &self,
+        t: RecordType,
+        since: DateTime<Utc>,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page, CrmError>;
+    /// `POST /v1/R/batch/upsert` with 1 to 100 records, each with an `externalId`.
+    async fn batch_upsert(
+        &self,
+        t: RecordType,
+        records: &[Map<String, Value>],
+        idempotency_key: &str,
+    ) -> Result<(Vec<BatchItem>, Option<String>), CrmError>;
+}
+
+/// The client the configuration asks for.
+pub fn from_config(config: &Config) -> anyhow::Result<Arc<dyn CrmClient>> {
+    Ok(match &config.crm {
+        CrmProvider::Mock => Arc::new(mock::MockCrm),
+        CrmProvider::TreadSoft(treadsoft) => Arc::new(treadsoft::TreadSoftClient::new(
+            treadsoft.clone(),
+            config.crm_request_timeout,
+            config.crm_rate_limit,
+        )?),
+    })
+}
