@@ -15,6 +15,7 @@ pub mod db;
 pub mod error;
 pub mod inbound;
 pub mod ops;
+pub mod outbound;
 pub mod startup;
 pub mod sync;
 pub mod telemetry;

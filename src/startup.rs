@@ -6,6 +6,7 @@ use crate::db::Db;
 use crate::error::{self, json_error_responses};
 use crate::inbound;
 use crate::ops::health;
+use crate::outbound;
 use crate::sync::apply::SyncContext;
 use crate::sync::hlc::Hlc;
 use crate::sync::stamps;
@@ -70,7 +71,8 @@ impl Application {
                 .service(
                     web::scope("/api")
                         .wrap(actix_web::middleware::from_fn(auth::require_api_token))
-                        .configure(inbound::inbox::routes),
+                        .configure(inbound::inbox::routes)
+                        .configure(outbound::events::routes),
                 )
                 .default_service(web::to(error::not_found))
                 .wrap(ErrorHandlers::new().default_handler(json_error_responses))

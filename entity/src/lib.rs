@@ -4,6 +4,7 @@
 //! Table and column names are the seed integration's (`shared/seed/crm-integration-v1.md`).
 //! Money is integer minor units (pence for GBP); `crm_last_synced_at` is Unix milliseconds.
 
+pub mod app_events;
 pub mod bookings;
 pub mod crm_inbox;
 pub mod crm_outbox;

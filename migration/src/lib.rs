@@ -6,6 +6,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20260101_000001_create_site_tables;
 mod m20260101_000002_create_crm_sync_logs;
 mod m20260102_000001_create_sync_tables;
+mod m20260103_000001_create_app_events;
 
 pub struct Migrator;
 
@@ -16,6 +17,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20260101_000001_create_site_tables::Migration),
             Box::new(m20260101_000002_create_crm_sync_logs::Migration),
             Box::new(m20260102_000001_create_sync_tables::Migration),
+            Box::new(m20260103_000001_create_app_events::Migration),
         ]
     }
 }

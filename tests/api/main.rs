@@ -6,5 +6,6 @@ mod helpers;
 mod cli;
 mod crm_client;
 mod database;
+mod events;
 mod health;
 mod inbound;

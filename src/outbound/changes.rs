@@ -1,0 +1,210 @@
+//! Applying a change the site made: the record is written with fresh version stamps from the
+//! hybrid logical clock and its delivery queued, in one transaction, so nothing acknowledged is lost.
+
+use super::outbox::{self, Operation};
+use crate::sync::apply::SyncContext;
+use crate::sync::lww::{Origin, Version};
+use crate::sync::mapping::{Kind, RecordType};
+use crate::sync::records::{self, Local};
+use crate::sync::stamps;
+use chrono::Utc;
+use sea_orm::{ConnectionTrait, DatabaseBackend, DatabaseTransaction, DbErr, Statement};
+use serde_json::{Map, Value};
+
+/// A change to one local record, in the table's column names.
+#[derive(Debug, Clone)]
+pub struct LocalChange {
+    pub record_type: RecordType,
+    pub id: String,
+    /// Columns to set. A new record needs all of its required columns.
+    pub values: Map<String, Value>,
+    pub delete: bool,
+}
+
+/// What the change did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub id: String,
+    pub created: bool,
+    /// The synced fields whose value changed.
+    pub changed: Vec<&'static str>,
+    /// The outbox row that will carry it, if anything needs sending.
+    pub outbox_id: Option<i64>,
+}
+
+/// Why a change cannot be taken (a client error: nothing was written).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejected {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+}
+
+/// Applies `change`; `Ok(Err(_))` is a rejection that wrote nothing.
+pub async fn apply(
+    c: &DatabaseTransaction,
+    ctx: &SyncContext,
+    change: LocalChange,
+    event_id: Option<&str>,
+) -> Result<Result<Applied, Rejected>, DbErr> {
+    let t = change.record_type;
+    let existing = records::find_by_id(c, t, &change.id).await?;
+    match existing {
+        None if change.delete => Ok(Err(Rejected::NotFound(format!("no {} {}", t.as_str(), change.id)))),
+        None => create(c, ctx, change, event_id).await,
+        Some(local) if local.is_deleted() => {
+            if change.delete {
+                Ok(Ok(Applied { id: local.id, created: false, changed: Vec::new(), outbox_id: None }))
+            } else {
+                Ok(Err(Rejected::Invalid(format!("{} {} was deleted", t.as_str(), change.id))))
+            }
+        }
+        Some(local) if change.delete => delete(c, ctx, t, local, event_id).await.map(Ok),
+        Some(local) => update(c, ctx, t, local, change.values, event_id).await,
+    }
+}
+
+/// `price_per_night` → `pricePerNight`, the site's name for a column.
+fn camel_case(column: &str) -> String {
+    let mut out = String::with_capacity(column.len());
+    let mut upper = false;
+    for c in column.chars() {
+        if c == '_' {
+            upper = true;
+        } else if upper {
+            out.push(c.to_ascii_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn now_json() -> Value {
+    serde_json::to_value(Utc::now()).unwrap_or_default()
+}
+
+/// A stamp for a local write, newer than `stored` whatever the clocks say.
+fn local_version(ctx: &SyncContext, stored: Option<&Version>, event_id: Option<&str>) -> Version {
+    if let Some(stored) = stored {
+        ctx.hlc.observe(stored.stamp);
+    }
+    Version { stamp: ctx.hlc.now(), origin: Origin::Local, event_id: event_id.unwrap_or_default().to_owned() }
+}
+
+async fn create(
+    c: &DatabaseTransaction,
+    ctx: &SyncContext,
+    change: LocalChange,
+    event_id: Option<&str>,
+) -> Result<Result<Applied, Rejected>, DbErr> {
+    let t = change.record_type;
+    let mut values = change.values;
+    let id_value = match records::id_value(t, &change.id) {
+        Some(_) if t.has_text_id() => Value::String(change.id.clone()),
+        Some(_) => Value::from(change.id.parse::<i64>().unwrap_or_default()),
+        None => return Ok(Err(Rejected::Invalid(format!("id: {:?} is not a valid {} id", change.id, t.as_str())))),
+    };
+    for field in t.fields() {
+        let missing = values.get(field.local).is_none_or(Value::is_null);
+        match field.kind {
+            Kind::OptText | Kind::OptDate | Kind::OptRef(_) if missing => {
+                values.insert(field.local.to_owned(), Value::Null);
+            }
+            Kind::TextOr(default) if missing => {
+                values.insert(field.local.to_owned(), Value::String(default.to_owned()));
+            }
+            Kind::OptText | Kind::OptDate | Kind::OptRef(_) | Kind::TextOr(_) => {}
+            _ if missing => return Ok(Err(Rejected::Invalid(format!("{}: required", camel_case(field.local))))),
+            _ => {}
+        }
+    }
+    values.insert("id".into(), id_value);
+    values.entry("created_at").or_insert_with(now_json);
+    values.insert("updated_at".into(), now_json());
+    values.insert("deleted_at".into(), Value::Null);
+    values.insert("crm_id".into(), Value::Null);
+    values.insert("crm_sync_status".into(), Value::String("pending".into()));
+    values.insert("crm_last_synced_at".into(), Value::Null);
+    let local = match records::insert(c, t, values).await {
+        Ok(local) => local,
+        Err(DbErr::Json(message)) => return Ok(Err(Rejected::Invalid(message))),
+        Err(e) => return Err(e),
+    };
+    if c.get_database_backend() == DatabaseBackend::Postgres && !t.has_text_id() {
+        // The site assigns these ids; keep the identity sequence past them for records the CRM creates.
+        let table = t.table();
+        let sql = format!(
+            r#"SELECT setval(pg_get_serial_sequence('"{table}"', 'id'), GREATEST((SELECT MAX(id) FROM "{table}"), 1))"#
+        );
+        c.execute_raw(Statement::from_string(DatabaseBackend::Postgres, sql)).await?;
+    }
+    let fields: Vec<&'static str> = t.fields().iter().map(|f| f.local).collect();
+    let version = local_version(ctx, None, event_id);
+    stamps::set_field_versions(c, t, &local.id, &fields, &version).await?;
+    let outbox_id = outbox::enqueue(c, t, &local.id, Operation::Upsert, None, event_id).await?;
+    Ok(Ok(Applied { id: local.id, created: true, changed: fields, outbox_id: Some(outbox_id) }))
+}
+
+async fn update(
+    c: &DatabaseTransaction,
+    ctx: &SyncContext,
+    t: RecordType,
+    local: Local,
+    values: Map<String, Value>,
+    event_id: Option<&str>,
+) -> Result<Result<Applied, Rejected>, DbErr> {
+    let stored = stamps::field_versions(c, t, &local.id).await?;
+    let mut changes = Map::new();
+    let mut changed = Vec::new();
+    for field in t.fields() {
+        if let Some(value) = values.get(field.local)
+            && local.values.get(field.local) != Some(value)
+        {
+            changes.insert(field.local.to_owned(), value.clone());
+            changed.push(field.local);
+        }
+    }
+    if changed.is_empty() {
+        return Ok(Ok(Applied { id: local.id, created: false, changed, outbox_id: None }));
+    }
+    let newest = changed.iter().filter_map(|f| stored.get(*f)).max_by_key(|v| v.stamp);
+    let version = local_version(ctx, newest, event_id);
+    changes.insert("updated_at".into(), now_json());
+    changes.insert("crm_sync_status".into(), Value::String("pending".into()));
+    match records::update(c, t, &local, changes).await {
+        Err(DbErr::Json(message)) => return Ok(Err(Rejected::Invalid(message))),
+        other => other?,
+    }
+    stamps::set_field_versions(c, t, &local.id, &changed, &version).await?;
+    let outbox_id = outbox::enqueue(c, t, &local.id, Operation::Upsert, Some(&changed), event_id).await?;
+    Ok(Ok(Applied { id: local.id, created: false, changed, outbox_id: Some(outbox_id) }))
+}
+
+async fn delete(
+    c: &DatabaseTransaction,
+    ctx: &SyncContext,
+    t: RecordType,
+    local: Local,
+    event_id: Option<&str>,
+) -> Result<Applied, DbErr> {
+    let mut changes = Map::new();
+    changes.insert("deleted_at".into(), now_json());
+    changes.insert("updated_at".into(), now_json());
+    records::update(c, t, &local, changes).await?;
+    let version = local_version(ctx, None, event_id);
+    let outbox_id = match local.crm_id() {
+        Some(crm_id) => {
+            stamps::set_tombstone(c, t, crm_id, Some(&local.id), &version).await?;
+            Some(outbox::enqueue(c, t, &local.id, Operation::Delete, None, event_id).await?)
+        }
+        // Never reached the CRM: nothing to delete there, and its queued create must not go out.
+        None => {
+            outbox::cancel_pending(c, t, &local.id).await?;
+            None
+        }
+    };
+    Ok(Applied { id: local.id, created: false, changed: Vec::new(), outbox_id })
+}

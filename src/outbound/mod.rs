@@ -1,0 +1,5 @@
+//! Changes from the site to the CRM: applying them locally, the outbox, and delivery.
+
+pub mod changes;
+pub mod events;
+pub mod outbox;
