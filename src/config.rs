@@ -5,6 +5,7 @@
 //! once and reports every problem, each naming its variable, so a bad deployment fails in one go.
 
 use crate::crm::rate_limit::RateLimit;
+use crate::outbound::retry::RetrySchedule;
 use crate::sync::lww::Origin;
 use clap::Args;
 use secrecy::SecretString;
@@ -52,6 +53,16 @@ pub struct Settings {
     /// Seconds a TreadSoft request may take before it counts as failed (and is retried). Default 10.
     #[arg(long, env = "CRM_REQUEST_TIMEOUT_SECS", global = true)]
     pub crm_request_timeout_secs: Option<String>,
+    /// Delivery tasks sending the outbox to the CRM. Default 1; 0 turns delivery off.
+    #[arg(long, env = "CRM_DELIVERY_WORKERS", global = true)]
+    pub crm_delivery_workers: Option<String>,
+    /// Seconds a claimed delivery stays reserved before another instance may take it over. Default 60.
+    #[arg(long, env = "CRM_DELIVERY_LEASE_SECS", global = true)]
+    pub crm_delivery_lease_secs: Option<String>,
+    /// Delays between delivery attempts; after the last, a delivery is failed (dead letter).
+    /// Default 10s,1m,5m,30m,2h,5h,10h,10h.
+    #[arg(long, env = "CRM_RETRY_SCHEDULE", global = true)]
+    pub crm_retry_schedule: Option<String>,
     /// Database: sqlite://PATH (default sqlite://crm-gateway.db) or postgres://USER@HOST/DB.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
     pub database_url: Option<String>,
@@ -136,6 +147,11 @@ pub struct Config {
     pub crm_rate_limit: RateLimit,
     /// Timeout of one CRM request.
     pub crm_request_timeout: Duration,
+    /// Delivery tasks (0: none).
+    pub delivery_workers: usize,
+    /// How long a claimed delivery is reserved.
+    pub delivery_lease: Duration,
+    pub retry_schedule: RetrySchedule,
     pub database: DatabaseConfig,
     pub bind_addr: SocketAddr,
     pub api_token: Option<SecretString>,
@@ -312,6 +328,21 @@ impl Settings {
             10,
             parse_positive,
         ));
+        let delivery_workers = problems.parse("CRM_DELIVERY_WORKERS", self.crm_delivery_workers.as_deref(), 1, |v| {
+            v.parse::<usize>().map_err(|_| format!("expected a whole number, got {v:?}"))
+        });
+        let delivery_lease = Duration::from_secs(problems.parse(
+            "CRM_DELIVERY_LEASE_SECS",
+            self.crm_delivery_lease_secs.as_deref(),
+            60,
+            parse_positive,
+        ));
+        let retry_schedule = problems.parse(
+            "CRM_RETRY_SCHEDULE",
+            self.crm_retry_schedule.as_deref(),
+            RetrySchedule::default(),
+            RetrySchedule::parse,
+        );
         let database = DatabaseConfig {
             url: problems.parse(
                 "DATABASE_URL",
@@ -368,6 +399,9 @@ impl Settings {
             tie_winner,
             crm_rate_limit,
             crm_request_timeout,
+            delivery_workers,
+            delivery_lease,
+            retry_schedule,
             database,
             bind_addr,
             api_token: non_empty(&self.gateway_api_token).map(|t| SecretString::from(t.to_owned())),

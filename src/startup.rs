@@ -2,11 +2,13 @@
 
 use crate::auth;
 use crate::config::Config;
+use crate::crm;
 use crate::db::Db;
 use crate::error::{self, json_error_responses};
 use crate::inbound;
 use crate::ops::health;
 use crate::outbound;
+use crate::outbound::worker::Delivery;
 use crate::sync::apply::SyncContext;
 use crate::sync::hlc::Hlc;
 use crate::sync::stamps;
@@ -19,6 +21,7 @@ use anyhow::Context;
 use std::future::Future;
 use std::net::TcpListener;
 use std::sync::Arc;
+use tokio::sync::watch;
 use tracing_actix_web::{RequestId, TracingLogger};
 
 /// Largest JSON body the app-facing routes accept.
@@ -31,6 +34,8 @@ pub struct AppState {
     /// The group-commit writer: every write goes through it.
     pub writer: Writer,
     pub sync: Arc<SyncContext>,
+    /// Sends the outbox to the CRM; `wake` it after queuing a change.
+    pub delivery: Arc<Delivery>,
 }
 
 /// A built server, bound to its port, not yet running.
@@ -40,6 +45,8 @@ pub struct Application {
     db: Db,
     writer: Writer,
     sync: Arc<SyncContext>,
+    delivery: Arc<Delivery>,
+    stop_workers: watch::Sender<bool>,
 }
 
 impl Application {
@@ -55,13 +62,31 @@ impl Application {
         let floor = stamps::max_stamp(db.reader()).await.context("cannot read the latest version stamp")?;
         let sync = Arc::new(SyncContext { precedence: config.tie_winner, hlc: Hlc::starting_after(floor) });
         let (writer, _writer_task) = Writer::start(db.writer().clone());
+        let crm = crm::from_config(&config).context("cannot set up the CRM client")?;
+        let delivery = Arc::new(Delivery::new(
+            db.clone(),
+            writer.clone(),
+            crm,
+            config.retry_schedule.clone(),
+            config.delivery_lease,
+        ));
+        let (stop_workers, stopped) = watch::channel(false);
+        for _ in 0..config.delivery_workers {
+            tokio::spawn(delivery.clone().run(stopped.clone()));
+        }
         let listener = TcpListener::bind(config.bind_addr)
             .with_context(|| format!("cannot listen on {} (BIND_ADDR)", config.bind_addr))?;
         let local_addr = listener.local_addr()?;
         let port = local_addr.port();
         let workers = config.http_workers;
         let webhook_limit = config.webhook_max_bytes;
-        let state = web::Data::new(AppState { config, db: db.clone(), writer: writer.clone(), sync: sync.clone() });
+        let state = web::Data::new(AppState {
+            config,
+            db: db.clone(),
+            writer: writer.clone(),
+            sync: sync.clone(),
+            delivery: delivery.clone(),
+        });
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
@@ -72,7 +97,8 @@ impl Application {
                     web::scope("/api")
                         .wrap(actix_web::middleware::from_fn(auth::require_api_token))
                         .configure(inbound::inbox::routes)
-                        .configure(outbound::events::routes),
+                        .configure(outbound::events::routes)
+                        .configure(outbound::admin::routes),
                 )
                 .default_service(web::to(error::not_found))
                 .wrap(ErrorHandlers::new().default_handler(json_error_responses))
@@ -95,7 +121,7 @@ impl Application {
         .listen(listener)?
         .run();
         tracing::info!(addr = %local_addr, "listening");
-        Ok(Self { port, server, db, writer, sync })
+        Ok(Self { port, server, db, writer, sync, delivery, stop_workers })
     }
 
     pub fn port(&self) -> u16 {
@@ -114,19 +140,28 @@ impl Application {
         &self.sync
     }
 
+    pub fn delivery(&self) -> &Arc<Delivery> {
+        &self.delivery
+    }
+
     /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests finish
     /// (up to 30 s) and returns.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
         let handle = self.server.handle();
         let mut server = std::pin::pin!(self.server);
         tokio::select! {
-            result = &mut server => return result,
+            result = &mut server => {
+                let _ = self.stop_workers.send(true);
+                return result;
+            }
             () = shutdown => tracing::info!("shutting down: finishing in-flight requests"),
         }
         // The stop command is sent now; the server future must be polled to carry it out.
         let stopped = handle.stop(true);
         let result = server.await;
         stopped.await;
+        // Delivery workers finish the step they are in; what is left stays queued for next time.
+        let _ = self.stop_workers.send(true);
         tracing::info!("stopped");
         result
     }

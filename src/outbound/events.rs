@@ -77,7 +77,10 @@ async fn post_events(
         .await
         .map_err(|e| ApiError::internal(&e))?;
     match outcome {
-        Ok(answer) => Ok(HttpResponse::Accepted().json(answer)),
+        Ok(answer) => {
+            state.delivery.wake.notify_one();
+            Ok(HttpResponse::Accepted().json(answer))
+        }
         Err((id, Rejected::NotFound(message))) => Err(ApiError::not_found(format!("event {id}: {message}"))),
         Err((id, Rejected::Invalid(message))) => Err(invalid(format!("event {id}: {message}"))),
     }

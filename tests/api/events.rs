@@ -14,12 +14,6 @@ fn owner(id: &str, phone: &str) -> Value {
     })
 }
 
-impl TestApp {
-    async fn post_events(&self, body: &Value) -> reqwest::Response {
-        self.http.post(format!("{}/api/events", self.address)).json(body).send().await.expect("request sent")
-    }
-}
-
 async fn outbox_rows(app: &TestApp) -> Vec<crm_outbox::Model> {
     crm_outbox::Entity::find().all(app.db.reader()).await.unwrap()
 }

@@ -206,7 +206,21 @@ pub fn test_config(database: DatabaseConfig) -> Config {
     config.database = database;
     config.bind_addr = "127.0.0.1:0".parse().unwrap();
     config.http_workers = 1;
+    // Tests drive delivery one step at a time (`TestApp::deliver_pending`).
+    config.delivery_workers = 0;
     config
+}
+
+/// Points `config` at the TreadSoft stub.
+pub fn use_stub(config: &mut Config, stub: &crate::treadsoft_stub::Stub) {
+    config.crm = crm_gateway::config::CrmProvider::TreadSoft(crm_gateway::config::TreadSoftConfig {
+        api_url: stub.server.uri().parse().unwrap(),
+        api_key: crate::treadsoft_stub::API_KEY.to_owned().into(),
+        api_secret: crate::treadsoft_stub::API_SECRET.to_owned().into(),
+    });
+    config.crm_request_timeout = std::time::Duration::from_millis(500);
+    config.crm_rate_limit =
+        crm_gateway::crm::rate_limit::RateLimit { requests: 100_000, period: std::time::Duration::from_secs(1) };
 }
 
 /// The real application, serving on a free port of 127.0.0.1.
@@ -214,6 +228,7 @@ pub struct TestApp {
     pub address: String,
     pub db: Db,
     pub sync: std::sync::Arc<crm_gateway::sync::apply::SyncContext>,
+    pub delivery: std::sync::Arc<crm_gateway::outbound::worker::Delivery>,
     pub backend: Backend,
     pub http: reqwest::Client,
     shutdown: Option<oneshot::Sender<()>>,
@@ -247,6 +262,7 @@ impl TestApp {
         let port = app.port();
         let db = app.db().clone();
         let sync = app.sync().clone();
+        let delivery = app.delivery().clone();
         let (tx, rx) = oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until(async {
             let _ = rx.await;
@@ -255,6 +271,7 @@ impl TestApp {
             address: format!("http://127.0.0.1:{port}"),
             db,
             sync,
+            delivery,
             backend,
             http: reqwest::Client::new(),
             shutdown: Some(tx),
@@ -305,6 +322,28 @@ impl TestApp {
         assert_eq!(response.status(), reqwest::StatusCode::OK, "delivery refused");
         let answer: serde_json::Value = response.json().await.unwrap();
         answer["results"].as_array().unwrap().iter().map(|r| r["outcome"].as_str().unwrap().to_owned()).collect()
+    }
+
+    /// Runs delivery steps until nothing is due now; returns how many rows were handled.
+    pub async fn deliver_pending(&self) -> usize {
+        self.deliver_at(chrono::Utc::now()).await
+    }
+
+    /// Runs delivery steps as if the time were `now` (to make retries due without waiting).
+    pub async fn deliver_at(&self, now: chrono::DateTime<chrono::Utc>) -> usize {
+        let mut total = 0;
+        loop {
+            let handled = self.delivery.deliver_due(now).await.expect("a delivery step");
+            if handled == 0 {
+                return total;
+            }
+            total += handled;
+        }
+    }
+
+    /// POSTs app events (`{"events": [...]}` or one event) to `/api/events`.
+    pub async fn post_events(&self, body: &serde_json::Value) -> reqwest::Response {
+        self.http.post(format!("{}/api/events", self.address)).json(body).send().await.expect("request sent")
     }
 
     /// Stops the server gracefully and waits for it.

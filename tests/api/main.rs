@@ -6,6 +6,8 @@ mod helpers;
 mod cli;
 mod crm_client;
 mod database;
+mod delivery;
 mod events;
 mod health;
 mod inbound;
+mod treadsoft_stub;

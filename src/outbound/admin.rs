@@ -1,0 +1,113 @@
+//! Operating the outbox: retrying dead letters (`failed` rows), one or all.
+
+use crate::error::{ApiError, resource};
+use crate::startup::AppState;
+use crate::sync::mapping::RecordType;
+use crate::writer::{WriteError, Writer};
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, web};
+use chrono::Utc;
+use entity::crm_outbox;
+use sea_orm::sea_query::Expr;
+use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set};
+use serde::Deserialize;
+use serde_json::json;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/crm/outbox/retry-failed").route(web::post().to(retry_failed_route)))
+        .service(resource("/crm/outbox/{id}/retry").route(web::post().to(retry_route)));
+}
+
+/// What retrying one row came to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RetryOne {
+    Queued,
+    NotFound,
+    /// The row is delivered or being delivered; its status is given.
+    NotRetryable(String),
+}
+
+/// Makes a `failed` (or waiting `pending`) row due now, with a fresh attempt count.
+pub async fn retry_one(writer: &Writer, id: i64) -> Result<RetryOne, WriteError> {
+    writer
+        .run(move |txn| {
+            Box::pin(async move {
+                let Some(row) = crm_outbox::Entity::find_by_id(id).one(txn).await? else {
+                    return Ok(RetryOne::NotFound);
+                };
+                if !matches!(row.status.as_str(), "failed" | "pending") {
+                    return Ok(RetryOne::NotRetryable(row.status));
+                }
+                let mut row: crm_outbox::ActiveModel = row.into();
+                row.status = Set("pending".into());
+                row.attempts = Set(0);
+                row.next_attempt_at = Set(Utc::now());
+                row.updated_at = Set(Utc::now());
+                row.update(txn).await?;
+                Ok(RetryOne::Queued)
+            })
+        })
+        .await
+}
+
+/// Makes every `failed` row (of one record type, if given) due now; returns how many.
+pub async fn retry_failed(writer: &Writer, record_type: Option<RecordType>) -> Result<u64, WriteError> {
+    writer
+        .run(move |txn| {
+            Box::pin(async move {
+                let mut update = crm_outbox::Entity::update_many()
+                    .col_expr(crm_outbox::Column::Status, Expr::value("pending"))
+                    .col_expr(crm_outbox::Column::Attempts, Expr::value(0))
+                    .col_expr(crm_outbox::Column::NextAttemptAt, Expr::value(Utc::now()))
+                    .col_expr(crm_outbox::Column::UpdatedAt, Expr::value(Utc::now()))
+                    .filter(crm_outbox::Column::Status.eq("failed"));
+                if let Some(t) = record_type {
+                    update = update.filter(crm_outbox::Column::RecordType.eq(t.as_str()));
+                }
+                Ok(update.exec(txn).await?.rows_affected)
+            })
+        })
+        .await
+}
+
+async fn retry_route(path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let raw = path.into_inner();
+    let id: i64 = raw.parse().map_err(|_| ApiError::not_found(format!("no outbox row {raw}")))?;
+    match retry_one(&state.writer, id).await.map_err(|e| ApiError::internal(&e))? {
+        RetryOne::Queued => {
+            state.delivery.wake.notify_one();
+            Ok(HttpResponse::Ok().json(json!({ "id": id, "status": "pending" })))
+        }
+        RetryOne::NotFound => Err(ApiError::not_found(format!("no outbox row {id}"))),
+        RetryOne::NotRetryable(status) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_retryable",
+            format!("outbox row {id} is {status}; only failed or pending rows can be retried"),
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RetryFilter {
+    record_type: Option<String>,
+}
+
+async fn retry_failed_route(
+    query: web::Query<RetryFilter>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let record_type = match query.record_type.as_deref() {
+        None => None,
+        Some(name) => Some(RecordType::parse(name).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                format!("recordType: expected contact, property, enquiry, booking or membership, got {name:?}"),
+            )
+        })?),
+    };
+    let count = retry_failed(&state.writer, record_type).await.map_err(|e| ApiError::internal(&e))?;
+    state.delivery.wake.notify_one();
+    Ok(HttpResponse::Ok().json(json!({ "retried": count })))
+}

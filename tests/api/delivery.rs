@@ -1,0 +1,205 @@
+//! Delivering the outbox to TreadSoft (a local stub): exactly once, correctly signed, through
+//! failures, retries and restarts.
+
+use crate::helpers::{TestApp, TestDatabase, use_stub};
+use crate::on_both_databases_without_app;
+use crate::treadsoft_stub::{Scripted, Stub};
+use chrono::{Duration, Utc};
+use entity::enums::CrmSyncStatus;
+use entity::{crm_outbox, crm_requests, crm_sync_logs, user};
+use reqwest::StatusCode;
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
+use serde_json::{Value, json};
+
+fn owner(id: &str) -> Value {
+    json!({"id": id, "name": "Mary Anne van Dyke", "email": format!("{id}@example.com"), "phone": "+44 1",
+        "companyName": null, "role": "owner", "membershipStatus": "pending"})
+}
+
+async fn register(app: &TestApp, event_id: &str, user_id: &str) {
+    let response = app.post_events(&json!({"id": event_id, "type": "owner.registered", "data": owner(user_id)})).await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+}
+
+async fn stored_user(app: &TestApp, id: &str) -> user::Model {
+    user::Entity::find_by_id(id).one(app.db.reader()).await.unwrap().unwrap()
+}
+
+async fn outbox(app: &TestApp) -> Vec<crm_outbox::Model> {
+    crm_outbox::Entity::find().all(app.db.reader()).await.unwrap()
+}
+
+async fn with_stub(database: TestDatabase) -> (TestApp, Stub) {
+    let stub = Stub::start().await;
+    let app = TestApp::spawn_with(database, |c| use_stub(c, &stub)).await;
+    (app, stub)
+}
+
+async fn a_new_owner_reaches_treadsoft_once_signed_and_linked(database: TestDatabase) {
+    let (app, stub) = with_stub(database).await;
+    register(&app, "ev_1", "user_1").await;
+
+    assert_eq!(app.deliver_pending().await, 1);
+    assert_eq!(app.deliver_pending().await, 0, "nothing is sent twice");
+
+    let contact = stub.state().by_external_id("contacts", "user_1").expect("the contact exists in TreadSoft");
+    assert_eq!((contact["firstName"].as_str(), contact["lastName"].as_str()), (Some("Mary"), Some("Anne van Dyke")));
+    assert!(stub.state().calls.iter().all(|c| c.signed));
+    let user = stored_user(&app, "user_1").await;
+    assert_eq!(user.crm_id.as_deref(), contact["id"].as_str());
+    assert_eq!(user.crm_sync_status, CrmSyncStatus::Synced);
+    assert!(user.crm_last_synced_at.is_some());
+    assert_eq!(
+        crm_requests::Entity::find().count(app.db.reader()).await.unwrap(),
+        1,
+        "the request id is kept for echoes"
+    );
+    let log = crm_sync_logs::Entity::find().one(app.db.reader()).await.unwrap().unwrap();
+    assert_eq!((log.action.as_str(), log.status.as_str()), ("create", "success"));
+    assert!(!log.request_data.unwrap_or_default().contains(crate::treadsoft_stub::API_SECRET));
+}
+
+async fn a_later_edit_patches_only_the_changed_fields(database: TestDatabase) {
+    let (app, stub) = with_stub(database).await;
+    register(&app, "ev_1", "user_1").await;
+    app.deliver_pending().await;
+
+    app.post_events(&json!({"id": "ev_2", "type": "owner.updated", "data": {"id": "user_1", "phone": "+44 2"}})).await;
+    app.deliver_pending().await;
+
+    let patch = stub.state().calls.iter().rev().find(|c| c.method == "PATCH").cloned().expect("a PATCH");
+    assert_eq!(patch.body, json!({"phone": "+44 2", "externalId": "user_1"}));
+    assert_eq!(stub.state().all("contacts").len(), 1);
+}
+
+async fn a_contact_treadsoft_has_by_email_is_linked_not_duplicated(database: TestDatabase) {
+    let (app, stub) = with_stub(database).await;
+    stub.state().records.insert(
+        ("contacts".into(), "crm_contact_existing".into()),
+        json!({"id": "crm_contact_existing", "externalId": null, "email": "USER_1@example.com", "version": 3}),
+    );
+    register(&app, "ev_1", "user_1").await;
+
+    app.deliver_pending().await;
+
+    assert_eq!(stub.state().all("contacts").len(), 1);
+    assert_eq!(stored_user(&app, "user_1").await.crm_id.as_deref(), Some("crm_contact_existing"));
+    let linked = stub.state().records[&("contacts".to_owned(), "crm_contact_existing".to_owned())].clone();
+    assert_eq!(linked["externalId"], "user_1");
+}
+
+async fn a_500_is_retried_later_and_then_succeeds_once(database: TestDatabase) {
+    let (app, stub) = with_stub(database).await;
+    register(&app, "ev_1", "user_1").await;
+    stub.fail_next(500, "server_error", None);
+
+    app.deliver_pending().await;
+
+    let row = &outbox(&app).await[0];
+    assert_eq!((row.status.as_str(), row.attempts), ("pending", 1));
+    assert!(row.next_attempt_at > Utc::now() + Duration::seconds(5), "backs off ~10 s");
+    assert_eq!(app.deliver_pending().await, 0, "not due yet");
+
+    app.deliver_at(Utc::now() + Duration::seconds(15)).await;
+
+    assert_eq!(outbox(&app).await[0].status, "delivered");
+    assert_eq!(stub.state().all("contacts").len(), 1);
+    let keys: Vec<_> = stub.state().calls.iter().map(|c| c.idempotency_key.clone()).collect();
+    assert_eq!(keys[0], keys[1], "the retry repeats the idempotency key of the same request");
+}
+
+async fn a_429_waits_at_least_retry_after(database: TestDatabase) {
+    let (app, stub) = with_stub(database).await;
+    register(&app, "ev_1", "user_1").await;
+    stub.fail_next(429, "rate_limited", Some(120));
+
+    app.deliver_pending().await;
+
+    let row = &outbox(&app).await[0];
+    assert!(row.next_attempt_at >= Utc::now() + Duration::seconds(115), "{:?}", row.next_attempt_at);
+}
+
+async fn a_timeout_after_treadsoft_committed_creates_no_second_record(database: TestDatabase) {
+    let (app, stub) = with_stub(database).await;
+    register(&app, "ev_1", "user_1").await;
+    stub.state().script.push_back(Scripted::Slow(std::time::Duration::from_secs(2)));
+
+    app.deliver_pending().await;
+    assert_eq!(outbox(&app).await[0].status, "pending", "the timeout is transient");
+    app.deliver_at(Utc::now() + Duration::seconds(15)).await;
+
+    assert_eq!(stub.state().all("contacts").len(), 1);
+    assert_eq!(stored_user(&app, "user_1").await.crm_sync_status, CrmSyncStatus::Synced);
+}
+
+async fn a_permanent_422_dead_letters_and_a_manual_retry_delivers(database: TestDatabase) {
+    let (app, stub) = with_stub(database).await;
+    register(&app, "ev_1", "user_1").await;
+    stub.fail_next(422, "validation_failed", None);
+
+    app.deliver_pending().await;
+
+    let row = outbox(&app).await.remove(0);
+    assert_eq!(row.status, "failed");
+    assert!(row.last_error.unwrap().contains("validation_failed"));
+    assert_eq!(stored_user(&app, "user_1").await.crm_sync_status, CrmSyncStatus::Failed);
+    let failed_logs = crm_sync_logs::Entity::find()
+        .filter(crm_sync_logs::Column::Status.eq("failed"))
+        .count(app.db.reader())
+        .await
+        .unwrap();
+    assert_eq!(failed_logs, 1);
+
+    let retry = app.http.post(format!("{}/api/crm/outbox/{}/retry", app.address, row.id)).send().await.unwrap();
+    assert_eq!(retry.status(), StatusCode::OK);
+    app.deliver_pending().await;
+
+    assert_eq!(outbox(&app).await[0].status, "delivered");
+    assert_eq!(stored_user(&app, "user_1").await.crm_sync_status, CrmSyncStatus::Synced);
+}
+
+async fn rapid_edits_while_sends_fail_end_at_the_last_value(database: TestDatabase) {
+    let (app, stub) = with_stub(database).await;
+    register(&app, "ev_1", "user_1").await;
+    app.deliver_pending().await;
+    let mut later = Utc::now();
+    for (n, phone) in ["+44 2", "+44 3", "+44 4"].iter().enumerate() {
+        stub.fail_next(503, "server_error", None);
+        app.post_events(
+            &json!({"id": format!("ev_p{n}"), "type": "owner.updated", "data": {"id": "user_1", "phone": phone}}),
+        )
+        .await;
+        later += Duration::minutes(10);
+        app.deliver_at(later).await;
+    }
+    assert_eq!(outbox(&app).await.iter().filter(|r| r.status == "pending").count(), 1, "coalesced into one row");
+
+    app.deliver_at(later + Duration::hours(1)).await;
+
+    let contact = stub.state().by_external_id("contacts", "user_1").unwrap();
+    assert_eq!(contact["phone"], "+44 4");
+    let patches: Vec<Value> =
+        stub.state().calls.iter().filter(|c| c.method == "PATCH").map(|c| c.body["phone"].clone()).collect();
+    assert_eq!(patches.last(), Some(&json!("+44 4")), "never flips back: {patches:?}");
+}
+
+async fn auth_is_refused_without_the_token(database: TestDatabase) {
+    let app = TestApp::spawn_with(database, |c| c.api_token = Some("s3cret".to_owned().into())).await;
+
+    let refused = app.post_events(&json!({"id": "ev_1", "type": "owner.registered", "data": owner("user_1")})).await;
+
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(user::Entity::find().count(app.db.reader()).await.unwrap(), 0);
+}
+
+on_both_databases_without_app!(
+    a_new_owner_reaches_treadsoft_once_signed_and_linked,
+    a_later_edit_patches_only_the_changed_fields,
+    a_contact_treadsoft_has_by_email_is_linked_not_duplicated,
+    a_500_is_retried_later_and_then_succeeds_once,
+    a_429_waits_at_least_retry_after,
+    a_timeout_after_treadsoft_committed_creates_no_second_record,
+    a_permanent_422_dead_letters_and_a_manual_retry_delivers,
+    rapid_edits_while_sends_fail_end_at_the_last_value,
+    auth_is_refused_without_the_token,
+);
