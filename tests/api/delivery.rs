@@ -183,6 +183,30 @@ async fn rapid_edits_while_sends_fail_end_at_the_last_value(database: TestDataba
     assert_eq!(patches.last(), Some(&json!("+44 4")), "never flips back: {patches:?}");
 }
 
+async fn a_deleted_property_is_deleted_in_treadsoft_after_its_owner_and_itself_arrived(database: TestDatabase) {
+    let (app, stub) = with_stub(database).await;
+    register(&app, "ev_1", "user_1").await;
+    let property = json!({"id": 4201, "ownerId": "user_1", "title": "Haworth Hall", "location": "Haworth",
+        "bedrooms": 12, "pricePerNight": 145050, "currency": "GBP", "status": "active"});
+    app.post_events(&json!({"id": "ev_2", "type": "property.created", "data": property})).await;
+
+    app.deliver_pending().await;
+    app.deliver_at(Utc::now() + Duration::seconds(5)).await;
+
+    let sent = stub.state().by_external_id("properties", "4201").expect("the property reached TreadSoft");
+    let owner_crm_id = stored_user(&app, "user_1").await.crm_id.unwrap();
+    assert_eq!(sent["ownerContactId"], owner_crm_id.as_str(), "the owner is referenced by its TreadSoft id");
+    assert_eq!(sent["pricePerNight"], json!(1450.5));
+
+    app.post_events(&json!({"id": "ev_3", "type": "property.deleted", "data": {"id": 4201}})).await;
+    app.deliver_pending().await;
+
+    let crm_id = sent["id"].as_str().unwrap().to_owned();
+    let delete = stub.state().calls.iter().find(|c| c.method == "DELETE").cloned().expect("a DELETE");
+    assert_eq!(delete.path, format!("/v1/properties/{crm_id}"));
+    assert!(stub.state().by_external_id("properties", "4201").is_none());
+}
+
 async fn auth_is_refused_without_the_token(database: TestDatabase) {
     let app = TestApp::spawn_with(database, |c| c.api_token = Some("s3cret".to_owned().into())).await;
 
@@ -201,5 +225,6 @@ on_both_databases_without_app!(
     a_timeout_after_treadsoft_committed_creates_no_second_record,
     a_permanent_422_dead_letters_and_a_manual_retry_delivers,
     rapid_edits_while_sends_fail_end_at_the_last_value,
+    a_deleted_property_is_deleted_in_treadsoft_after_its_owner_and_itself_arrived,
     auth_is_refused_without_the_token,
 );
