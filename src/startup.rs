@@ -98,7 +98,8 @@ impl Application {
                         .wrap(actix_web::middleware::from_fn(auth::require_api_token))
                         .configure(inbound::inbox::routes)
                         .configure(outbound::events::routes)
-                        .configure(outbound::admin::routes),
+                        .configure(outbound::admin::routes)
+                        .configure(outbound::seed_routes::routes),
                 )
                 .default_service(web::to(error::not_found))
                 .wrap(ErrorHandlers::new().default_handler(json_error_responses))

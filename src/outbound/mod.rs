@@ -5,4 +5,5 @@ pub mod changes;
 pub mod events;
 pub mod outbox;
 pub mod retry;
+pub mod seed_routes;
 pub mod worker;

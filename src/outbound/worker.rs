@@ -92,7 +92,21 @@ impl Delivery {
     /// One step at time `now`: claim, send, record. Returns how many rows it handled.
     #[tracing::instrument(name = "deliver", skip_all, fields(claimed))]
     pub async fn deliver_due(&self, now: DateTime<Utc>) -> Result<usize, WriteError> {
-        let claimed = self.claim(now).await?;
+        self.deliver(now, None).await
+    }
+
+    /// Delivers the given rows now (those that are due and not in flight), for the routes that
+    /// answer with the outcome of a sync.
+    pub async fn deliver_rows(&self, ids: Vec<i64>) -> Result<usize, WriteError> {
+        let mut total = 0;
+        for chunk in ids.chunks(BATCH as usize) {
+            total += self.deliver(Utc::now(), Some(chunk.to_vec())).await?;
+        }
+        Ok(total)
+    }
+
+    async fn deliver(&self, now: DateTime<Utc>, only: Option<Vec<i64>>) -> Result<usize, WriteError> {
+        let claimed = self.claim(now, only).await?;
         tracing::Span::current().record("claimed", claimed.len());
         if claimed.is_empty() {
             return Ok(0);
@@ -125,13 +139,17 @@ impl Delivery {
     }
 
     /// Marks due rows `in_flight`, at most one per record and none of a record already in flight.
-    async fn claim(&self, now: DateTime<Utc>) -> Result<Vec<crm_outbox::Model>, WriteError> {
+    async fn claim(&self, now: DateTime<Utc>, only: Option<Vec<i64>>) -> Result<Vec<crm_outbox::Model>, WriteError> {
         use sea_orm::ExprTrait;
         let lease_until = now + chrono::Duration::from_std(self.lease).unwrap_or_default();
         self.writer
             .run(move |txn| {
                 Box::pin(async move {
-                    let due = crm_outbox::Entity::find()
+                    let mut due = crm_outbox::Entity::find();
+                    if let Some(ids) = only {
+                        due = due.filter(crm_outbox::Column::Id.is_in(ids));
+                    }
+                    let due = due
                         .filter(
                             Condition::any()
                                 .add(

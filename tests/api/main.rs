@@ -10,4 +10,5 @@ mod delivery;
 mod events;
 mod health;
 mod inbound;
+mod seed_routes;
 mod treadsoft_stub;
