@@ -7,7 +7,9 @@
 //! waiting window: an idle writer starts a transaction as soon as one piece of work arrives.
 
 use futures_util::future::BoxFuture;
-use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
+use sea_orm::{
+    DatabaseConnection, DatabaseTransaction, DbErr, SqliteTransactionMode, TransactionOptions, TransactionTrait,
+};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
@@ -88,7 +90,13 @@ where
 async fn run(connection: DatabaseConnection, mut queue: mpsc::Receiver<Job>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let txn = match connection.begin().await {
+        // IMMEDIATE: on SQLite take the write lock at BEGIN, so another process writing the same
+        // file makes this one wait (busy timeout) instead of failing with "database is locked".
+        let options = TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..Default::default()
+        };
+        let txn = match connection.begin_with_options(options).await {
             Ok(txn) => txn,
             Err(e) => {
                 // Dropping the work answers its callers with `Unavailable`.

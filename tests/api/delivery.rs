@@ -216,7 +216,70 @@ async fn auth_is_refused_without_the_token(database: TestDatabase) {
     assert_eq!(user::Entity::find().count(app.db.reader()).await.unwrap(), 0);
 }
 
+async fn two_workers_deliver_a_thousand_changes_exactly_once(database: TestDatabase) {
+    let stub = Stub::start().await;
+    let patient = |c: &mut crm_gateway::config::Config| {
+        use_stub(c, &stub);
+        // A debug-build stub takes a while over a thousand records; this test is about exactly-once.
+        c.crm_request_timeout = std::time::Duration::from_secs(30);
+    };
+    let first = TestApp::spawn_with(database, patient).await;
+    let second = first.another_instance_with(patient).await;
+    for batch in 0..2 {
+        let events: Vec<Value> = (0..500)
+            .map(|n| {
+                let id = format!("user_{batch}_{n}");
+                json!({"id": format!("ev_{batch}_{n}"), "type": "owner.registered", "data": owner(&id)})
+            })
+            .collect();
+        assert_eq!(first.post_events(&json!({ "events": events })).await.status(), StatusCode::ACCEPTED);
+    }
+
+    let (a, b) = tokio::join!(first.deliver_pending(), second.deliver_pending());
+    let rest = first.deliver_pending().await;
+
+    let left: Vec<(String, Option<String>)> = outbox(&first)
+        .await
+        .into_iter()
+        .filter(|r| r.status != "delivered" || r.last_error.is_some())
+        .map(|r| (r.status, r.last_error))
+        .take(3)
+        .collect();
+    assert_eq!(a + b + rest, 1000, "every row handled once; a={a} b={b} rest={rest} left: {left:?}");
+    let state = stub.state();
+    assert_eq!(state.all("contacts").len(), 1000, "{left:?}");
+    let mut sent: Vec<String> = state
+        .calls
+        .iter()
+        .filter(|c| c.path.ends_with("/batch/upsert"))
+        .flat_map(|c| {
+            c.body["records"].as_array().unwrap().iter().map(|r| r["externalId"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    let total = sent.len();
+    sent.sort();
+    sent.dedup();
+    assert_eq!((total, sent.len()), (1000, 1000), "no record was sent twice");
+    drop(state);
+    let synced = user::Entity::find()
+        .filter(user::Column::CrmSyncStatus.eq(CrmSyncStatus::Synced))
+        .count(first.db.reader())
+        .await
+        .unwrap();
+    let unsynced: Vec<(String, Option<String>, CrmSyncStatus)> = user::Entity::find()
+        .filter(user::Column::CrmSyncStatus.ne(CrmSyncStatus::Synced))
+        .all(first.db.reader())
+        .await
+        .unwrap()
+        .into_iter()
+        .take(3)
+        .map(|u| (u.id, u.crm_id, u.crm_sync_status))
+        .collect();
+    assert_eq!(synced, 1000, "{unsynced:?}");
+}
+
 on_both_databases_without_app!(
+    two_workers_deliver_a_thousand_changes_exactly_once,
     a_new_owner_reaches_treadsoft_once_signed_and_linked,
     a_later_edit_patches_only_the_changed_fields,
     a_contact_treadsoft_has_by_email_is_linked_not_duplicated,

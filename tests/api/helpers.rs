@@ -251,7 +251,12 @@ impl TestApp {
 
     /// A second gateway instance on the same database (as when scaling out on PostgreSQL).
     pub async fn another_instance(&self) -> Self {
-        Self::start(self.database_config.clone(), self.backend, |_| {}).await
+        self.another_instance_with(|_| {}).await
+    }
+
+    /// Another instance, configured by `adjust`.
+    pub async fn another_instance_with(&self, adjust: impl FnOnce(&mut Config)) -> Self {
+        Self::start(self.database_config.clone(), self.backend, adjust).await
     }
 
     async fn start(database: DatabaseConfig, backend: Backend, adjust: impl FnOnce(&mut Config)) -> Self {
