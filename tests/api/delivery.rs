@@ -238,44 +238,31 @@ async fn two_workers_deliver_a_thousand_changes_exactly_once(database: TestDatab
     let (a, b) = tokio::join!(first.deliver_pending(), second.deliver_pending());
     let rest = first.deliver_pending().await;
 
-    let left: Vec<(String, Option<String>)> = outbox(&first)
-        .await
-        .into_iter()
-        .filter(|r| r.status != "delivered" || r.last_error.is_some())
-        .map(|r| (r.status, r.last_error))
-        .take(3)
-        .collect();
-    assert_eq!(a + b + rest, 1000, "every row handled once; a={a} b={b} rest={rest} left: {left:?}");
-    let state = stub.state();
-    assert_eq!(state.all("contacts").len(), 1000, "{left:?}");
-    let mut sent: Vec<String> = state
-        .calls
-        .iter()
-        .filter(|c| c.path.ends_with("/batch/upsert"))
-        .flat_map(|c| {
-            c.body["records"].as_array().unwrap().iter().map(|r| r["externalId"].as_str().unwrap().to_owned())
-        })
-        .collect();
+    let not_delivered = outbox(&first).await.into_iter().filter(|r| r.status != "delivered").count();
+    assert_eq!((a + b + rest, not_delivered), (1000, 0), "every row handled once (a={a} b={b} rest={rest})");
+    let (records, mut sent) = {
+        let state = stub.state();
+        let sent: Vec<String> = state
+            .calls
+            .iter()
+            .filter(|c| c.path.ends_with("/batch/upsert"))
+            .flat_map(|c| {
+                c.body["records"].as_array().unwrap().iter().map(|r| r["externalId"].as_str().unwrap().to_owned())
+            })
+            .collect();
+        (state.all("contacts").len(), sent)
+    };
+    assert_eq!(records, 1000);
     let total = sent.len();
     sent.sort();
     sent.dedup();
     assert_eq!((total, sent.len()), (1000, 1000), "no record was sent twice");
-    drop(state);
     let synced = user::Entity::find()
         .filter(user::Column::CrmSyncStatus.eq(CrmSyncStatus::Synced))
         .count(first.db.reader())
         .await
         .unwrap();
-    let unsynced: Vec<(String, Option<String>, CrmSyncStatus)> = user::Entity::find()
-        .filter(user::Column::CrmSyncStatus.ne(CrmSyncStatus::Synced))
-        .all(first.db.reader())
-        .await
-        .unwrap()
-        .into_iter()
-        .take(3)
-        .map(|u| (u.id, u.crm_id, u.crm_sync_status))
-        .collect();
-    assert_eq!(synced, 1000, "{unsynced:?}");
+    assert_eq!(synced, 1000);
 }
 
 on_both_databases_without_app!(
