@@ -4,9 +4,11 @@ use crate::config::{Config, Settings};
 use crate::db::Db;
 use crate::inbound::inbox;
 use crate::inbound::verify::treadsoft_signature;
+use crate::outbound::admin::{self, RetryOne};
 use crate::startup::{Application, shutdown_signal};
 use crate::sync::apply::SyncContext;
 use crate::sync::hlc::Hlc;
+use crate::sync::mapping::RecordType;
 use crate::sync::stamps;
 use crate::telemetry;
 use crate::writer::Writer;
@@ -49,6 +51,27 @@ pub enum Command {
         #[command(subcommand)]
         command: InboxCommand,
     },
+    /// Work with the outbox of deliveries to the CRM.
+    Outbox {
+        #[command(subcommand)]
+        command: OutboxCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum OutboxCommand {
+    /// Make failed deliveries (dead letters) due again: one by id, or all with --all.
+    Retry {
+        /// The outbox row id.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<i64>,
+        /// Every failed row (of --record-type, if given).
+        #[arg(long)]
+        all: bool,
+        /// With --all: only rows of this record type (contact, property, enquiry, booking, membership).
+        #[arg(long, requires = "all")]
+        record_type: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -72,6 +95,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve => serve(config).await,
         Command::Migrate => migrate(config).await,
         Command::Inbox { command: InboxCommand::Replay { event_id } } => replay(config, event_id).await,
+        Command::Outbox { command: OutboxCommand::Retry { id, all: _, record_type } } => {
+            outbox_retry(config, id, record_type).await
+        }
         Command::Sign { .. } => unreachable!("handled above"),
     }
 }
@@ -99,12 +125,41 @@ fn sign(settings: &Settings, secret: Option<String>, timestamp: Option<i64>) -> 
     Ok(())
 }
 
-async fn replay(config: Config, event_id: String) -> anyhow::Result<()> {
-    let db = Db::connect(&config.database).await.context("cannot open the database")?;
+/// The database and writer a one-shot command works through.
+async fn open(config: &Config) -> anyhow::Result<(Db, Writer)> {
+    let db = Db::connect(&config.database)
+        .await
+        .with_context(|| format!("cannot open the database {}", config.database.redacted_url()))?;
     db.migrate().await.context("cannot migrate the database")?;
+    let (writer, _task) = Writer::start(db.writer().clone());
+    Ok((db, writer))
+}
+
+async fn outbox_retry(config: Config, id: Option<i64>, record_type: Option<String>) -> anyhow::Result<()> {
+    let record_type = match record_type.as_deref() {
+        None => None,
+        Some(name) => Some(RecordType::parse(name).with_context(|| {
+            format!("--record-type: expected contact, property, enquiry, booking or membership, got {name:?}")
+        })?),
+    };
+    let (_db, writer) = open(&config).await?;
+    match id {
+        Some(id) => match admin::retry_one(&writer, id).await? {
+            RetryOne::Queued => println!("outbox row {id} is due again"),
+            RetryOne::NotFound => anyhow::bail!("no outbox row {id}"),
+            RetryOne::NotRetryable(status) => {
+                anyhow::bail!("outbox row {id} is {status}; only failed or pending rows can be retried")
+            }
+        },
+        None => println!("{} failed row(s) are due again", admin::retry_failed(&writer, record_type).await?),
+    }
+    Ok(())
+}
+
+async fn replay(config: Config, event_id: String) -> anyhow::Result<()> {
+    let (db, writer) = open(&config).await?;
     let floor = stamps::max_stamp(db.reader()).await?;
     let sync = Arc::new(SyncContext { precedence: config.tie_winner, hlc: Hlc::starting_after(floor) });
-    let (writer, _task) = Writer::start(db.writer().clone());
     match inbox::replay(&writer, sync, event_id.clone()).await? {
         Some(result) => println!("{}", serde_json::to_string_pretty(&result)?),
         None => anyhow::bail!("the inbox has no event {event_id}"),
@@ -117,13 +172,21 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     if config.webhook_secrets.is_empty() {
         tracing::warn!("CRM_WEBHOOK_SECRET is not set: CRM webhooks will be refused");
     }
+    if config.api_token.is_none() {
+        tracing::warn!("GATEWAY_API_TOKEN is not set: the /api routes serve only clients on this machine");
+    }
+    if config.delivery_workers == 0 {
+        tracing::warn!("CRM_DELIVERY_WORKERS=0: changes are queued but not sent to the CRM");
+    }
     let app = Application::build(config).await?;
     app.run_until(shutdown_signal()).await.context("the HTTP server failed")?;
     Ok(())
 }
 
 async fn migrate(config: Config) -> anyhow::Result<()> {
-    let db = Db::connect(&config.database).await.context("cannot open the database")?;
+    let db = Db::connect(&config.database)
+        .await
+        .with_context(|| format!("cannot open the database {}", config.database.redacted_url()))?;
     db.migrate().await.context("cannot migrate the database")?;
     tracing::info!("database is up to date");
     db.close().await?;

@@ -169,6 +169,19 @@ pub struct DatabaseConfig {
     pub sqlite_synchronous: SqliteSynchronous,
 }
 
+impl DatabaseConfig {
+    /// The URL without its password, for messages.
+    pub fn redacted_url(&self) -> String {
+        match Url::parse(&self.url) {
+            Ok(mut url) if url.password().is_some() => {
+                let _ = url.set_password(Some("***"));
+                url.to_string()
+            }
+            _ => self.url.clone(),
+        }
+    }
+}
+
 impl fmt::Debug for DatabaseConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let scheme = self.url.split(':').next().unwrap_or_default();

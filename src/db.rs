@@ -33,7 +33,8 @@ impl Db {
             let mut options = ConnectOptions::new(config.url.clone());
             options
                 .max_connections(config.max_connections)
-                .acquire_timeout(Duration::from_secs(30))
+                .connect_timeout(Duration::from_secs(10))
+                .acquire_timeout(Duration::from_secs(10))
                 .sqlx_logging(false);
             let pool = Database::connect(options).await?;
             Ok(Self { writer: pool.clone(), reader: pool })

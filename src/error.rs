@@ -115,19 +115,19 @@ pub async fn not_found(req: HttpRequest) -> HttpResponse {
     ApiError::not_found(format!("no route for {} {}", req.method(), req.path())).error_response()
 }
 
-/// The answer for a known path asked with a method it does not serve.
-pub async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        format!("{} is not allowed on {}", req.method(), req.path()),
-    )
-    .error_response()
-}
-
-/// A resource whose unmatched methods answer 405 (not the app's 404).
-pub fn resource(path: &str) -> actix_web::Resource {
-    web::resource(path).default_service(web::to(method_not_allowed))
+/// A resource that answers 405 with an `Allow` header (not the app's 404) to methods it does not
+/// serve; `allow` lists the ones it does, e.g. `"GET"` or `"GET, POST"`.
+pub fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(move |req: HttpRequest| async move {
+        let mut response = ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{} is not allowed on {}; use {allow}", req.method(), req.path()),
+        )
+        .error_response();
+        response.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static(allow));
+        response
+    }))
 }
 
 /// Rewrites error responses that actix-web produced itself (405 from a resource, 413 from a

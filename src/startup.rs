@@ -52,7 +52,9 @@ pub struct Application {
 impl Application {
     /// Connects to the database, applies migrations and binds the listener.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let db = Db::connect(&config.database).await.context("cannot open the database")?;
+        let db = Db::connect(&config.database)
+            .await
+            .with_context(|| format!("cannot open the database {}", config.database.redacted_url()))?;
         db.migrate().await.context("cannot migrate the database")?;
         Self::build_with_db(config, db).await
     }

@@ -8,7 +8,7 @@ use actix_web::{HttpResponse, web};
 use std::sync::Arc;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/crm/inbox/{event_id}/replay").route(web::post().to(replay_route)));
+    cfg.service(resource("/crm/inbox/{event_id}/replay", "POST").route(web::post().to(replay_route)));
 }
 
 /// Applies stored event `event_id` again; `None` if the inbox has no such event.

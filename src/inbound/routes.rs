@@ -15,7 +15,7 @@ const MAX_EVENTS: usize = 100;
 
 pub fn routes(cfg: &mut web::ServiceConfig, body_limit: usize) {
     cfg.service(
-        resource("/api/crm/webhooks/treadsoft")
+        resource("/api/crm/webhooks/treadsoft", "POST")
             .app_data(web::PayloadConfig::new(body_limit))
             .route(web::post().to(receive_webhook)),
     );

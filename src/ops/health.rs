@@ -12,8 +12,8 @@ pub async fn healthz() -> HttpResponse {
 
 /// Registers both routes.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/healthz").route(web::get().to(healthz)))
-        .service(resource("/readyz").route(web::get().to(readyz)));
+    cfg.service(resource("/healthz", "GET").route(web::get().to(healthz)))
+        .service(resource("/readyz", "GET").route(web::get().to(readyz)));
 }
 
 #[tracing::instrument(name = "readyz", skip_all)]

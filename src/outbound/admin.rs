@@ -14,8 +14,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/crm/outbox/retry-failed").route(web::post().to(retry_failed_route)))
-        .service(resource("/crm/outbox/{id}/retry").route(web::post().to(retry_route)));
+    cfg.service(resource("/crm/outbox/retry-failed", "POST").route(web::post().to(retry_failed_route)))
+        .service(resource("/crm/outbox/{id}/retry", "POST").route(web::post().to(retry_route)));
 }
 
 /// What retrying one row came to.

@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 pub const MAX_EVENTS: usize = 500;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/events").route(web::post().to(post_events)));
+    cfg.service(resource("/events", "POST").route(web::post().to(post_events)));
 }
 
 /// One validated event.

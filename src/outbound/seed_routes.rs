@@ -16,11 +16,13 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/crm/sync/owner").route(web::post().to(sync_owner)).route(web::get().to(owner_status)))
-        .service(resource("/crm/sync/property").route(web::post().to(sync_property)))
-        .service(resource("/crm/sync/bulk").route(web::post().to(sync_bulk)))
-        .service(resource("/owner/profile").route(web::put().to(update_profile)))
-        .service(resource("/owner/register").route(web::post().to(register)));
+    cfg.service(
+        resource("/crm/sync/owner", "GET, POST").route(web::post().to(sync_owner)).route(web::get().to(owner_status)),
+    )
+    .service(resource("/crm/sync/property", "POST").route(web::post().to(sync_property)))
+    .service(resource("/crm/sync/bulk", "POST").route(web::post().to(sync_bulk)))
+    .service(resource("/owner/profile", "PUT").route(web::put().to(update_profile)))
+    .service(resource("/owner/register", "POST").route(web::post().to(register)));
 }
 
 fn invalid(message: impl Into<String>) -> ApiError {

@@ -18,11 +18,11 @@ async fn serve_with_no_environment_starts_on_sqlite_and_stops_cleanly_on_sigterm
     // Port 0 only so parallel tests never collide; everything else is the default.
     let mut child = gateway(dir.path())
         .env("BIND_ADDR", "127.0.0.1:0")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
+    let stdout = child.stderr.take().unwrap();
     let address = tokio::task::spawn_blocking(move || {
         BufReader::new(stdout)
             .lines()
@@ -145,4 +145,20 @@ fn inbox_replay_of_an_unknown_event_says_so() {
 
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("no event evt_missing"));
+}
+
+#[test]
+fn outbox_retry_names_what_it_did() {
+    let dir = tempfile::tempdir().unwrap();
+
+    let all = gateway(dir.path()).args(["outbox", "retry", "--all"]).output().unwrap();
+    let missing = gateway(dir.path()).args(["outbox", "retry", "42"]).output().unwrap();
+    let neither = gateway(dir.path()).args(["outbox", "retry"]).output().unwrap();
+
+    assert!(all.status.success());
+    assert_eq!(String::from_utf8_lossy(&all.stdout).trim(), "0 failed row(s) are due again");
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no outbox row 42"));
+    assert!(!String::from_utf8_lossy(&missing.stdout).contains("INFO"), "logs go to standard error");
+    assert_eq!(neither.status.code(), Some(2), "clap refuses a call without an id or --all");
 }

@@ -49,6 +49,7 @@ async fn a_wrong_method_is_405_json(app: TestApp) {
     let response = app.request(Method::POST, "/healthz").await;
 
     assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(response.headers().get("allow").unwrap(), "GET");
     assert_eq!(error_code(response).await, "method_not_allowed");
 }
 
