@@ -142,3 +142,44 @@ async fn rate_limited_answers_carry_retry_after() {
         matches!(result, Err(CrmError::Transient { status: Some(429), retry_after: Some(d), .. }) if d == Duration::from_secs(12))
     );
 }
+
+#[tokio::test]
+async fn create_update_get_and_delete_work_for_every_record_type() {
+    let stub = crate::treadsoft_stub::Stub::start().await;
+    let config = TreadSoftConfig {
+        api_url: stub.server.uri().parse().unwrap(),
+        api_key: crate::treadsoft_stub::API_KEY.to_owned().into(),
+        api_secret: crate::treadsoft_stub::API_SECRET.to_owned().into(),
+    };
+    let client = TreadSoftClient::new(
+        config,
+        Duration::from_secs(5),
+        RateLimit { requests: 1000, period: Duration::from_secs(1) },
+    )
+    .unwrap();
+
+    for t in RecordType::ALL {
+        let external_id = format!("{}-1", t.as_str());
+        let created = client
+            .create(
+                t,
+                &fields(json!({"externalId": external_id, "email": format!("{external_id}@example.com")})),
+                &format!("k-{external_id}"),
+            )
+            .await
+            .unwrap();
+        let id = created.record.id.clone();
+        assert!(id.starts_with(&format!("crm_{}_", t.as_str())), "{id}");
+        assert!(created.request_id.is_some());
+
+        let updated = client.update(t, &id, &fields(json!({"status": "active"}))).await.unwrap();
+        assert_eq!(updated.record.version, 2);
+        assert_eq!(client.get(t, &id).await.unwrap().fields["status"], "active");
+
+        client.delete(t, &id).await.unwrap();
+        assert!(matches!(client.get(t, &id).await, Err(CrmError::NotFound { .. })), "{}", t.as_str());
+        assert!(matches!(client.delete(t, &id).await, Err(CrmError::NotFound { .. })));
+    }
+    assert!(stub.state().calls.iter().all(|c| c.signed));
+    assert!(stub.state().calls.iter().filter(|c| c.method == "POST").all(|c| c.idempotency_key.is_some()));
+}

@@ -207,6 +207,58 @@ async fn a_deleted_property_is_deleted_in_treadsoft_after_its_owner_and_itself_a
     assert!(stub.state().by_external_id("properties", "4201").is_none());
 }
 
+async fn every_record_type_is_created_then_updated_in_treadsoft(database: TestDatabase) {
+    let (app, stub) = with_stub(database).await;
+    register(&app, "ev_o", "user_1").await;
+    let events = json!({"events": [
+        {"id": "ev_p", "type": "property.created", "data": {"id": 7, "ownerId": "user_1", "title": "Haworth Hall",
+            "location": "Haworth", "bedrooms": 12, "pricePerNight": 145050, "currency": "GBP", "status": "active"}},
+        {"id": "ev_e", "type": "enquiry.created", "data": {"id": 11, "userId": null, "propertyId": 7, "guestName": "Ann Lee",
+            "guestEmail": "ann@example.com", "guestPhone": null, "subject": "Dogs?", "message": "Two dogs?", "status": "new", "source": "website"}},
+        {"id": "ev_b", "type": "booking.created", "data": {"id": 21, "propertyId": 7, "userId": "user_1", "guestName": "Ann Lee",
+            "guestEmail": "ann@example.com", "checkIn": "2025-07-01", "checkOut": "2025-07-08", "guests": 14, "totalPrice": 1015350,
+            "currency": "GBP", "status": "confirmed", "paymentStatus": "deposit_paid"}},
+        {"id": "ev_m", "type": "membership.created", "data": {"id": 31, "userId": "user_1", "membershipTier": "premium",
+            "status": "active", "startDate": "2025-01-01", "endDate": null, "autoRenew": true, "paymentStatus": "paid"}},
+    ]});
+    assert_eq!(app.post_events(&events).await.status(), StatusCode::ACCEPTED);
+
+    // Each round sends what waited for its parent in the round before.
+    for round in 1..=3 {
+        app.deliver_at(Utc::now() + Duration::seconds(10 * round)).await;
+    }
+
+    let contact_id = stored_user(&app, "user_1").await.crm_id.unwrap();
+    let property = stub.state().by_external_id("properties", "7").expect("property");
+    let enquiry = stub.state().by_external_id("enquiries", "11").expect("enquiry");
+    let booking = stub.state().by_external_id("bookings", "21").expect("booking");
+    let membership = stub.state().by_external_id("memberships", "31").expect("membership");
+    assert_eq!(enquiry["propertyId"], property["id"]);
+    assert_eq!(enquiry["contactId"], Value::Null);
+    assert_eq!(
+        (booking["propertyId"].clone(), booking["contactId"].clone()),
+        (property["id"].clone(), json!(contact_id))
+    );
+    assert_eq!((booking["totalPrice"].clone(), booking["checkIn"].clone()), (json!(10153.5), json!("2025-07-01")));
+    assert_eq!(
+        (membership["contactId"].clone(), membership["tier"].clone(), membership["autoRenew"].clone()),
+        (json!(contact_id), json!("premium"), json!(true))
+    );
+
+    let updates = json!({"events": [
+        {"id": "ev_e2", "type": "enquiry.updated", "data": {"id": 11, "status": "responded"}},
+        {"id": "ev_b2", "type": "booking.cancelled", "data": {"id": 21}},
+        {"id": "ev_m2", "type": "membership.updated", "data": {"id": 31, "autoRenew": false}},
+    ]});
+    app.post_events(&updates).await;
+    app.deliver_at(Utc::now() + Duration::seconds(40)).await;
+
+    assert_eq!(stub.state().by_external_id("enquiries", "11").unwrap()["status"], "responded");
+    assert_eq!(stub.state().by_external_id("bookings", "21").unwrap()["status"], "cancelled");
+    assert_eq!(stub.state().by_external_id("memberships", "31").unwrap()["autoRenew"], false);
+    assert_eq!(outbox(&app).await.iter().filter(|r| r.status != "delivered").count(), 0);
+}
+
 async fn auth_is_refused_without_the_token(database: TestDatabase) {
     let app = TestApp::spawn_with(database, |c| c.api_token = Some("s3cret".to_owned().into())).await;
 
@@ -276,5 +328,6 @@ on_both_databases_without_app!(
     a_permanent_422_dead_letters_and_a_manual_retry_delivers,
     rapid_edits_while_sends_fail_end_at_the_last_value,
     a_deleted_property_is_deleted_in_treadsoft_after_its_owner_and_itself_arrived,
+    every_record_type_is_created_then_updated_in_treadsoft,
     auth_is_refused_without_the_token,
 );

@@ -145,6 +145,21 @@ impl Respond for Responder {
                     .collect();
                 (200, json!({ "results": results }))
             }
+            ("POST", [collection]) => {
+                let fields = body.as_object().cloned().unwrap_or_default();
+                let result = upsert(&mut state, collection, fields);
+                match result["status"].as_str() {
+                    Some("error") => (409, json!({ "error": result["error"] })),
+                    _ => {
+                        let id = result["id"].as_str().unwrap_or_default().to_owned();
+                        (201, state.records[&(collection.to_string(), id)].clone())
+                    }
+                }
+            }
+            ("GET", [collection, id]) => match state.records.get(&(collection.to_string(), id.to_string())) {
+                Some(record) => (200, record.clone()),
+                None => (404, json!({"error": {"code": "not_found", "message": "no such record"}})),
+            },
             ("PATCH", [collection, id]) => match state.records.get_mut(&(collection.to_string(), id.to_string())) {
                 Some(record) => {
                     for (k, v) in body.as_object().cloned().unwrap_or_default() {
