@@ -259,6 +259,27 @@ async fn every_record_type_is_created_then_updated_in_treadsoft(database: TestDa
     assert_eq!(outbox(&app).await.iter().filter(|r| r.status != "delivered").count(), 0);
 }
 
+async fn a_contact_created_from_a_webhook_gets_its_external_id_linked_back(database: TestDatabase) {
+    let (app, stub) = with_stub(database).await;
+    stub.state().records.insert(
+        ("contacts".into(), "crm_contact_from_crm".into()),
+        json!({"id": "crm_contact_from_crm", "externalId": null, "email": "new@example.com", "version": 1}),
+    );
+    let event = json!({"id": "evt_1", "type": "contact.created", "changeSource": "ui", "requestId": null, "changedFields": [],
+        "object": {"type": "contact", "id": "crm_contact_from_crm", "externalId": null, "version": 1,
+            "updatedAt": "2025-01-05T10:00:00.000Z", "deletedAt": null,
+            "data": {"firstName": "New", "lastName": "Owner", "email": "new@example.com", "phone": null,
+                "companyName": null, "role": "owner", "membershipStatus": "active"}}});
+    assert_eq!(app.deliver(&[event]).await, ["applied"]);
+    let local = user::Entity::find().one(app.db.reader()).await.unwrap().unwrap();
+
+    app.deliver_pending().await;
+
+    let linked = stub.state().records[&("contacts".to_owned(), "crm_contact_from_crm".to_owned())].clone();
+    assert_eq!(linked["externalId"], local.id.as_str());
+    assert_eq!(outbox(&app).await[0].status, "delivered");
+}
+
 async fn auth_is_refused_without_the_token(database: TestDatabase) {
     let app = TestApp::spawn_with(database, |c| c.api_token = Some("s3cret".to_owned().into())).await;
 
@@ -329,5 +350,6 @@ on_both_databases_without_app!(
     rapid_edits_while_sends_fail_end_at_the_last_value,
     a_deleted_property_is_deleted_in_treadsoft_after_its_owner_and_itself_arrived,
     every_record_type_is_created_then_updated_in_treadsoft,
+    a_contact_created_from_a_webhook_gets_its_external_id_linked_back,
     auth_is_refused_without_the_token,
 );
