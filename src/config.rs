@@ -356,6 +356,15 @@ impl Settings {
             RetrySchedule::default(),
             RetrySchedule::parse,
         );
+        if delivery_lease <= crm_request_timeout * 2 {
+            problems.add(
+                "CRM_DELIVERY_LEASE_SECS",
+                format!(
+                    "must be more than twice CRM_REQUEST_TIMEOUT_SECS ({} s), so a claimed delivery can be sent within its lease",
+                    crm_request_timeout.as_secs()
+                ),
+            );
+        }
         let database = DatabaseConfig {
             url: problems.parse(
                 "DATABASE_URL",

@@ -69,8 +69,10 @@ impl Application {
             db.clone(),
             writer.clone(),
             crm,
+            sync.clone(),
             config.retry_schedule.clone(),
             config.delivery_lease,
+            config.crm_request_timeout,
         ));
         let (stop_workers, stopped) = watch::channel(false);
         for _ in 0..config.delivery_workers {

@@ -200,10 +200,15 @@ async fn delete(
             stamps::set_tombstone(c, t, crm_id, Some(&local.id), &version).await?;
             Some(outbox::enqueue(c, t, &local.id, Operation::Delete, None, event_id).await?)
         }
-        // Never reached the CRM: nothing to delete there, and its queued create must not go out.
+        // Never reached the CRM: its queued create must not go out. If the create is being sent
+        // right now, queue the delete behind it (it waits until the create has its crm_id).
         None => {
             outbox::cancel_pending(c, t, &local.id).await?;
-            None
+            if outbox::in_flight(c, t, &local.id).await? {
+                Some(outbox::enqueue(c, t, &local.id, Operation::Delete, None, event_id).await?)
+            } else {
+                None
+            }
         }
     };
     Ok(Applied { id: local.id, created: false, changed: Vec::new(), outbox_id })

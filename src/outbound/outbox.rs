@@ -55,6 +55,9 @@ pub async fn enqueue(
         row.operation = Set(merged.0.as_str().to_owned());
         row.fields = Set(merged.1);
         row.event_id = Set(event_id.map(str::to_owned));
+        // A new change deserves a fresh try, not the backoff of the failures before it.
+        row.attempts = Set(0);
+        row.next_attempt_at = Set(now);
         row.updated_at = Set(now);
         row.update(c).await?;
         return Ok(id);
@@ -78,6 +81,64 @@ pub async fn enqueue(
     .insert(c)
     .await?;
     Ok(row.id)
+}
+
+/// The record's deliveries that are not done (pending, in flight or failed), links aside.
+async fn undelivered(
+    c: &impl ConnectionTrait,
+    t: RecordType,
+    record_id: &str,
+    except: Option<i64>,
+) -> Result<Vec<crm_outbox::Model>, DbErr> {
+    let mut query = crm_outbox::Entity::find()
+        .filter(crm_outbox::Column::RecordType.eq(t.as_str()))
+        .filter(crm_outbox::Column::RecordId.eq(record_id))
+        .filter(crm_outbox::Column::Status.is_in(["pending", "in_flight", "failed"]))
+        .filter(crm_outbox::Column::Operation.ne("link"));
+    if let Some(id) = except {
+        query = query.filter(crm_outbox::Column::Id.ne(id));
+    }
+    query.all(c).await
+}
+
+/// The record's `crm_sync_status` given its deliveries (other than `except`): `failed` if one is
+/// dead-lettered, `pending` if one is queued or in flight, else `synced`.
+pub async fn sync_status(
+    c: &impl ConnectionTrait,
+    t: RecordType,
+    record_id: &str,
+    except: Option<i64>,
+) -> Result<&'static str, DbErr> {
+    let rows = undelivered(c, t, record_id, except).await?;
+    Ok(if rows.iter().any(|r| r.status == "failed") {
+        "failed"
+    } else if rows.is_empty() {
+        "synced"
+    } else {
+        "pending"
+    })
+}
+
+/// The local fields of the record with a change not yet confirmed by the CRM (pending or in
+/// flight); `None` in the set means every field.
+pub async fn unconfirmed_fields(
+    c: &impl ConnectionTrait,
+    t: RecordType,
+    record_id: &str,
+) -> Result<Option<BTreeSet<String>>, DbErr> {
+    let mut fields = BTreeSet::new();
+    for row in undelivered(c, t, record_id, None).await?.into_iter().filter(|r| r.status != "failed") {
+        match row.fields.as_deref().map(serde_json::from_str::<BTreeSet<String>>) {
+            Some(Ok(listed)) => fields.extend(listed),
+            _ => return Ok(None),
+        }
+    }
+    Ok(Some(fields))
+}
+
+/// Whether a delivery of the record is being sent right now.
+pub async fn in_flight(c: &impl ConnectionTrait, t: RecordType, record_id: &str) -> Result<bool, DbErr> {
+    Ok(undelivered(c, t, record_id, None).await?.iter().any(|r| r.status == "in_flight"))
 }
 
 /// Drops the record's queued deliveries (a record deleted before it ever reached the CRM).

@@ -65,6 +65,7 @@ async fn sync_now(
                         .col_expr(crm_outbox::Column::Attempts, sea_orm::sea_query::Expr::value(0))
                         .col_expr(crm_outbox::Column::NextAttemptAt, sea_orm::sea_query::Expr::value(Utc::now()))
                         .filter(crm_outbox::Column::Id.eq(row.id))
+                        .filter(crm_outbox::Column::Status.is_in(["pending", "failed"]))
                         .exec(txn)
                         .await?;
                     return Ok(row.id);

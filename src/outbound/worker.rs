@@ -7,9 +7,11 @@
 //! transaction: linked and synced, retried later, or dead-lettered. Tests drive the step directly;
 //! `serve` runs it in a loop woken by each new change.
 
+use super::outbox;
 use super::retry::RetrySchedule;
 use crate::crm::{CrmClient, CrmError};
 use crate::db::Db;
+use crate::sync::apply::{self, SyncContext};
 use crate::sync::log::SyncLog;
 use crate::sync::mapping::{Kind, RecordType, local_to_crm};
 use crate::sync::records::{self, Local};
@@ -19,7 +21,7 @@ use entity::{crm_outbox, crm_requests};
 use sea_orm::sea_query::{Expr, LockBehavior, LockType};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set,
+    QuerySelect, Set, TransactionTrait,
 };
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashSet};
@@ -39,8 +41,11 @@ pub struct Delivery {
     db: Db,
     writer: Writer,
     crm: Arc<dyn CrmClient>,
+    sync: Arc<SyncContext>,
     schedule: RetrySchedule,
     lease: Duration,
+    /// One CRM request's timeout: a claimed row is not sent when less than this is left of its lease.
+    request_timeout: Duration,
     /// Woken when a change is queued, so it goes out at once rather than at the next poll.
     pub wake: Arc<Notify>,
 }
@@ -66,8 +71,16 @@ enum Attempt {
 }
 
 impl Delivery {
-    pub fn new(db: Db, writer: Writer, crm: Arc<dyn CrmClient>, schedule: RetrySchedule, lease: Duration) -> Self {
-        Self { db, writer, crm, schedule, lease, wake: Arc::new(Notify::new()) }
+    pub fn new(
+        db: Db,
+        writer: Writer,
+        crm: Arc<dyn CrmClient>,
+        sync: Arc<SyncContext>,
+        schedule: RetrySchedule,
+        lease: Duration,
+        request_timeout: Duration,
+    ) -> Self {
+        Self { db, writer, crm, sync, schedule, lease, request_timeout, wake: Arc::new(Notify::new()) }
     }
 
     /// Runs steps until `stop` turns true: at once when woken, otherwise every second.
@@ -89,7 +102,8 @@ impl Delivery {
         }
     }
 
-    /// One step at time `now`: claim, send, record. Returns how many rows it handled.
+    /// One step at time `now`: claim, send, record. Returns how many rows it handled (rows released
+    /// unsent because their lease ran short do not count).
     #[tracing::instrument(name = "deliver", skip_all, fields(claimed))]
     pub async fn deliver_due(&self, now: DateTime<Utc>) -> Result<usize, WriteError> {
         self.deliver(now, None).await
@@ -108,39 +122,97 @@ impl Delivery {
     async fn deliver(&self, now: DateTime<Utc>, only: Option<Vec<i64>>) -> Result<usize, WriteError> {
         let claimed = self.claim(now, only).await?;
         tracing::Span::current().record("claimed", claimed.len());
-        if claimed.is_empty() {
-            return Ok(0);
-        }
-        let mut results = Vec::with_capacity(claimed.len());
-        let mut creates: BTreeMap<RecordType, Vec<Create>> = BTreeMap::new();
+        let mut handled = claimed.len();
+        let Some(lease_until) = claimed.first().and_then(|r| r.lease_until) else { return Ok(0) };
+        let margin = chrono::Duration::from_std(self.request_timeout).unwrap_or_default();
+        let lease_short = || Utc::now() + margin > lease_until;
+        // Parents first: a property created in this step can then refer to its owner's new id.
+        let mut by_type: BTreeMap<RecordType, Vec<crm_outbox::Model>> = BTreeMap::new();
+        let mut unknown = Vec::new();
         for row in claimed {
-            match self.prepare(&row).await {
-                Ok(Prepared::Create(t, local, payload)) => creates.entry(t).or_default().push((row, local, payload)),
-                Ok(Prepared::Sent(attempt)) => results.push((row, attempt)),
-                Err(e) => results.push((row, Attempt::Later(PARENT_WAIT, format!("database error: {e}")))),
+            match RecordType::parse(&row.record_type) {
+                Some(t) => by_type.entry(t).or_default().push(row),
+                None => unknown.push((row, Attempt::Skipped("unknown record type".into()))),
             }
         }
-        for (t, rows) in creates {
-            results.extend(self.create_batch(t, rows).await);
+        self.record_all(unknown, now).await?;
+        for (t, rows) in by_type {
+            let mut creates: Vec<Create> = Vec::new();
+            for row in rows {
+                if lease_short() {
+                    handled -= 1;
+                    self.record_all(
+                        vec![(row, Attempt::Later(Duration::ZERO, "released: its lease ran short".into()))],
+                        now,
+                    )
+                    .await?;
+                    continue;
+                }
+                let attempt = match self.prepare(t, &row).await {
+                    Ok(Prepared::Create(local, payload)) => {
+                        creates.push((row, local, payload));
+                        continue;
+                    }
+                    Ok(Prepared::Sent(attempt)) => attempt,
+                    Err(e) => Attempt::Later(PARENT_WAIT, format!("database error: {e}")),
+                };
+                // Recorded at once, so the request id is known before its webhook echo arrives.
+                self.record_all(vec![(row, attempt)], now).await?;
+            }
+            if !creates.is_empty() {
+                let results = if lease_short() {
+                    handled -= creates.len();
+                    creates
+                        .into_iter()
+                        .map(|(row, _, _)| (row, Attempt::Later(Duration::ZERO, "released".into())))
+                        .collect()
+                } else {
+                    self.create_batch(t, creates).await
+                };
+                self.record_all(results, now).await?;
+            }
         }
-        let handled = results.len();
+        Ok(handled)
+    }
+
+    /// Records outcomes, each in its own savepoint: one that cannot be written leaves its row in
+    /// flight (its lease expires and it is tried again) without undoing the others.
+    async fn record_all(
+        &self,
+        results: Vec<(crm_outbox::Model, Attempt)>,
+        now: DateTime<Utc>,
+    ) -> Result<(), WriteError> {
+        if results.is_empty() {
+            return Ok(());
+        }
         let schedule = self.schedule.clone();
+        let sync = self.sync.clone();
         self.writer
             .run(move |txn| {
                 Box::pin(async move {
                     for (row, attempt) in results {
-                        record(txn, &schedule, row, attempt, now).await?;
+                        let id = row.id;
+                        let savepoint = txn.begin().await?;
+                        match record(&savepoint, &schedule, &sync, row, attempt, now).await {
+                            Ok(()) => savepoint.commit().await?,
+                            Err(e) => {
+                                savepoint.rollback().await?;
+                                tracing::error!(outbox_id = id, error = %e, "cannot record a delivery outcome");
+                            }
+                        }
                     }
                     Ok(())
                 })
             })
-            .await?;
-        Ok(handled)
+            .await
     }
 
     /// Marks due rows `in_flight`, at most one per record and none of a record already in flight.
     async fn claim(&self, now: DateTime<Utc>, only: Option<Vec<i64>>) -> Result<Vec<crm_outbox::Model>, WriteError> {
+        use chrono::SubsecRound;
         use sea_orm::ExprTrait;
+        // Microseconds: what PostgreSQL keeps, so the lease read back compares equal.
+        let now = now.trunc_subsecs(6);
         let lease_until = now + chrono::Duration::from_std(self.lease).unwrap_or_default();
         self.writer
             .run(move |txn| {
@@ -207,10 +279,7 @@ impl Delivery {
     }
 
     /// Builds what a row sends; sends it unless it is a create (those go out in batches).
-    async fn prepare(&self, row: &crm_outbox::Model) -> Result<Prepared, DbErr> {
-        let Some(t) = RecordType::parse(&row.record_type) else {
-            return Ok(Prepared::Sent(Attempt::Skipped(format!("unknown record type {}", row.record_type))));
-        };
+    async fn prepare(&self, t: RecordType, row: &crm_outbox::Model) -> Result<Prepared, DbErr> {
         let Some(local) = records::find_by_id(self.db.reader(), t, &row.record_id).await? else {
             return Ok(Prepared::Sent(Attempt::Skipped("the local record no longer exists".into())));
         };
@@ -238,7 +307,7 @@ impl Delivery {
                             Ok(full) => full,
                             Err(attempt) => return Ok(Prepared::Sent(attempt)),
                         };
-                        Ok(Prepared::Create(t, local, full))
+                        Ok(Prepared::Create(local, full))
                     }
                 }
             }
@@ -341,7 +410,23 @@ impl Delivery {
                                 response: json!({ "id": item.id, "status": item.status }),
                             },
                             Some(item) => match item.error.as_ref().and_then(|e| e.existing_id.clone()) {
-                                Some(existing) => self.patch(t, &existing, payload).await,
+                                Some(existing) => match records::find_by_crm_id(self.db.reader(), t, &existing).await {
+                                    Ok(Some(other)) if other.id != local.id => Attempt::Failed {
+                                        error: CrmError::Permanent {
+                                            status: 409,
+                                            code: "duplicate".into(),
+                                            message: format!(
+                                                "TreadSoft has this email as {existing}, which is linked to {} {}",
+                                                t.as_str(),
+                                                other.id
+                                            ),
+                                        },
+                                        action: "create",
+                                        request: Value::Object(payload),
+                                    },
+                                    Ok(_) => self.patch(t, &existing, payload).await,
+                                    Err(e) => Attempt::Later(PARENT_WAIT, format!("database error: {e}")),
+                                },
                                 None => {
                                     let e = item.error.clone().unwrap_or_default();
                                     let error = CrmError::Permanent { status: 422, code: e.code, message: e.message };
@@ -382,7 +467,7 @@ fn idempotency_key(payloads: &[Map<String, Value>]) -> String {
 type Create = (crm_outbox::Model, Local, Map<String, Value>);
 
 enum Prepared {
-    Create(RecordType, Local, Map<String, Value>),
+    Create(Local, Map<String, Value>),
     Sent(Attempt),
 }
 
@@ -397,10 +482,18 @@ fn record_json(record: &crate::crm::CrmRecord) -> Value {
 async fn record(
     txn: &DatabaseTransaction,
     schedule: &RetrySchedule,
+    sync: &SyncContext,
     row: crm_outbox::Model,
     attempt: Attempt,
     now: DateTime<Utc>,
 ) -> Result<(), DbErr> {
+    // Only the instance whose lease still holds may record: one that ran past its lease was
+    // taken over, and the newer outcome must not be overwritten.
+    let current = crm_outbox::Entity::find_by_id(row.id).lock_exclusive().one(txn).await?;
+    if current.as_ref().is_none_or(|c| c.status != "in_flight" || c.lease_until != row.lease_until) {
+        tracing::warn!(outbox_id = row.id, "the lease was lost before the outcome was recorded");
+        return Ok(());
+    }
     let Some(t) = RecordType::parse(&row.record_type) else {
         return finish(txn, row, "failed", Some("unknown record type".into()), None).await;
     };
@@ -408,20 +501,18 @@ async fn record(
         Attempt::Done { crm_id, request_id, action, request, response } => {
             if let Some(local) = records::find_by_id(txn, t, &row.record_id).await? {
                 let mut changes = Map::new();
-                if let Some(crm_id) = crm_id.as_ref().filter(|_| action != "delete") {
+                let linked = crm_id.as_ref().filter(|_| action != "delete" && local.crm_id().is_none()).cloned();
+                if let Some(crm_id) = &linked {
                     changes.insert("crm_id".into(), Value::String(crm_id.clone()));
                 }
-                let more = crm_outbox::Entity::find()
-                    .filter(crm_outbox::Column::RecordType.eq(&row.record_type))
-                    .filter(crm_outbox::Column::RecordId.eq(&row.record_id))
-                    .filter(crm_outbox::Column::Status.eq("pending"))
-                    .filter(crm_outbox::Column::Id.ne(row.id))
-                    .one(txn)
-                    .await?
-                    .is_some();
-                changes.insert("crm_sync_status".into(), Value::String(if more { "pending" } else { "synced" }.into()));
+                let status = outbox::sync_status(txn, t, &row.record_id, Some(row.id)).await?;
+                changes.insert("crm_sync_status".into(), Value::String(status.into()));
                 changes.insert("crm_last_synced_at".into(), Value::from(now.timestamp_millis()));
                 records::update(txn, t, &local, changes).await?;
+                if let Some(crm_id) = linked {
+                    // Webhook events that arrived before this record had its TreadSoft id can apply now.
+                    apply::release_waiting(txn, sync, Some((t, crm_id))).await?;
+                }
                 if let Some(request_id) = &request_id {
                     let sent: Vec<&String> = request.as_object().map(|o| o.keys().collect()).unwrap_or_default();
                     crm_requests::Entity::insert(crm_requests::ActiveModel {

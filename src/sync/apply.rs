@@ -10,6 +10,7 @@ use super::lww::{self, Origin, Version};
 use super::mapping::{Field, Mapped, RecordType, crm_to_local};
 use super::records::{self, Local};
 use super::stamps;
+use crate::outbound::outbox;
 use chrono::{DateTime, Utc};
 use entity::{crm_inbox, crm_outbox, crm_requests};
 use sea_orm::{
@@ -169,7 +170,7 @@ pub async fn replay(
 }
 
 /// Applies events that waited for a record that now exists, and those that waited for them.
-async fn release_waiting(
+pub async fn release_waiting(
     txn: &DatabaseTransaction,
     ctx: &SyncContext,
     linked: Option<(RecordType, String)>,
@@ -230,7 +231,13 @@ async fn apply_guarded(txn: &DatabaseTransaction, ctx: &SyncContext, raw: &Value
             }
         }
     }
-    let error = last_error.map(|e| e.to_string()).unwrap_or_default();
+    // A constraint the event's data breaks fails this event alone; anything else (a lost
+    // connection, a lock timeout) fails the delivery, so TreadSoft sends it again.
+    let Some(last_error) = last_error else { return Err(DbErr::Custom("no attempt was made".into())) };
+    if last_error.sql_err().is_none() {
+        return Err(last_error);
+    }
+    let error = last_error.to_string();
     tracing::warn!(%error, "an inbound event failed");
     let entity_id = raw.pointer("/object/externalId").and_then(Value::as_str).unwrap_or_default();
     SyncLog {
@@ -321,6 +328,14 @@ async fn apply_event(c: &DatabaseTransaction, ctx: &SyncContext, raw: &Value) ->
     if let Some(sent) = own_request_fields(c, &event).await? {
         candidates.retain(|f| !f.crm.iter().all(|name| sent.iter().any(|s| s == name)));
         echo_reason = "an echo of the gateway's own request";
+    } else if event.change_source.as_deref() == Some("api") {
+        // An API change to a field whose local change is still on its way to the CRM may be the
+        // echo of a request whose id is not recorded yet: the local change stands.
+        match outbox::unconfirmed_fields(c, t, &local.id).await? {
+            None => candidates.clear(),
+            Some(fields) => candidates.retain(|f| !fields.contains(f.local)),
+        }
+        echo_reason = "a local change to these fields is still being delivered";
     }
 
     let mapped = match map_fields(c, &candidates, data).await? {
@@ -355,7 +370,7 @@ async fn apply_event(c: &DatabaseTransaction, ctx: &SyncContext, raw: &Value) ->
         t.fields().iter().map(|f| f.local).filter(|f| !stored.contains_key(*f) && !changed.contains(f)).collect();
     stamps::set_field_versions(c, t, &local.id, &unstamped, &fallback).await?;
     stamps::set_field_versions(c, t, &local.id, &changed, &version).await?;
-    mark_synced(&mut changes, &object.id);
+    mark_synced(&mut changes, &object.id, outbox::sync_status(c, t, &local.id, None).await?);
     records::update(c, t, &local, changes).await?;
     if link_back {
         queue_link_back(c, t, &local.id, &object.id).await?;
@@ -456,7 +471,7 @@ async fn create(
         serde_json::to_value(object.created_at.unwrap_or(object.updated_at)).unwrap_or_default(),
     );
     values.insert("deleted_at".into(), Value::Null);
-    mark_synced(&mut values, &object.id);
+    mark_synced(&mut values, &object.id, "synced");
     let local = records::insert(c, t, values).await?;
     let fields: Vec<&str> = t.fields().iter().map(|f| f.local).collect();
     stamps::set_field_versions(c, t, &local.id, &fields, version).await?;
@@ -502,18 +517,19 @@ async fn delete(
         "deleted_at".into(),
         serde_json::to_value(object.deleted_at.unwrap_or(object.updated_at)).unwrap_or_default(),
     );
-    mark_synced(&mut changes, &object.id);
+    mark_synced(&mut changes, &object.id, outbox::sync_status(c, t, &local.id, None).await?);
     records::update(c, t, &local, changes).await?;
     log_applied(c, t, &local.id, &object.id, "delete", raw).await?;
     Ok(Decision::applied(None))
 }
 
-/// Adds `updated_at` and the three `crm_*` columns of a record the CRM just synced.
-fn mark_synced(values: &mut Map<String, Value>, crm_id: &str) {
+/// Adds `updated_at` and the three `crm_*` columns of a record the CRM just synced. The status
+/// stays `pending` or `failed` while a local change of the record has not reached the CRM.
+fn mark_synced(values: &mut Map<String, Value>, crm_id: &str, status: &str) {
     let now = Utc::now();
     values.insert("updated_at".into(), serde_json::to_value(now).unwrap_or_default());
     values.insert("crm_id".into(), Value::String(crm_id.to_owned()));
-    values.insert("crm_sync_status".into(), Value::String("synced".into()));
+    values.insert("crm_sync_status".into(), Value::String(status.to_owned()));
     values.insert("crm_last_synced_at".into(), Value::from(now.timestamp_millis()));
 }
 

@@ -280,6 +280,83 @@ async fn a_contact_created_from_a_webhook_gets_its_external_id_linked_back(datab
     assert_eq!(outbox(&app).await[0].status, "delivered");
 }
 
+async fn a_property_deleted_while_its_create_is_in_flight_is_deleted_in_treadsoft(database: TestDatabase) {
+    let (app, stub) = with_stub(database).await;
+    register(&app, "ev_1", "user_1").await;
+    app.deliver_pending().await;
+    let property = json!({"id": 9, "ownerId": "user_1", "title": "House", "location": "Haworth", "bedrooms": 3,
+        "pricePerNight": 10000, "currency": "GBP", "status": "draft"});
+    app.post_events(&json!({"id": "ev_2", "type": "property.created", "data": property})).await;
+    stub.state().script.push_back(Scripted::Slow(std::time::Duration::from_millis(300)));
+    let calls_before = stub.state().calls.len();
+
+    let sending = async {
+        app.deliver_pending().await;
+    };
+    let deleting = async {
+        while stub.state().calls.len() == calls_before {
+            tokio::task::yield_now().await;
+        }
+        app.post_events(&json!({"id": "ev_3", "type": "property.deleted", "data": {"id": 9}})).await
+    };
+    let (_, deleted) = tokio::join!(sending, deleting);
+    assert_eq!(deleted.status(), StatusCode::ACCEPTED);
+    app.deliver_at(Utc::now() + Duration::seconds(30)).await;
+
+    assert!(stub.state().by_external_id("properties", "9").is_none(), "the create that raced the delete was undone");
+    assert!(stub.state().calls.iter().any(|c| c.method == "DELETE"));
+}
+
+async fn a_webhook_does_not_mark_a_record_with_a_failed_change_synced(database: TestDatabase) {
+    let (app, stub) = with_stub(database).await;
+    register(&app, "ev_1", "user_1").await;
+    app.deliver_pending().await;
+    let crm_id = stored_user(&app, "user_1").await.crm_id.unwrap();
+    stub.fail_next(422, "validation_failed", None);
+    app.post_events(&json!({"id": "ev_2", "type": "owner.updated", "data": {"id": "user_1", "phone": "bad"}})).await;
+    app.deliver_pending().await;
+    assert_eq!(stored_user(&app, "user_1").await.crm_sync_status, CrmSyncStatus::Failed);
+
+    let event = json!({"id": "evt_w", "type": "contact.updated", "changeSource": "ui", "requestId": null,
+        "changedFields": ["companyName"], "object": {"type": "contact", "id": crm_id, "externalId": "user_1", "version": 5,
+        "updatedAt": (Utc::now() + Duration::seconds(5)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true), "deletedAt": null,
+        "data": {"firstName": "Mary", "lastName": "Anne van Dyke", "email": "user_1@example.com", "phone": "+44 1",
+            "companyName": "Workflow Co", "role": "owner", "membershipStatus": "pending"}}});
+    assert_eq!(app.deliver(&[event]).await, ["applied"]);
+
+    let user = stored_user(&app, "user_1").await;
+    assert_eq!(user.company_name.as_deref(), Some("Workflow Co"));
+    assert_eq!(user.crm_sync_status, CrmSyncStatus::Failed, "the failed change is still unsent");
+    let resync = app
+        .http
+        .post(format!("{}/api/crm/sync/owner", app.address))
+        .json(&json!({"userId": "user_1"}))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = resync.json().await.unwrap();
+    assert_eq!(body["message"], "Owner synced to CRM successfully", "the owner is re-driven, not 'already synced'");
+}
+
+async fn an_api_change_does_not_overwrite_a_local_change_still_on_its_way(database: TestDatabase) {
+    let (app, _stub) = with_stub(database).await;
+    register(&app, "ev_1", "user_1").await;
+    app.deliver_pending().await;
+    let crm_id = stored_user(&app, "user_1").await.crm_id.unwrap();
+    app.post_events(&json!({"id": "ev_2", "type": "owner.updated", "data": {"id": "user_1", "phone": "+44 new"}}))
+        .await;
+
+    // The echo of an earlier request whose id the gateway has not recorded, stamped by a clock that runs ahead.
+    let echo = json!({"id": "evt_echo", "type": "contact.updated", "changeSource": "api", "requestId": "req_unknown",
+        "changedFields": ["phone"], "object": {"type": "contact", "id": crm_id, "externalId": "user_1", "version": 9,
+        "updatedAt": (Utc::now() + Duration::hours(1)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true), "deletedAt": null,
+        "data": {"firstName": "Mary", "lastName": "Anne van Dyke", "email": "user_1@example.com", "phone": "+44 old",
+            "companyName": null, "role": "owner", "membershipStatus": "pending"}}});
+
+    assert_eq!(app.deliver(&[echo]).await, ["echo"]);
+    assert_eq!(stored_user(&app, "user_1").await.phone.as_deref(), Some("+44 new"));
+}
+
 async fn auth_is_refused_without_the_token(database: TestDatabase) {
     let app = TestApp::spawn_with(database, |c| c.api_token = Some("s3cret".to_owned().into())).await;
 
@@ -295,6 +372,7 @@ async fn two_workers_deliver_a_thousand_changes_exactly_once(database: TestDatab
         use_stub(c, &stub);
         // A debug-build stub takes a while over a thousand records; this test is about exactly-once.
         c.crm_request_timeout = std::time::Duration::from_secs(30);
+        c.delivery_lease = std::time::Duration::from_secs(300);
     };
     let first = TestApp::spawn_with(database, patient).await;
     let second = first.another_instance_with(patient).await;
@@ -351,5 +429,8 @@ on_both_databases_without_app!(
     a_deleted_property_is_deleted_in_treadsoft_after_its_owner_and_itself_arrived,
     every_record_type_is_created_then_updated_in_treadsoft,
     a_contact_created_from_a_webhook_gets_its_external_id_linked_back,
+    a_property_deleted_while_its_create_is_in_flight_is_deleted_in_treadsoft,
+    a_webhook_does_not_mark_a_record_with_a_failed_change_synced,
+    an_api_change_does_not_overwrite_a_local_change_still_on_its_way,
     auth_is_refused_without_the_token,
 );
