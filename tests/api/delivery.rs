@@ -357,6 +357,22 @@ async fn an_api_change_does_not_overwrite_a_local_change_still_on_its_way(databa
     assert_eq!(stored_user(&app, "user_1").await.phone.as_deref(), Some("+44 new"));
 }
 
+async fn a_change_accepted_before_a_restart_is_delivered_after_it(database: TestDatabase) {
+    let stub = Stub::start().await;
+    let mut before = TestApp::spawn_with(database, |c| use_stub(c, &stub)).await;
+    register(&before, "ev_1", "user_1").await;
+    stub.fail_next(503, "server_error", None);
+    before.deliver_pending().await;
+    before.stop().await.unwrap();
+
+    let after = before.another_instance_with(|c| use_stub(c, &stub)).await;
+    after.deliver_at(Utc::now() + Duration::minutes(1)).await;
+
+    assert_eq!(stub.state().all("contacts").len(), 1);
+    assert_eq!(stored_user(&after, "user_1").await.crm_sync_status, CrmSyncStatus::Synced);
+    assert!(stub.state().calls.iter().all(|c| c.signed));
+}
+
 async fn auth_is_refused_without_the_token(database: TestDatabase) {
     let app = TestApp::spawn_with(database, |c| c.api_token = Some("s3cret".to_owned().into())).await;
 
@@ -432,5 +448,6 @@ on_both_databases_without_app!(
     a_property_deleted_while_its_create_is_in_flight_is_deleted_in_treadsoft,
     a_webhook_does_not_mark_a_record_with_a_failed_change_synced,
     an_api_change_does_not_overwrite_a_local_change_still_on_its_way,
+    a_change_accepted_before_a_restart_is_delivered_after_it,
     auth_is_refused_without_the_token,
 );
