@@ -2,7 +2,8 @@
 
 use crate::error::{ApiError, resource};
 use crate::startup::AppState;
-use crate::sync::apply::{self, EventResult, SyncContext};
+use crate::sync::apply::SyncContext;
+use crate::sync::inbox::{self as sync_inbox, EventResult};
 use crate::writer::{WriteError, Writer};
 use actix_web::{HttpResponse, web};
 use std::sync::Arc;
@@ -17,7 +18,7 @@ pub async fn replay(
     sync: Arc<SyncContext>,
     event_id: String,
 ) -> Result<Option<EventResult>, WriteError> {
-    writer.run(move |txn| Box::pin(async move { apply::replay(txn, &sync, &event_id).await })).await
+    writer.run(move |txn| Box::pin(async move { sync_inbox::replay(txn, &sync, &event_id).await })).await
 }
 
 async fn replay_route(path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {

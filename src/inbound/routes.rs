@@ -3,7 +3,7 @@
 use super::verify::{self, SignedHeaders, VerifyError};
 use crate::error::{ApiError, resource};
 use crate::startup::AppState;
-use crate::sync::apply::{self, EventResult};
+use crate::sync::inbox::{self, EventResult};
 use crate::writer::WriteError;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -57,7 +57,7 @@ async fn receive_webhook(
             Box::pin(async move {
                 let mut results = Vec::with_capacity(events.len());
                 for event in &events {
-                    results.push(apply::receive(txn, &sync, &id, event).await?);
+                    results.push(inbox::receive(txn, &sync, &id, event).await?);
                 }
                 Ok(results)
             })

@@ -3,6 +3,7 @@
 
 pub mod apply;
 pub mod hlc;
+pub mod inbox;
 pub mod log;
 pub mod lww;
 pub mod mapping;

@@ -1,0 +1,279 @@
+//! Delivering the outbox to the CRM.
+//!
+//! One step ([`Delivery::deliver_due`]) claims due rows, at most one per record, marking them
+//! `in_flight` under a lease (on PostgreSQL with `FOR UPDATE SKIP LOCKED`, so several instances
+//! share the work and no row is sent twice at once), sends them (new records in batch upserts of up
+//! to 100, changes as PATCHes of the record's current values), then records every outcome in one
+//! transaction: linked and synced, retried later, or dead-lettered (`outcome.rs`); sending is `send.rs`. Tests drive the step directly;
+//! `serve` runs it in a loop woken by each new change.
+
+mod outcome;
+mod send;
+
+use super::retry::RetrySchedule;
+use crate::crm::{CrmClient, CrmError};
+use crate::db::Db;
+use crate::sync::apply::SyncContext;
+use crate::sync::mapping::RecordType;
+use crate::writer::{WriteError, Writer};
+use chrono::{DateTime, Utc};
+use entity::crm_outbox;
+use outcome::record;
+use sea_orm::sea_query::{Expr, LockBehavior, LockType};
+use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait};
+use send::{Create, Prepared};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Notify, watch};
+
+/// Most rows one step claims (and most records one batch upsert carries).
+const BATCH: u64 = 100;
+/// How soon a change is tried again when its parent has not reached the CRM yet.
+const PARENT_WAIT: Duration = Duration::from_secs(2);
+/// How often an idle worker looks for other instances' rows and due retries.
+const POLL: Duration = Duration::from_secs(1);
+
+/// The delivery engine. Cheap to share.
+pub struct Delivery {
+    db: Db,
+    writer: Writer,
+    crm: Arc<dyn CrmClient>,
+    sync: Arc<SyncContext>,
+    schedule: RetrySchedule,
+    lease: Duration,
+    /// One CRM request's timeout: a claimed row is not sent when less than this is left of its lease.
+    request_timeout: Duration,
+    /// Woken when a change is queued, so it goes out at once rather than at the next poll.
+    pub wake: Arc<Notify>,
+}
+
+/// What sending one row came to.
+#[derive(Debug)]
+enum Attempt {
+    Done {
+        crm_id: Option<String>,
+        request_id: Option<String>,
+        action: &'static str,
+        request: Value,
+        response: Value,
+    },
+    Skipped(String),
+    /// Not now, and not a failure (a parent not yet in the CRM).
+    Later(Duration, String),
+    Failed {
+        error: CrmError,
+        action: &'static str,
+        request: Value,
+    },
+}
+
+impl Delivery {
+    pub fn new(
+        db: Db,
+        writer: Writer,
+        crm: Arc<dyn CrmClient>,
+        sync: Arc<SyncContext>,
+        schedule: RetrySchedule,
+        lease: Duration,
+        request_timeout: Duration,
+    ) -> Self {
+        Self { db, writer, crm, sync, schedule, lease, request_timeout, wake: Arc::new(Notify::new()) }
+    }
+
+    /// Runs steps until `stop` turns true: at once when woken, otherwise every second.
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        loop {
+            match self.deliver_due(Utc::now()).await {
+                Ok(n) if n > 0 => continue,
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %crate::error::ErrorChain(&e), "delivery step failed"),
+            }
+            tokio::select! {
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(POLL) => {}
+                _ = stop.changed() => {}
+            }
+            if *stop.borrow() {
+                return;
+            }
+        }
+    }
+
+    /// One step at time `now`: claim, send, record. Returns how many rows it handled (rows released
+    /// unsent because their lease ran short do not count).
+    #[tracing::instrument(name = "deliver", skip_all, fields(claimed))]
+    pub async fn deliver_due(&self, now: DateTime<Utc>) -> Result<usize, WriteError> {
+        self.deliver(now, None).await
+    }
+
+    /// Delivers the given rows now (those that are due and not in flight), for the routes that
+    /// answer with the outcome of a sync.
+    pub async fn deliver_rows(&self, ids: Vec<i64>) -> Result<usize, WriteError> {
+        let mut total = 0;
+        for chunk in ids.chunks(BATCH as usize) {
+            total += self.deliver(Utc::now(), Some(chunk.to_vec())).await?;
+        }
+        Ok(total)
+    }
+
+    async fn deliver(&self, now: DateTime<Utc>, only: Option<Vec<i64>>) -> Result<usize, WriteError> {
+        let claimed = self.claim(now, only).await?;
+        tracing::Span::current().record("claimed", claimed.len());
+        let mut handled = claimed.len();
+        let Some(lease_until) = claimed.first().and_then(|r| r.lease_until) else { return Ok(0) };
+        let margin = chrono::Duration::from_std(self.request_timeout).unwrap_or_default();
+        let lease_short = || Utc::now() + margin > lease_until;
+        // Parents first: a property created in this step can then refer to its owner's new id.
+        let mut by_type: BTreeMap<RecordType, Vec<crm_outbox::Model>> = BTreeMap::new();
+        let mut unknown = Vec::new();
+        for row in claimed {
+            match RecordType::parse(&row.record_type) {
+                Some(t) => by_type.entry(t).or_default().push(row),
+                None => unknown.push((row, Attempt::Skipped("unknown record type".into()))),
+            }
+        }
+        self.record_all(unknown, now).await?;
+        for (t, rows) in by_type {
+            let mut creates: Vec<Create> = Vec::new();
+            for row in rows {
+                if lease_short() {
+                    handled -= 1;
+                    self.record_all(
+                        vec![(row, Attempt::Later(Duration::ZERO, "released: its lease ran short".into()))],
+                        now,
+                    )
+                    .await?;
+                    continue;
+                }
+                let attempt = match self.prepare(t, &row).await {
+                    Ok(Prepared::Create(local, payload)) => {
+                        creates.push((row, local, payload));
+                        continue;
+                    }
+                    Ok(Prepared::Sent(attempt)) => attempt,
+                    Err(e) => Attempt::Later(PARENT_WAIT, format!("database error: {e}")),
+                };
+                // Recorded at once, so the request id is known before its webhook echo arrives.
+                self.record_all(vec![(row, attempt)], now).await?;
+            }
+            if !creates.is_empty() {
+                let results = if lease_short() {
+                    handled -= creates.len();
+                    creates
+                        .into_iter()
+                        .map(|(row, _, _)| (row, Attempt::Later(Duration::ZERO, "released".into())))
+                        .collect()
+                } else {
+                    self.create_batch(t, creates).await
+                };
+                self.record_all(results, now).await?;
+            }
+        }
+        Ok(handled)
+    }
+
+    /// Records outcomes, each in its own savepoint: one that cannot be written leaves its row in
+    /// flight (its lease expires and it is tried again) without undoing the others.
+    async fn record_all(
+        &self,
+        results: Vec<(crm_outbox::Model, Attempt)>,
+        now: DateTime<Utc>,
+    ) -> Result<(), WriteError> {
+        if results.is_empty() {
+            return Ok(());
+        }
+        let schedule = self.schedule.clone();
+        let sync = self.sync.clone();
+        self.writer
+            .run(move |txn| {
+                Box::pin(async move {
+                    for (row, attempt) in results {
+                        let id = row.id;
+                        let savepoint = txn.begin().await?;
+                        match record(&savepoint, &schedule, &sync, row, attempt, now).await {
+                            Ok(()) => savepoint.commit().await?,
+                            Err(e) => {
+                                savepoint.rollback().await?;
+                                tracing::error!(outbox_id = id, error = %e, "cannot record a delivery outcome");
+                            }
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .await
+    }
+
+    /// Marks due rows `in_flight`, at most one per record and none of a record already in flight.
+    async fn claim(&self, now: DateTime<Utc>, only: Option<Vec<i64>>) -> Result<Vec<crm_outbox::Model>, WriteError> {
+        use chrono::SubsecRound;
+        use sea_orm::ExprTrait;
+        // Microseconds: what PostgreSQL keeps, so the lease read back compares equal.
+        let now = now.trunc_subsecs(6);
+        let lease_until = now + chrono::Duration::from_std(self.lease).unwrap_or_default();
+        self.writer
+            .run(move |txn| {
+                Box::pin(async move {
+                    let mut due = crm_outbox::Entity::find();
+                    if let Some(ids) = only {
+                        due = due.filter(crm_outbox::Column::Id.is_in(ids));
+                    }
+                    let due = due
+                        .filter(
+                            Condition::any()
+                                .add(
+                                    crm_outbox::Column::Status
+                                        .eq("pending")
+                                        .and(crm_outbox::Column::NextAttemptAt.lte(now)),
+                                )
+                                .add(
+                                    crm_outbox::Column::Status
+                                        .eq("in_flight")
+                                        .and(crm_outbox::Column::LeaseUntil.lt(now)),
+                                ),
+                        )
+                        .order_by_asc(crm_outbox::Column::Id)
+                        .limit(BATCH)
+                        .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
+                        .all(txn)
+                        .await?;
+                    let busy: HashSet<(String, String)> = crm_outbox::Entity::find()
+                        .filter(crm_outbox::Column::Status.eq("in_flight"))
+                        .filter(crm_outbox::Column::LeaseUntil.gte(now))
+                        .all(txn)
+                        .await?
+                        .into_iter()
+                        .map(|r| (r.record_type, r.record_id))
+                        .collect();
+                    let mut seen = HashSet::new();
+                    let claimed: Vec<crm_outbox::Model> = due
+                        .into_iter()
+                        .filter(|r| {
+                            let key = (r.record_type.clone(), r.record_id.clone());
+                            !busy.contains(&key) && seen.insert(key)
+                        })
+                        .map(|mut r| {
+                            r.attempts += 1;
+                            r.status = "in_flight".into();
+                            r.lease_until = Some(lease_until);
+                            r
+                        })
+                        .collect();
+                    if !claimed.is_empty() {
+                        crm_outbox::Entity::update_many()
+                            .col_expr(crm_outbox::Column::Status, Expr::value("in_flight"))
+                            .col_expr(crm_outbox::Column::LeaseUntil, Expr::value(lease_until))
+                            .col_expr(crm_outbox::Column::Attempts, Expr::col(crm_outbox::Column::Attempts).add(1))
+                            .col_expr(crm_outbox::Column::UpdatedAt, Expr::value(now))
+                            .filter(crm_outbox::Column::Id.is_in(claimed.iter().map(|r| r.id)))
+                            .exec(txn)
+                            .await?;
+                    }
+                    Ok(claimed)
+                })
+            })
+            .await
+    }
+}
