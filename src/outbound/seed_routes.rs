@@ -306,7 +306,7 @@ async fn apply_change(state: &AppState, change: LocalChange) -> Result<(), ApiEr
 }
 
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct Registration {
     name: Option<String>,
     email: Option<String>,

@@ -45,6 +45,15 @@ async fn registration_answers_201_pending_and_refuses_the_same_email(database: T
     assert_eq!(error["error"]["code"], "email_taken");
     assert!(error["error"]["message"].as_str().unwrap().contains("user_123abc"));
     assert_eq!(user::Entity::find().count(app.db.reader()).await.unwrap(), 1);
+    let unknown = app
+        .call(
+            reqwest::Method::POST,
+            "/api/owner/register",
+            Some(json!({"name": "A", "email": "a@b.c", "password": "x"})),
+        )
+        .await;
+    assert_eq!(unknown.status(), StatusCode::BAD_REQUEST, "an unknown field is refused, not silently dropped");
+    assert!(unknown.text().await.unwrap().contains("password"));
 }
 
 async fn sync_owner_answers_synced_then_already_synced_and_reports_status(database: TestDatabase) {
