@@ -1,15 +1,14 @@
 //! Operating the outbox: retrying dead letters (`failed` rows), one or all.
 
+use super::outbox;
 use crate::error::{ApiError, resource};
 use crate::startup::AppState;
 use crate::sync::mapping::RecordType;
 use crate::writer::{WriteError, Writer};
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
-use chrono::Utc;
 use entity::crm_outbox;
-use sea_orm::sea_query::Expr;
-use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set};
+use sea_orm::{ColumnTrait, Condition, EntityTrait};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -38,12 +37,7 @@ pub async fn retry_one(writer: &Writer, id: i64) -> Result<RetryOne, WriteError>
                 if !matches!(row.status.as_str(), "failed" | "pending") {
                     return Ok(RetryOne::NotRetryable(row.status));
                 }
-                let mut row: crm_outbox::ActiveModel = row.into();
-                row.status = Set("pending".into());
-                row.attempts = Set(0);
-                row.next_attempt_at = Set(Utc::now());
-                row.updated_at = Set(Utc::now());
-                row.update(txn).await?;
+                outbox::make_due(txn, Condition::all().add(crm_outbox::Column::Id.eq(id))).await?;
                 Ok(RetryOne::Queued)
             })
         })
@@ -55,16 +49,11 @@ pub async fn retry_failed(writer: &Writer, record_type: Option<RecordType>) -> R
     writer
         .run(move |txn| {
             Box::pin(async move {
-                let mut update = crm_outbox::Entity::update_many()
-                    .col_expr(crm_outbox::Column::Status, Expr::value("pending"))
-                    .col_expr(crm_outbox::Column::Attempts, Expr::value(0))
-                    .col_expr(crm_outbox::Column::NextAttemptAt, Expr::value(Utc::now()))
-                    .col_expr(crm_outbox::Column::UpdatedAt, Expr::value(Utc::now()))
-                    .filter(crm_outbox::Column::Status.eq("failed"));
+                let mut which = Condition::all().add(crm_outbox::Column::Status.eq("failed"));
                 if let Some(t) = record_type {
-                    update = update.filter(crm_outbox::Column::RecordType.eq(t.as_str()));
+                    which = which.add(crm_outbox::Column::RecordType.eq(t.as_str()));
                 }
-                Ok(update.exec(txn).await?.rows_affected)
+                outbox::make_due(txn, which).await
             })
         })
         .await

@@ -21,17 +21,6 @@ pub struct LocalChange {
     pub delete: bool,
 }
 
-/// What the change did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Applied {
-    pub id: String,
-    pub created: bool,
-    /// The synced fields whose value changed.
-    pub changed: Vec<&'static str>,
-    /// The outbox row that will carry it, if anything needs sending.
-    pub outbox_id: Option<i64>,
-}
-
 /// Why a change cannot be taken (a client error: nothing was written).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Rejected {
@@ -41,13 +30,13 @@ pub enum Rejected {
     NotFound(String),
 }
 
-/// Applies `change`; `Ok(Err(_))` is a rejection that wrote nothing.
+/// Applies `change` and queues its delivery; `Ok(Err(_))` is a rejection that wrote nothing.
 pub async fn apply(
     c: &DatabaseTransaction,
     ctx: &SyncContext,
     change: LocalChange,
     event_id: Option<&str>,
-) -> Result<Result<Applied, Rejected>, DbErr> {
+) -> Result<Result<(), Rejected>, DbErr> {
     let t = change.record_type;
     let existing = records::find_by_id(c, t, &change.id).await?;
     match existing {
@@ -55,7 +44,7 @@ pub async fn apply(
         None => create(c, ctx, change, event_id).await,
         Some(local) if local.is_deleted() => {
             if change.delete {
-                Ok(Ok(Applied { id: local.id, created: false, changed: Vec::new(), outbox_id: None }))
+                Ok(Ok(()))
             } else {
                 Ok(Err(Rejected::Invalid(format!("{} {} was deleted", t.as_str(), change.id))))
             }
@@ -99,13 +88,11 @@ async fn create(
     ctx: &SyncContext,
     change: LocalChange,
     event_id: Option<&str>,
-) -> Result<Result<Applied, Rejected>, DbErr> {
+) -> Result<Result<(), Rejected>, DbErr> {
     let t = change.record_type;
     let mut values = change.values;
-    let id_value = match records::id_value(t, &change.id) {
-        Some(_) if t.has_text_id() => Value::String(change.id.clone()),
-        Some(_) => Value::from(change.id.parse::<i64>().unwrap_or_default()),
-        None => return Ok(Err(Rejected::Invalid(format!("id: {:?} is not a valid {} id", change.id, t.as_str())))),
+    let Some(id_value) = records::id_json(t, &change.id) else {
+        return Ok(Err(Rejected::Invalid(format!("id: {:?} is not a valid {} id", change.id, t.as_str()))));
     };
     for field in t.fields() {
         let missing = values.get(field.local).is_none_or(Value::is_null);
@@ -144,8 +131,8 @@ async fn create(
     let fields: Vec<&'static str> = t.fields().iter().map(|f| f.local).collect();
     let version = local_version(ctx, None, event_id);
     stamps::set_field_versions(c, t, &local.id, &fields, &version).await?;
-    let outbox_id = outbox::enqueue(c, t, &local.id, Operation::Upsert, None, event_id).await?;
-    Ok(Ok(Applied { id: local.id, created: true, changed: fields, outbox_id: Some(outbox_id) }))
+    outbox::enqueue(c, t, &local.id, Operation::Upsert, None, event_id).await?;
+    Ok(Ok(()))
 }
 
 async fn update(
@@ -155,7 +142,7 @@ async fn update(
     local: Local,
     values: Map<String, Value>,
     event_id: Option<&str>,
-) -> Result<Result<Applied, Rejected>, DbErr> {
+) -> Result<Result<(), Rejected>, DbErr> {
     let stored = stamps::field_versions(c, t, &local.id).await?;
     let mut changes = Map::new();
     let mut changed = Vec::new();
@@ -168,7 +155,7 @@ async fn update(
         }
     }
     if changed.is_empty() {
-        return Ok(Ok(Applied { id: local.id, created: false, changed, outbox_id: None }));
+        return Ok(Ok(()));
     }
     let newest = changed.iter().filter_map(|f| stored.get(*f)).max_by_key(|v| v.stamp);
     let version = local_version(ctx, newest, event_id);
@@ -179,8 +166,8 @@ async fn update(
         other => other?,
     }
     stamps::set_field_versions(c, t, &local.id, &changed, &version).await?;
-    let outbox_id = outbox::enqueue(c, t, &local.id, Operation::Upsert, Some(&changed), event_id).await?;
-    Ok(Ok(Applied { id: local.id, created: false, changed, outbox_id: Some(outbox_id) }))
+    outbox::enqueue(c, t, &local.id, Operation::Upsert, Some(&changed), event_id).await?;
+    Ok(Ok(()))
 }
 
 async fn delete(
@@ -189,27 +176,25 @@ async fn delete(
     t: RecordType,
     local: Local,
     event_id: Option<&str>,
-) -> Result<Applied, DbErr> {
+) -> Result<(), DbErr> {
     let mut changes = Map::new();
     changes.insert("deleted_at".into(), now_json());
     changes.insert("updated_at".into(), now_json());
     records::update(c, t, &local, changes).await?;
     let version = local_version(ctx, None, event_id);
-    let outbox_id = match local.crm_id() {
+    match local.crm_id() {
         Some(crm_id) => {
             stamps::set_tombstone(c, t, crm_id, Some(&local.id), &version).await?;
-            Some(outbox::enqueue(c, t, &local.id, Operation::Delete, None, event_id).await?)
+            outbox::enqueue(c, t, &local.id, Operation::Delete, None, event_id).await?;
         }
         // Never reached the CRM: its queued create must not go out. If the create is being sent
         // right now, queue the delete behind it (it waits until the create has its crm_id).
         None => {
             outbox::cancel_pending(c, t, &local.id).await?;
             if outbox::in_flight(c, t, &local.id).await? {
-                Some(outbox::enqueue(c, t, &local.id, Operation::Delete, None, event_id).await?)
-            } else {
-                None
+                outbox::enqueue(c, t, &local.id, Operation::Delete, None, event_id).await?;
             }
         }
-    };
-    Ok(Applied { id: local.id, created: false, changed: Vec::new(), outbox_id })
+    }
+    Ok(())
 }

@@ -5,7 +5,10 @@
 use crate::sync::mapping::RecordType;
 use chrono::Utc;
 use entity::crm_outbox;
-use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QuerySelect, Set};
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QuerySelect, Set,
+};
 use std::collections::BTreeSet;
 
 /// What a delivery does.
@@ -139,6 +142,21 @@ pub async fn unconfirmed_fields(
 /// Whether a delivery of the record is being sent right now.
 pub async fn in_flight(c: &impl ConnectionTrait, t: RecordType, record_id: &str) -> Result<bool, DbErr> {
     Ok(undelivered(c, t, record_id, None).await?.iter().any(|r| r.status == "in_flight"))
+}
+
+/// Makes the rows matching `which` due now with a fresh attempt count (a retry by hand);
+/// returns how many.
+pub async fn make_due(c: &impl ConnectionTrait, which: Condition) -> Result<u64, DbErr> {
+    let now = Utc::now();
+    let result = crm_outbox::Entity::update_many()
+        .col_expr(crm_outbox::Column::Status, Expr::value("pending"))
+        .col_expr(crm_outbox::Column::Attempts, Expr::value(0))
+        .col_expr(crm_outbox::Column::NextAttemptAt, Expr::value(now))
+        .col_expr(crm_outbox::Column::UpdatedAt, Expr::value(now))
+        .filter(which)
+        .exec(c)
+        .await?;
+    Ok(result.rows_affected)
 }
 
 /// Drops the record's queued deliveries (a record deleted before it ever reached the CRM).

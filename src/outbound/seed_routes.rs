@@ -6,12 +6,12 @@ use super::outbox::{self, Operation};
 use crate::error::{ApiError, resource};
 use crate::startup::AppState;
 use crate::sync::mapping::RecordType;
-use crate::sync::records;
+use crate::sync::records::{self, Local};
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Utc};
 use entity::{crm_outbox, properties, user};
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
+use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, QuerySelect};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -60,14 +60,10 @@ async fn sync_now(
                     .one(txn)
                     .await?;
                 if let Some(row) = waiting {
-                    crm_outbox::Entity::update_many()
-                        .col_expr(crm_outbox::Column::Status, sea_orm::sea_query::Expr::value("pending"))
-                        .col_expr(crm_outbox::Column::Attempts, sea_orm::sea_query::Expr::value(0))
-                        .col_expr(crm_outbox::Column::NextAttemptAt, sea_orm::sea_query::Expr::value(Utc::now()))
-                        .filter(crm_outbox::Column::Id.eq(row.id))
-                        .filter(crm_outbox::Column::Status.is_in(["pending", "failed"]))
-                        .exec(txn)
-                        .await?;
+                    let which = Condition::all()
+                        .add(crm_outbox::Column::Id.eq(row.id))
+                        .add(crm_outbox::Column::Status.is_in(["pending", "failed"]));
+                    outbox::make_due(txn, which).await?;
                     return Ok(row.id);
                 }
                 outbox::enqueue(txn, t, &record_id, Operation::Upsert, None, None).await
@@ -78,7 +74,7 @@ async fn sync_now(
     state.delivery.deliver_rows(vec![row_id]).await.map_err(|e| ApiError::internal(&e))?;
     let local = records::find_by_id(state.db.reader(), t, &id).await.map_err(|e| ApiError::internal(&e))?;
     let crm_id = local.as_ref().and_then(|l| l.crm_id().map(str::to_owned));
-    let synced = local.as_ref().and_then(|l| l.values.get("crm_sync_status")).and_then(Value::as_str) == Some("synced");
+    let synced = local.as_ref().is_some_and(Local::is_synced);
     let error = crm_outbox::Entity::find_by_id(row_id)
         .one(state.db.reader())
         .await
@@ -235,7 +231,7 @@ async fn bulk_one(state: &AppState, t: RecordType) -> Result<Value, ApiError> {
     let mut synced = 0;
     for id in &ids {
         let local = records::find_by_id(state.db.reader(), t, id).await.map_err(internal)?;
-        if local.as_ref().and_then(|l| l.values.get("crm_sync_status")).and_then(Value::as_str) == Some("synced") {
+        if local.as_ref().is_some_and(Local::is_synced) {
             synced += 1;
         }
     }
@@ -295,13 +291,16 @@ async fn apply_change(state: &AppState, change: LocalChange) -> Result<(), ApiEr
         .run(move |txn| Box::pin(async move { changes::apply(txn, &sync, change, None).await }))
         .await
         .map_err(|e| ApiError::internal(&e))?;
-    match outcome {
-        Ok(_) => {
-            state.delivery.wake.notify_one();
-            Ok(())
-        }
-        Err(Rejected::Invalid(message)) => Err(invalid(message)),
-        Err(Rejected::NotFound(message)) => Err(ApiError::not_found(message)),
+    outcome.map_err(rejection)?;
+    state.delivery.wake.notify_one();
+    Ok(())
+}
+
+/// A change the rules refused, as the client sees it.
+fn rejection(rejected: Rejected) -> ApiError {
+    match rejected {
+        Rejected::Invalid(message) => invalid(message),
+        Rejected::NotFound(message) => ApiError::not_found(message),
     }
 }
 
@@ -323,11 +322,6 @@ async fn register(body: web::Json<Registration>, state: web::Data<AppState>) -> 
     let email = email.ok_or_else(|| invalid("email: a valid email address is required"))?;
     let id =
         r.user_id.filter(|s| !s.trim().is_empty()).unwrap_or_else(|| format!("user_{}", uuid::Uuid::now_v7().simple()));
-    if let Some(existing) =
-        records::find_user_by_email(state.db.reader(), &email).await.map_err(|e| ApiError::internal(&e))?
-    {
-        return Err(email_taken(&existing.id));
-    }
     let values = Map::from_iter([
         ("name".to_owned(), Value::String(name)),
         ("email".to_owned(), Value::String(email)),
@@ -342,7 +336,7 @@ async fn register(body: web::Json<Registration>, state: web::Data<AppState>) -> 
         .writer
         .run(move |txn| {
             Box::pin(async move {
-                // Checked again here, in the writer, so two registrations racing cannot both pass.
+                // Checked in the writer, so two registrations racing cannot both pass.
                 if records::find_by_id(txn, RecordType::Contact, &change.id).await?.is_some() {
                     return Ok(Err(ApiError::new(
                         StatusCode::CONFLICT,
@@ -354,11 +348,7 @@ async fn register(body: web::Json<Registration>, state: web::Data<AppState>) -> 
                 if let Some(existing) = records::find_user_by_email(txn, &email).await? {
                     return Ok(Err(email_taken(&existing.id)));
                 }
-                Ok(match changes::apply(txn, &sync, change, None).await? {
-                    Ok(_) => Ok(()),
-                    Err(Rejected::Invalid(message)) => Err(invalid(message)),
-                    Err(Rejected::NotFound(message)) => Err(ApiError::not_found(message)),
-                })
+                Ok(changes::apply(txn, &sync, change, None).await?.map_err(rejection))
             })
         })
         .await

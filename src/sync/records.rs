@@ -25,6 +25,11 @@ impl Local {
         self.values.get("crm_id").and_then(Value::as_str)
     }
 
+    /// Whether `crm_sync_status` is `synced`.
+    pub fn is_synced(&self) -> bool {
+        self.values.get("crm_sync_status").and_then(Value::as_str) == Some("synced")
+    }
+
     pub fn is_deleted(&self) -> bool {
         !self.values.get("deleted_at").is_none_or(Value::is_null)
     }
@@ -82,6 +87,11 @@ fn to_local<M: serde::Serialize>(t: RecordType, model: M) -> Result<Local, DbErr
 /// The primary key value of `id` for `t`'s table; `None` if it cannot be one (e.g. `"abc"` for an integer key).
 pub fn id_value(t: RecordType, id: &str) -> Option<sea_orm::Value> {
     if t.has_text_id() { Some(id.to_owned().into()) } else { id.parse::<i64>().ok().map(Into::into) }
+}
+
+/// The primary key `id` as the models serialize it (text or a number); `None` if it cannot be one.
+pub fn id_json(t: RecordType, id: &str) -> Option<Value> {
+    if t.has_text_id() { Some(Value::String(id.to_owned())) } else { id.parse::<i64>().ok().map(Value::from) }
 }
 
 /// The record TreadSoft knows as `crm_id`, deleted or not.
