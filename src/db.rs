@@ -108,3 +108,26 @@ async fn connect_sqlite(config: &DatabaseConfig, role: Role) -> Result<DatabaseC
         });
     Database::connect(options).await
 }
+
+/// Whether `e` is the data of one piece of work breaking a rule of the database: a data exception
+/// (SQLSTATE class 22, such as a NUL character in text or a number out of range) or an integrity
+/// constraint (class 23: unique, foreign key, not null, check), or SQLite's equivalents. Trying the
+/// same data again fails the same way, so such an error fails that piece of work alone; any other
+/// error (a lost connection, a lock or statement timeout) fails the whole batch, to be tried again.
+pub fn is_data_error(e: &DbErr) -> bool {
+    use sea_orm::RuntimeErr;
+    if matches!(e, DbErr::Json(_)) || e.sql_err().is_some() {
+        return true;
+    }
+    let (DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e))) = e else {
+        return false;
+    };
+    let sea_orm::sqlx::Error::Database(e) = &**e else { return false };
+    let Some(code) = e.code() else { return false };
+    if e.try_downcast_ref::<sea_orm::sqlx::postgres::PgDatabaseError>().is_some() {
+        return code.starts_with("22") || code.starts_with("23");
+    }
+    // SQLite's extended result codes carry the primary code in their low byte: 18 TOOBIG,
+    // 19 CONSTRAINT, 20 MISMATCH, 25 RANGE.
+    code.parse::<i32>().is_ok_and(|code| matches!(code & 0xff, 18 | 19 | 20 | 25))
+}

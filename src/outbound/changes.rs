@@ -2,11 +2,13 @@
 //! hybrid logical clock and its delivery queued, in one transaction, so nothing acknowledged is lost.
 
 use super::outbox::{self, Operation};
+use crate::error::ApiError;
 use crate::sync::apply::SyncContext;
 use crate::sync::lww::{Origin, Version};
-use crate::sync::mapping::{Kind, RecordType};
+use crate::sync::mapping::{Kind, NUL_MESSAGE, RecordType, check_local, nul_at};
 use crate::sync::records::{self, Local};
 use crate::sync::stamps;
+use actix_web::http::StatusCode;
 use chrono::Utc;
 use sea_orm::{ConnectionTrait, DatabaseBackend, DatabaseTransaction, DbErr, Statement};
 use serde_json::{Map, Value};
@@ -28,6 +30,53 @@ pub enum Rejected {
     Invalid(String),
     #[error("{0}")]
     NotFound(String),
+    /// Another user has this email (compared as [`entity::user::email_key`]).
+    #[error("email: a user with this email exists already: {existing_id}")]
+    EmailTaken { existing_id: String },
+}
+
+impl Rejected {
+    /// The answer for a client; `context` (e.g. `event ev_1`) goes before the message.
+    pub fn to_api_error(&self, context: Option<&str>) -> ApiError {
+        let message = match context {
+            Some(context) => format!("{context}: {self}"),
+            None => self.to_string(),
+        };
+        match self {
+            Self::Invalid(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", message),
+            Self::NotFound(_) => ApiError::not_found(message),
+            Self::EmailTaken { .. } => ApiError::new(StatusCode::CONFLICT, "email_taken", message),
+        }
+    }
+}
+
+impl LocalChange {
+    /// What no database can store or the site's data never holds: a NUL character in the id or in
+    /// any text, a negative count or amount.
+    pub fn validate(&self) -> Result<(), Rejected> {
+        if self.id.contains('\0') {
+            return Err(Rejected::Invalid(format!("id: {NUL_MESSAGE}")));
+        }
+        if let Some(path) = nul_at(&Value::Object(self.values.clone())) {
+            return Err(Rejected::Invalid(format!("{}: {NUL_MESSAGE}", camel_case(&path))));
+        }
+        for field in self.record_type.fields() {
+            if let Some(value) = self.values.get(field.local) {
+                check_local(field, value)
+                    .map_err(|e| Rejected::Invalid(format!("{}: {e}", camel_case(field.local))))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The user other than `except` whose email is `email`, as a rejection.
+async fn email_taken(c: &DatabaseTransaction, email: Option<&Value>, except: &str) -> Result<Option<Rejected>, DbErr> {
+    let Some(email) = email.and_then(Value::as_str) else { return Ok(None) };
+    Ok(records::find_user_by_email(c, email)
+        .await?
+        .filter(|other| other.id != except)
+        .map(|other| Rejected::EmailTaken { existing_id: other.id }))
 }
 
 /// Applies `change` and queues its delivery; `Ok(Err(_))` is a rejection that wrote nothing.
@@ -37,7 +86,15 @@ pub async fn apply(
     change: LocalChange,
     event_id: Option<&str>,
 ) -> Result<Result<(), Rejected>, DbErr> {
+    if let Err(rejected) = change.validate() {
+        return Ok(Err(rejected));
+    }
     let t = change.record_type;
+    if t == RecordType::Contact
+        && let Some(taken) = email_taken(c, change.values.get("email"), &change.id).await?
+    {
+        return Ok(Err(taken));
+    }
     let existing = records::find_by_id(c, t, &change.id).await?;
     match existing {
         None if change.delete => Ok(Err(Rejected::NotFound(format!("no {} {}", t.as_str(), change.id)))),

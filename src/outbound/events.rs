@@ -1,10 +1,10 @@
 //! `POST /api/events`: the site reports changes it made. Each is applied locally with fresh
 //! version stamps and its delivery to the CRM queued, in one transaction; `202` once committed.
 
-use super::changes::{self, LocalChange, Rejected};
+use super::changes::{self, LocalChange};
 use crate::error::{ApiError, resource};
 use crate::startup::AppState;
-use crate::sync::mapping::RecordType;
+use crate::sync::mapping::{NUL_MESSAGE, RecordType, nul_at};
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::Utc;
@@ -81,8 +81,7 @@ async fn post_events(
             state.delivery.wake.notify_one();
             Ok(HttpResponse::Accepted().json(answer))
         }
-        Err((id, Rejected::NotFound(message))) => Err(ApiError::not_found(format!("event {id}: {message}"))),
-        Err((id, Rejected::Invalid(message))) => Err(invalid(format!("event {id}: {message}"))),
+        Err((id, rejected)) => Err(rejected.to_api_error(Some(&format!("event {id}")))),
     }
 }
 
@@ -114,6 +113,9 @@ fn parse(body: Value, idempotency_key: Option<&str>) -> Result<Vec<AppEvent>, Ap
 }
 
 fn parse_event(event: Value, fallback_id: Option<String>) -> Result<AppEvent, String> {
+    if let Some(path) = nul_at(&event) {
+        return Err(format!("{path}: {NUL_MESSAGE}"));
+    }
     let Value::Object(mut event) = event else { return Err("expected an object".into()) };
     let id = match event.remove("id") {
         Some(Value::String(id)) if !id.trim().is_empty() => id,

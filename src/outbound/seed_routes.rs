@@ -298,10 +298,7 @@ async fn apply_change(state: &AppState, change: LocalChange) -> Result<(), ApiEr
 
 /// A change the rules refused, as the client sees it.
 fn rejection(rejected: Rejected) -> ApiError {
-    match rejected {
-        Rejected::Invalid(message) => invalid(message),
-        Rejected::NotFound(message) => ApiError::not_found(message),
-    }
+    rejected.to_api_error(None)
 }
 
 #[derive(Deserialize)]
@@ -331,22 +328,20 @@ async fn register(body: web::Json<Registration>, state: web::Data<AppState>) -> 
         ("membership_status".to_owned(), Value::String("pending".into())),
     ]);
     let change = LocalChange { record_type: RecordType::Contact, id: id.clone(), values, delete: false };
+    change.validate().map_err(rejection)?;
     let sync = state.sync.clone();
     let outcome = state
         .writer
         .run(move |txn| {
             Box::pin(async move {
-                // Checked in the writer, so two registrations racing cannot both pass.
+                // Checked in the writer, so two registrations racing cannot both pass (the email
+                // is checked by `changes::apply`, in the writer too).
                 if records::find_by_id(txn, RecordType::Contact, &change.id).await?.is_some() {
                     return Ok(Err(ApiError::new(
                         StatusCode::CONFLICT,
                         "user_exists",
                         format!("userId: {} exists already", change.id),
                     )));
-                }
-                let email = change.values.get("email").and_then(Value::as_str).unwrap_or_default().to_owned();
-                if let Some(existing) = records::find_user_by_email(txn, &email).await? {
-                    return Ok(Err(email_taken(&existing.id)));
                 }
                 Ok(changes::apply(txn, &sync, change, None).await?.map_err(rejection))
             })
@@ -365,8 +360,4 @@ async fn register(body: web::Json<Registration>, state: web::Data<AppState>) -> 
             "crmSyncStatus": user.crm_sync_status,
         },
     })))
-}
-
-fn email_taken(existing_id: &str) -> ApiError {
-    ApiError::new(StatusCode::CONFLICT, "email_taken", format!("a user with this email exists already: {existing_id}"))
 }

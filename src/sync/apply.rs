@@ -8,7 +8,7 @@ use super::hlc::{Hlc, Stamp};
 use super::inbox::{Outcome, waiting_key};
 use super::log::SyncLog;
 use super::lww::{self, Origin, Version};
-use super::mapping::{Field, Mapped, RecordType, crm_to_local};
+use super::mapping::{Field, Mapped, NUL_MESSAGE, RecordType, crm_to_local, nul_at};
 use super::records::{self, Local};
 use super::stamps;
 use crate::outbound::outbox;
@@ -91,6 +91,9 @@ enum Found {
 }
 
 pub(super) async fn apply_event(c: &DatabaseTransaction, ctx: &SyncContext, raw: &Value) -> Result<Decision, DbErr> {
+    if let Some(path) = nul_at(raw) {
+        return Ok(Decision::new(Outcome::Failed, format!("{path}: {NUL_MESSAGE}")));
+    }
     let event: Event = match serde_json::from_value(raw.clone()) {
         Ok(event) => event,
         Err(e) => return Ok(Decision::new(Outcome::Failed, format!("not a valid event: {e}"))),

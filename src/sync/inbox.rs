@@ -55,16 +55,17 @@ pub async fn receive(
     delivery_id: &str,
     raw: &Value,
 ) -> Result<EventResult, DbErr> {
-    let event_id = raw.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
+    // Text columns cannot hold U+0000 on PostgreSQL: such an event is stored with U+FFFD in its
+    // columns (the payload keeps it, escaped) and then fails to apply, alone.
+    let text = |pointer: &str| raw.pointer(pointer).and_then(Value::as_str).map(|s| s.replace('\0', "\u{FFFD}"));
+    let event_id = text("/id").unwrap_or_default();
     let now = Utc::now();
-    let event_type = raw.get("type").and_then(Value::as_str).unwrap_or_default();
-    let object = raw.get("object");
     let row = crm_inbox::ActiveModel {
         event_id: Set(event_id.clone()),
-        delivery_id: Set(delivery_id.to_owned()),
-        event_type: Set(event_type.to_owned()),
-        record_type: Set(object.and_then(|o| o.get("type")).and_then(Value::as_str).map(str::to_owned)),
-        crm_id: Set(object.and_then(|o| o.get("id")).and_then(Value::as_str).map(str::to_owned)),
+        delivery_id: Set(delivery_id.replace('\0', "\u{FFFD}")),
+        event_type: Set(text("/type").unwrap_or_default()),
+        record_type: Set(text("/object/type")),
+        crm_id: Set(text("/object/id")),
         received_at: Set(now),
         payload: Set(raw.to_string()),
         outcome: Set("received".to_owned()),
@@ -166,10 +167,10 @@ async fn apply_guarded(txn: &DatabaseTransaction, ctx: &SyncContext, raw: &Value
             }
         }
     }
-    // A constraint the event's data breaks fails this event alone; anything else (a lost
+    // Data the database refuses (a constraint, a data exception) fails this event alone; anything else (a lost
     // connection, a lock timeout) fails the delivery, so TreadSoft sends it again.
     let Some(last_error) = last_error else { return Err(DbErr::Custom("no attempt was made".into())) };
-    if last_error.sql_err().is_none() {
+    if !crate::db::is_data_error(&last_error) {
         return Err(last_error);
     }
     let error = last_error.to_string();

@@ -201,6 +201,7 @@ pub fn crm_to_local(field: &Field, data: &Map<String, Value>) -> Result<Mapped, 
     let raw = data.get(name).unwrap_or(&Value::Null);
     let text = |required: bool| -> Result<Value, MapError> {
         match raw {
+            Value::String(s) if s.contains('\0') => Err(err(name, NUL_MESSAGE)),
             Value::String(s) if !(required && s.trim().is_empty()) => Ok(Value::String(s.clone())),
             Value::Null if !required => Ok(Value::Null),
             Value::Null | Value::String(_) => Err(err(name, "is required")),
@@ -215,13 +216,13 @@ pub fn crm_to_local(field: &Field, data: &Map<String, Value>) -> Result<Mapped, 
             _ => text(true)?,
         },
         Kind::Int => match raw.as_i64() {
-            Some(n) if i32::try_from(n).is_ok() => json!(n),
-            _ => return Err(err(name, format!("expected a whole number, got {raw}"))),
+            Some(n) if n >= 0 && i32::try_from(n).is_ok() => json!(n),
+            _ => return Err(err(name, format!("expected a whole number, not negative, got {raw}"))),
         },
-        Kind::Money => json!(
-            money_to_minor(raw)
-                .ok_or_else(|| err(name, format!("expected an amount with at most 2 decimals, got {raw}")))?
-        ),
+        Kind::Money => json!(money_to_minor(raw).filter(|minor| *minor >= 0).ok_or_else(|| err(
+            name,
+            format!("expected an amount, not negative, with at most 2 decimals, got {raw}")
+        ))?),
         Kind::Date | Kind::OptDate => match raw {
             Value::Null if field.kind == Kind::OptDate => Value::Null,
             Value::String(s) if chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").is_ok() => raw.clone(),
@@ -254,6 +255,51 @@ pub fn crm_to_local(field: &Field, data: &Map<String, Value>) -> Result<Mapped, 
         }
     };
     Ok(Mapped::Value(value))
+}
+
+/// Why a text with U+0000 is refused: PostgreSQL cannot store it in text (SQLSTATE 22021).
+pub const NUL_MESSAGE: &str = "contains a NUL character (U+0000), which cannot be stored";
+
+/// Where the first NUL character in `value` is (in a string or an object key), as a path such as
+/// `data.title` or `events[2].id`; `None` when there is none.
+pub fn nul_at(value: &Value) -> Option<String> {
+    fn walk(value: &Value, path: &mut String) -> bool {
+        match value {
+            Value::String(s) => s.contains('\0'),
+            Value::Array(items) => items.iter().enumerate().any(|(i, item)| {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                let found = walk(item, path);
+                if !found {
+                    path.truncate(len);
+                }
+                found
+            }),
+            Value::Object(members) => members.iter().any(|(key, item)| {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(&key.replace('\0', "\\0"));
+                let found = key.contains('\0') || walk(item, path);
+                if !found {
+                    path.truncate(len);
+                }
+                found
+            }),
+            _ => false,
+        }
+    }
+    let mut path = String::new();
+    walk(value, &mut path).then_some(path)
+}
+
+/// Checks a local value the site sends for `field`: counts and amounts are not negative.
+pub fn check_local(field: &Field, value: &Value) -> Result<(), String> {
+    match field.kind {
+        Kind::Int | Kind::Money if value.as_i64().is_some_and(|n| n < 0) => Err("must not be negative".into()),
+        _ => Ok(()),
+    }
 }
 
 /// TreadSoft fields for a local `field` value. References need the other record's TreadSoft id,
@@ -335,6 +381,27 @@ mod tests {
             let rejoined = crm_to_local(field(RecordType::Contact, "name"), &back).unwrap();
             assert_eq!(rejoined, Mapped::Value(json!(local)), "round trip of {local}");
         }
+    }
+
+    #[test]
+    fn nul_characters_are_found_with_their_path() {
+        assert_eq!(nul_at(&json!({"data": {"title": "ok"}, "list": ["a", 1]})), None);
+        assert_eq!(nul_at(&json!({"data": {"title": "Hall\u{0}"}})).as_deref(), Some("data.title"));
+        assert_eq!(nul_at(&json!({"events": [{"id": "a"}, {"id": "\u{0}"}]})).as_deref(), Some("events[1].id"));
+        assert!(nul_at(&json!({"ke\u{0}y": 1})).is_some(), "a key counts too");
+        let d = data(json!({ "title": "Hall\u{0}" }));
+        let refused = crm_to_local(field(RecordType::Property, "title"), &d).unwrap_err();
+        assert_eq!(refused.message, NUL_MESSAGE);
+    }
+
+    #[test]
+    fn negative_counts_and_amounts_are_refused_both_ways() {
+        let d = data(json!({ "bedrooms": -1, "pricePerNight": -10.5 }));
+        assert!(crm_to_local(field(RecordType::Property, "bedrooms"), &d).is_err());
+        assert!(crm_to_local(field(RecordType::Property, "price_per_night"), &d).is_err());
+        assert!(check_local(field(RecordType::Booking, "guests"), &json!(-2)).is_err());
+        assert!(check_local(field(RecordType::Booking, "total_price"), &json!(-1)).is_err());
+        assert!(check_local(field(RecordType::Booking, "total_price"), &json!(0)).is_ok());
     }
 
     #[test]

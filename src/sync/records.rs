@@ -4,10 +4,8 @@
 
 use super::mapping::RecordType;
 use entity::{bookings, enquiries, owner_memberships, properties, user};
-use sea_orm::sea_query::{Expr, Func};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, ExprTrait, IdenStatic, Iterable, QueryFilter,
-    QuerySelect,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, IdenStatic, Iterable, QueryFilter, QuerySelect,
 };
 use serde_json::{Map, Value};
 
@@ -111,13 +109,10 @@ pub async fn find_by_id(c: &impl ConnectionTrait, t: RecordType, id: &str) -> Re
     })
 }
 
-/// The user whose email is `email`, compared case-insensitively.
+/// The user whose email is `email`, compared by [`user::email_key`] (Unicode case and normal form).
 pub async fn find_user_by_email(c: &impl ConnectionTrait, email: &str) -> Result<Option<Local>, DbErr> {
-    let model = user::Entity::find()
-        .filter(Expr::expr(Func::lower(Expr::col(user::Column::Email))).eq(email.to_lowercase()))
-        .lock_exclusive()
-        .one(c)
-        .await?;
+    let model =
+        user::Entity::find().filter(user::Column::EmailKey.eq(user::email_key(email))).lock_exclusive().one(c).await?;
     model.map(|model| to_local(RecordType::Contact, model)).transpose()
 }
 

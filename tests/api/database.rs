@@ -25,6 +25,7 @@ fn a_user(id: &str, email: &str) -> user::ActiveModel {
         crm_last_synced_at: Set(None),
         membership_status: Set(MembershipStatus::Pending),
         deleted_at: Set(None),
+        ..Default::default()
     }
 }
 

@@ -461,6 +461,7 @@ async fn an_existing_user_is_linked_by_email_not_duplicated(app: TestApp) {
         crm_sync_status: Set(entity::enums::CrmSyncStatus::Pending),
         crm_last_synced_at: Set(None),
         membership_status: Set(entity::enums::MembershipStatus::Pending),
+        ..Default::default()
     }
     .insert(app.db.writer())
     .await

@@ -10,5 +10,6 @@ mod delivery;
 mod events;
 mod health;
 mod inbound;
+mod reliability;
 mod seed_routes;
 mod treadsoft_stub;
