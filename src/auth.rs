@@ -1,5 +1,12 @@
 //! Who may call the app-facing `/api` routes: a client with `Authorization: Bearer <GATEWAY_API_TOKEN>`
 //! (compared in constant time), or, when no token is configured, only clients on this machine.
+//!
+//! "On this machine" is judged by the peer address, which a reverse proxy on the same host makes
+//! 127.0.0.1 for everyone: so without a token a request that carries a proxy's headers is refused.
+//! A browser on this machine is a client on this machine too, and any site it has open could make
+//! it POST here: so without a token a request a browser marks as coming from another site
+//! (`Origin` of another host, `Sec-Fetch-Site` other than `same-origin`/`none`) is refused as well.
+//! A bearer token is never sent by a browser on its own, so with one neither check is needed.
 
 use crate::error::ApiError;
 use crate::startup::AppState;
@@ -35,18 +42,55 @@ pub async fn require_api_token(
             }
         }
         None => {
-            let loopback = req.peer_addr().is_some_and(|addr| addr.ip().is_loopback());
-            if !loopback {
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "forbidden",
-                    "GATEWAY_API_TOKEN is not set, so only clients on this machine are served",
-                )
-                .into());
+            if let Some(refusal) = loopback_refusal(&req) {
+                return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", refusal).into());
             }
         }
     }
     next.call(req).await
+}
+
+/// Headers a reverse proxy adds: their presence means the peer address is the proxy's.
+const PROXY_HEADERS: [&str; 3] = ["forwarded", "x-forwarded-for", "x-real-ip"];
+
+/// Why a request is refused when no token is set; `None` when it is served.
+fn loopback_refusal(req: &ServiceRequest) -> Option<String> {
+    if !req.peer_addr().is_some_and(|addr| addr.ip().is_loopback()) {
+        return Some("GATEWAY_API_TOKEN is not set, so only clients on this machine are served".into());
+    }
+    let headers = req.headers();
+    if let Some(name) = PROXY_HEADERS.into_iter().find(|name| headers.contains_key(*name)) {
+        return Some(format!(
+            "GATEWAY_API_TOKEN is not set and this request came through a proxy ({name}), so it may come from \
+             anywhere: set a token"
+        ));
+    }
+    let text = |name: header::HeaderName| headers.get(name).map(|v| v.to_str().unwrap_or("?").to_owned());
+    if let Some(site) = text(header::HeaderName::from_static("sec-fetch-site"))
+        && !matches!(site.as_str(), "same-origin" | "none")
+    {
+        return Some(format!(
+            "GATEWAY_API_TOKEN is not set and a browser sent this request from another site ({site})"
+        ));
+    }
+    if let Some(origin) = text(header::ORIGIN) {
+        let host = text(header::HOST).unwrap_or_default();
+        let same = url::Url::parse(&origin).ok().is_some_and(|o| {
+            o.host_str().is_some_and(|h| format!("{h}:{}", o.port_or_known_default().unwrap_or(0)) == with_port(&host))
+        });
+        if !same {
+            return Some(format!(
+                "GATEWAY_API_TOKEN is not set and a browser sent this request from another origin ({origin})"
+            ));
+        }
+    }
+    None
+}
+
+/// `host` or `host:port` from a Host header, with the port (80 when absent: the gateway speaks plain HTTP).
+fn with_port(host: &str) -> String {
+    let has_port = host.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_ok()) && !host.ends_with(']');
+    if has_port { host.to_owned() } else { format!("{host}:80") }
 }
 
 fn unauthorized(message: &str) -> ApiError {

@@ -173,7 +173,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::warn!("CRM_WEBHOOK_SECRET is not set: CRM webhooks will be refused");
     }
     if config.api_token.is_none() {
-        tracing::warn!("GATEWAY_API_TOKEN is not set: the /api routes serve only clients on this machine");
+        tracing::warn!(
+            "GATEWAY_API_TOKEN is not set: the /api routes serve only clients on this machine, and refuse \
+             requests that came through a proxy (Forwarded, X-Forwarded-For, X-Real-IP) and requests a \
+             browser sends from another site (Origin, Sec-Fetch-Site); set a token to serve the site"
+        );
     }
     if config.delivery_workers == 0 {
         tracing::warn!("CRM_DELIVERY_WORKERS=0: changes are queued but not sent to the CRM");

@@ -8,7 +8,7 @@
 use crate::config::{DatabaseConfig, SqliteSynchronous};
 use migration::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous as Synchronous};
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseBackend, DatabaseConnection, DbErr};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseBackend, DatabaseConnection, DbErr, Statement};
 use std::time::Duration;
 
 /// How long a SQLite connection waits for a lock held by another process (e.g. a `sqlite3` shell).
@@ -130,4 +130,35 @@ pub fn is_data_error(e: &DbErr) -> bool {
     // SQLite's extended result codes carry the primary code in their low byte: 18 TOOBIG,
     // 19 CONSTRAINT, 20 MISMATCH, 25 RANGE.
     code.parse::<i32>().is_ok_and(|code| matches!(code & 0xff, 18 | 19 | 20 | 25))
+}
+
+/// Takes a transaction-scoped advisory lock named `name` on PostgreSQL, held until the transaction
+/// ends, so that transactions of several gateway instances that must not interleave take turns.
+/// Nothing on SQLite, where one write transaction runs at a time anyway.
+pub async fn lock_named(c: &impl ConnectionTrait, name: &str) -> Result<(), DbErr> {
+    if c.get_database_backend() != DatabaseBackend::Postgres {
+        return Ok(());
+    }
+    let sql = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))";
+    c.query_one_raw(Statement::from_sql_and_values(DatabaseBackend::Postgres, sql, [name.into()])).await?;
+    Ok(())
+}
+
+/// How long a write transaction on PostgreSQL waits for a lock, and how long one statement may
+/// run, before it gives up: one stuck lock must not stall every write of every instance.
+pub const PG_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+pub const PG_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Sets [`PG_LOCK_TIMEOUT`] and [`PG_STATEMENT_TIMEOUT`] for the rest of the transaction `c`.
+pub async fn bound_waits(c: &impl ConnectionTrait) -> Result<(), DbErr> {
+    if c.get_database_backend() != DatabaseBackend::Postgres {
+        return Ok(());
+    }
+    c.execute_unprepared(&format!(
+        "SET LOCAL lock_timeout = '{}ms'; SET LOCAL statement_timeout = '{}ms'",
+        PG_LOCK_TIMEOUT.as_millis(),
+        PG_STATEMENT_TIMEOUT.as_millis()
+    ))
+    .await?;
+    Ok(())
 }

@@ -7,12 +7,13 @@ use crate::db::Db;
 use crate::error::{self, json_error_responses};
 use crate::inbound;
 use crate::ops::health;
+use crate::ops::maintenance;
 use crate::outbound;
 use crate::outbound::worker::Delivery;
 use crate::sync::apply::SyncContext;
 use crate::sync::hlc::Hlc;
 use crate::sync::stamps;
-use crate::writer::Writer;
+use crate::writer::{Writer, WriterTask};
 use actix_web::dev::{Server, Service};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::ErrorHandlers;
@@ -47,6 +48,9 @@ pub struct Application {
     sync: Arc<SyncContext>,
     delivery: Arc<Delivery>,
     stop_workers: watch::Sender<bool>,
+    /// Delivery workers and the maintenance task: awaited at shutdown.
+    background: Vec<tokio::task::JoinHandle<()>>,
+    writer_task: WriterTask,
 }
 
 impl Application {
@@ -63,7 +67,7 @@ impl Application {
     pub async fn build_with_db(config: Config, db: Db) -> anyhow::Result<Self> {
         let floor = stamps::max_stamp(db.reader()).await.context("cannot read the latest version stamp")?;
         let sync = Arc::new(SyncContext { precedence: config.tie_winner, hlc: Hlc::starting_after(floor) });
-        let (writer, _writer_task) = Writer::start(db.writer().clone());
+        let (writer, writer_task) = Writer::start(db.writer().clone());
         let crm = crm::from_config(&config).context("cannot set up the CRM client")?;
         let delivery = Arc::new(Delivery::new(
             db.clone(),
@@ -75,8 +79,10 @@ impl Application {
             config.crm_request_timeout,
         ));
         let (stop_workers, stopped) = watch::channel(false);
-        for _ in 0..config.delivery_workers {
-            tokio::spawn(delivery.clone().run(stopped.clone()));
+        let mut background: Vec<_> =
+            (0..config.delivery_workers).map(|_| tokio::spawn(delivery.clone().run(stopped.clone()))).collect();
+        if config.delivery_workers > 0 {
+            background.push(tokio::spawn(maintenance::run(writer.clone(), sync.clone(), stopped.clone())));
         }
         let listener = TcpListener::bind(config.bind_addr)
             .with_context(|| format!("cannot listen on {} (BIND_ADDR)", config.bind_addr))?;
@@ -126,7 +132,7 @@ impl Application {
         .listen(listener)?
         .run();
         tracing::info!(addr = %local_addr, "listening");
-        Ok(Self { port, server, db, writer, sync, delivery, stop_workers })
+        Ok(Self { port, server, db, writer, writer_task, sync, delivery, stop_workers, background })
     }
 
     pub fn port(&self) -> u16 {
@@ -154,19 +160,26 @@ impl Application {
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
         let handle = self.server.handle();
         let mut server = std::pin::pin!(self.server);
-        tokio::select! {
-            result = &mut server => {
-                let _ = self.stop_workers.send(true);
-                return result;
+        let result = tokio::select! {
+            result = &mut server => result,
+            () = shutdown => {
+                tracing::info!("shutting down: finishing in-flight requests");
+                // The stop command is sent now; the server future must be polled to carry it out.
+                let stopped = handle.stop(true);
+                let result = server.await;
+                stopped.await;
+                result
             }
-            () = shutdown => tracing::info!("shutting down: finishing in-flight requests"),
-        }
-        // The stop command is sent now; the server future must be polled to carry it out.
-        let stopped = handle.stop(true);
-        let result = server.await;
-        stopped.await;
-        // Delivery workers finish the step they are in; what is left stays queued for next time.
+        };
+        // Delivery workers finish the step they are in (what is left stays queued for next
+        // time); then the writer commits what they and the requests queued, and stops.
         let _ = self.stop_workers.send(true);
+        for worker in self.background {
+            if let Err(e) = worker.await {
+                tracing::error!(error = %e, "a background task failed");
+            }
+        }
+        self.writer_task.stop().await;
         tracing::info!("stopped");
         result
     }

@@ -11,7 +11,7 @@ use sea_orm::{
     DatabaseConnection, DatabaseTransaction, DbErr, SqliteTransactionMode, TransactionOptions, TransactionTrait,
 };
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// Most pieces of work one transaction takes.
 const MAX_BATCH: usize = 256;
@@ -41,9 +41,10 @@ pub struct Writer {
 
 impl Writer {
     /// Starts the writer task over `connection` (the database's single writer connection).
-    pub fn start(connection: DatabaseConnection) -> (Self, tokio::task::JoinHandle<()>) {
+    pub fn start(connection: DatabaseConnection) -> (Self, WriterTask) {
         let (jobs, queue) = mpsc::channel(4 * MAX_BATCH);
-        (Self { jobs }, tokio::spawn(run(connection, queue)))
+        let (stop, stopped) = watch::channel(false);
+        (Self { jobs }, WriterTask { stop, handle: tokio::spawn(run(connection, queue, stopped)) })
     }
 
     /// Runs `work` in the next group transaction and returns its result once that has committed.
@@ -70,6 +71,22 @@ impl Writer {
     }
 }
 
+/// The running writer task. Dropping it leaves the task running until every [`Writer`] is gone.
+pub struct WriterTask {
+    stop: watch::Sender<bool>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl WriterTask {
+    /// Stops taking work, writes and commits what is queued already, and waits for that.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        if let Err(e) = self.handle.await {
+            tracing::error!(error = %e, "the writer task failed");
+        }
+    }
+}
+
 async fn in_savepoint<T, F>(txn: &DatabaseTransaction, work: F) -> Result<T, DbErr>
 where
     F: for<'t> FnOnce(&'t DatabaseTransaction) -> BoxFuture<'t, Result<T, DbErr>>,
@@ -87,16 +104,31 @@ where
     }
 }
 
-async fn run(connection: DatabaseConnection, mut queue: mpsc::Receiver<Job>) {
+async fn run(connection: DatabaseConnection, mut queue: mpsc::Receiver<Job>, mut stop: watch::Receiver<bool>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    loop {
+        let received = tokio::select! {
+            received = queue.recv_many(&mut batch, MAX_BATCH) => received,
+            // Stopping: refuse new work (callers get `Unavailable`), then drain what is queued.
+            Ok(()) = stop.changed() => {
+                queue.close();
+                queue.recv_many(&mut batch, MAX_BATCH).await
+            }
+        };
+        if received == 0 {
+            return;
+        }
         // IMMEDIATE: on SQLite take the write lock at BEGIN, so another process writing the same
         // file makes this one wait (busy timeout) instead of failing with "database is locked".
         let options = TransactionOptions {
             sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
             ..Default::default()
         };
-        let txn = match connection.begin_with_options(options).await {
+        let began = match connection.begin_with_options(options).await {
+            Ok(txn) => crate::db::bound_waits(&txn).await.map(|()| txn),
+            Err(e) => Err(e),
+        };
+        let txn = match began {
             Ok(txn) => txn,
             Err(e) => {
                 // Dropping the work answers its callers with `Unavailable`.

@@ -85,6 +85,30 @@ pub enum CrmError {
     /// 404: no such record (or it was deleted).
     #[error("404 not_found: {message}")]
     NotFound { message: String },
+    /// Not sent at all: the caller's deadline ([`send_by`]) passed while the request waited for
+    /// the rate limiter. Nothing reached the CRM; the caller releases the work for later.
+    #[error("not sent: {message}")]
+    NotSent { message: String },
+    /// Not sent, for good: a record it refers to was dead-lettered, so it cannot be sent until
+    /// that one is retried.
+    #[error("not sent: {message}")]
+    ParentFailed { message: String },
+}
+
+tokio::task_local! {
+    static SEND_BY: std::time::Instant;
+}
+
+/// Runs `work`, whose CRM requests are not sent after `deadline` (they fail with
+/// [`CrmError::NotSent`]): a delivery worker's lease must still hold when a request leaves,
+/// however long the rate limiter kept it waiting.
+pub async fn send_by<F: Future>(deadline: std::time::Instant, work: F) -> F::Output {
+    SEND_BY.scope(deadline, work).await
+}
+
+/// Whether the deadline of the [`send_by`] around this task has passed.
+pub fn past_send_by() -> bool {
+    SEND_BY.try_with(|deadline| std::time::Instant::now() > *deadline).unwrap_or(false)
 }
 
 impl CrmError {
@@ -99,6 +123,7 @@ impl CrmError {
             Self::Permanent { status, .. } => Some(*status),
             Self::Duplicate { .. } => Some(409),
             Self::NotFound { .. } => Some(404),
+            Self::NotSent { .. } | Self::ParentFailed { .. } => None,
         }
     }
 }

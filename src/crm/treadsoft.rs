@@ -71,6 +71,9 @@ impl TreadSoftClient {
         idempotency_key: Option<&str>,
     ) -> Result<Answer, CrmError> {
         self.limiter.until_ready().await;
+        if super::past_send_by() {
+            return Err(CrmError::NotSent { message: "the deadline passed while waiting for the rate limit".into() });
+        }
         let path = self.path(rest);
         let body = body.map(|b| serde_json::to_vec(b).unwrap_or_default()).unwrap_or_default();
         let timestamp = Utc::now().timestamp();

@@ -1,3 +1,4 @@
-//! Operating the gateway: health and readiness.
+//! Operating the gateway: health and readiness, background upkeep.
 
 pub mod health;
+pub mod maintenance;

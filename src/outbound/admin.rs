@@ -34,10 +34,14 @@ pub async fn retry_one(writer: &Writer, id: i64) -> Result<RetryOne, WriteError>
                 let Some(row) = crm_outbox::Entity::find_by_id(id).one(txn).await? else {
                     return Ok(RetryOne::NotFound);
                 };
-                if !matches!(row.status.as_str(), "failed" | "pending") {
+                // Guarded by status in the update itself: a row another instance claims between
+                // the read and the update stays in flight instead of going out twice at once.
+                let retryable = Condition::all()
+                    .add(crm_outbox::Column::Id.eq(id))
+                    .add(crm_outbox::Column::Status.is_in(["failed", "pending"]));
+                if outbox::make_due(txn, retryable).await? == 0 {
                     return Ok(RetryOne::NotRetryable(row.status));
                 }
-                outbox::make_due(txn, Condition::all().add(crm_outbox::Column::Id.eq(id))).await?;
                 Ok(RetryOne::Queued)
             })
         })

@@ -20,6 +20,8 @@ pub struct LocalChange {
     pub id: String,
     /// Columns to set. A new record needs all of its required columns.
     pub values: Map<String, Value>,
+    /// A new record: one that exists already is refused, not silently updated.
+    pub create: bool,
     pub delete: bool,
 }
 
@@ -30,6 +32,9 @@ pub enum Rejected {
     Invalid(String),
     #[error("{0}")]
     NotFound(String),
+    /// A create for a record that exists already.
+    #[error("{0}")]
+    Exists(String),
     /// Another user has this email (compared as [`entity::user::email_key`]).
     #[error("email: a user with this email exists already: {existing_id}")]
     EmailTaken { existing_id: String },
@@ -46,6 +51,7 @@ impl Rejected {
             Self::Invalid(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", message),
             Self::NotFound(_) => ApiError::not_found(message),
             Self::EmailTaken { .. } => ApiError::new(StatusCode::CONFLICT, "email_taken", message),
+            Self::Exists(_) => ApiError::new(StatusCode::CONFLICT, "already_exists", message),
         }
     }
 }
@@ -97,6 +103,11 @@ pub async fn apply(
     }
     let existing = records::find_by_id(c, t, &change.id).await?;
     match existing {
+        Some(_) if change.create => Ok(Err(Rejected::Exists(format!(
+            "{} {} exists already; send an update to change it",
+            t.as_str(),
+            change.id
+        )))),
         None if change.delete => Ok(Err(Rejected::NotFound(format!("no {} {}", t.as_str(), change.id)))),
         None => create(c, ctx, change, event_id).await,
         Some(local) if local.is_deleted() => {
@@ -180,8 +191,10 @@ async fn create(
     if c.get_database_backend() == DatabaseBackend::Postgres && !t.has_text_id() {
         // The site assigns these ids; keep the identity sequence past them for records the CRM creates.
         let table = t.table();
+        // Never backwards: a value the sequence handed out already is not handed out again.
         let sql = format!(
-            r#"SELECT setval(pg_get_serial_sequence('"{table}"', 'id'), GREATEST((SELECT MAX(id) FROM "{table}"), 1))"#
+            r#"SELECT setval(s, GREATEST((SELECT MAX(id) FROM "{table}"), COALESCE(pg_sequence_last_value(s), 1), 1))
+               FROM CAST(pg_get_serial_sequence('"{table}"', 'id') AS regclass) AS s"#
         );
         c.execute_raw(Statement::from_string(DatabaseBackend::Postgres, sql)).await?;
     }

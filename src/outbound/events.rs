@@ -142,7 +142,8 @@ fn parse_event(event: Value, fallback_id: Option<String>) -> Result<AppEvent, St
     if action == "cancelled" {
         values.insert("status".into(), Value::String("cancelled".into()));
     }
-    let change = LocalChange { record_type, id: record_id, values, delete: action == "deleted" };
+    let change =
+        LocalChange { record_type, id: record_id, values, create: action == "created", delete: action == "deleted" };
     Ok(AppEvent { id, event_type, change })
 }
 

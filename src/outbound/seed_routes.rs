@@ -274,7 +274,8 @@ async fn update_profile(body: web::Json<Profile>, state: web::Data<AppState>) ->
         values.insert("membership_status".into(), Value::String(status));
     }
     owner(&state, &user_id).await?;
-    let change = LocalChange { record_type: RecordType::Contact, id: user_id.clone(), values, delete: false };
+    let change =
+        LocalChange { record_type: RecordType::Contact, id: user_id.clone(), values, create: false, delete: false };
     apply_change(&state, change).await?;
     let user = owner(&state, &user_id).await?;
     Ok(HttpResponse::Ok().json(json!({
@@ -327,7 +328,7 @@ async fn register(body: web::Json<Registration>, state: web::Data<AppState>) -> 
         ("role".to_owned(), Value::String("owner".into())),
         ("membership_status".to_owned(), Value::String("pending".into())),
     ]);
-    let change = LocalChange { record_type: RecordType::Contact, id: id.clone(), values, delete: false };
+    let change = LocalChange { record_type: RecordType::Contact, id: id.clone(), values, create: true, delete: false };
     change.validate().map_err(rejection)?;
     let sync = state.sync.clone();
     let outcome = state

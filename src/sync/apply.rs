@@ -138,6 +138,11 @@ pub(super) async fn apply_event(c: &DatabaseTransaction, ctx: &SyncContext, raw:
         Found::ByCrmId(local) => (local, false, false),
         Found::Unlinked(local, link_back) => (local, true, link_back),
     };
+    if local.is_deleted() && linking && !link_back {
+        // Found by its externalId, deleted here before its create was confirmed (the answer was
+        // lost): this is that create's record, which must not live on in TreadSoft.
+        return link_and_delete(c, ctx, t, &local, &object.id, raw).await;
+    }
     if local.is_deleted() {
         return Ok(Decision::new(Outcome::Stale, "the record was deleted locally"));
     }
@@ -213,6 +218,8 @@ async fn locate(c: &DatabaseTransaction, t: RecordType, object: &Object) -> Resu
     {
         return Ok(match local.crm_id() {
             None => Ok(Found::Unlinked(local, false)),
+            // Linked meanwhile (by another transaction the crm_id lookup could not see yet): itself.
+            Some(same) if same == object.id => Ok(Found::ByCrmId(local)),
             Some(other) => Err(format!("externalId {external_id} is linked to TreadSoft record {other}")),
         });
     }
@@ -222,6 +229,7 @@ async fn locate(c: &DatabaseTransaction, t: RecordType, object: &Object) -> Resu
     {
         return Ok(match local.crm_id() {
             None => Ok(Found::Unlinked(local, true)),
+            Some(same) if same == object.id => Ok(Found::ByCrmId(local)),
             Some(other) => Err(format!("user {} with this email is linked to TreadSoft record {other}", local.id)),
         });
     }
@@ -251,7 +259,15 @@ async fn map_fields(
             Ok(Mapped::Value(value)) => value,
             Ok(Mapped::Ref { crm_id: None, .. }) => Value::Null,
             Ok(Mapped::Ref { target, crm_id: Some(crm_id), .. }) => {
-                match records::find_by_crm_id(c, target, &crm_id).await?.filter(|l| !l.is_deleted()) {
+                let mut parent = records::find_by_crm_id(c, target, &crm_id).await?.filter(|l| !l.is_deleted());
+                if parent.is_none() {
+                    // Another instance may be linking the parent right now, unseen by this
+                    // transaction. Its release of waiting events takes the same lock: whichever
+                    // comes second sees what the first one committed, so no event waits forever.
+                    crate::db::lock_named(c, &waiting_key(target, &crm_id)).await?;
+                    parent = records::find_by_crm_id(c, target, &crm_id).await?.filter(|l| !l.is_deleted());
+                }
+                match parent {
                     Some(parent) => parent.values.get("id").cloned().unwrap_or(Value::Null),
                     None => {
                         let mut decision = Decision::new(
@@ -344,6 +360,31 @@ async fn delete(
     records::update(c, t, &local, changes).await?;
     log_applied(c, t, &local.id, &object.id, "delete", raw).await?;
     Ok(Decision::applied(None))
+}
+
+/// Links a locally deleted record to the TreadSoft record it turned out to have, and queues the
+/// delete of that record.
+async fn link_and_delete(
+    c: &DatabaseTransaction,
+    ctx: &SyncContext,
+    t: RecordType,
+    local: &Local,
+    crm_id: &str,
+    raw: &Value,
+) -> Result<Decision, DbErr> {
+    let version = Version { stamp: ctx.hlc.now(), origin: Origin::Local, event_id: String::new() };
+    stamps::set_tombstone(c, t, crm_id, Some(&local.id), &version).await?;
+    let changes = Map::from_iter([
+        ("crm_id".to_owned(), Value::String(crm_id.to_owned())),
+        ("crm_sync_status".to_owned(), Value::String("pending".into())),
+    ]);
+    records::update(c, t, local, changes).await?;
+    outbox::enqueue(c, t, &local.id, outbox::Operation::Delete, None, None).await?;
+    log_applied(c, t, &local.id, crm_id, "link", raw).await?;
+    Ok(Decision::new(
+        Outcome::Applied,
+        "the record was deleted here before its create was confirmed: linked, and its delete queued",
+    ))
 }
 
 /// Adds `updated_at` and the three `crm_*` columns of a record the CRM just synced. The status

@@ -4,10 +4,12 @@
 use super::apply::{Decision, SyncContext, apply_event};
 use super::log::SyncLog;
 use super::mapping::RecordType;
+use super::records;
 use chrono::Utc;
 use entity::crm_inbox;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseTransaction, DbErr, EntityTrait, QueryFilter, Set, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QuerySelect, Set,
+    TransactionTrait,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -113,6 +115,7 @@ pub async fn release_waiting(
 ) -> Result<(), DbErr> {
     let mut queue: VecDeque<(RecordType, String)> = linked.into_iter().collect();
     while let Some((t, crm_id)) = queue.pop_front() {
+        crate::db::lock_named(txn, &waiting_key(t, &crm_id)).await?;
         let waiting = crm_inbox::Entity::find()
             .filter(crm_inbox::Column::Outcome.eq(Outcome::Waiting.as_str()))
             .filter(crm_inbox::Column::WaitingFor.eq(waiting_key(t, &crm_id)))
@@ -126,6 +129,34 @@ pub async fn release_waiting(
         }
     }
     Ok(())
+}
+
+/// Most distinct parents one sweep looks at.
+const SWEEP_LIMIT: u64 = 500;
+
+/// Applies events still `waiting` for a parent that exists by now (a release that missed them:
+/// a crash between two steps, or an older gateway). Returns how many parents it released.
+pub async fn sweep_waiting(txn: &DatabaseTransaction, ctx: &SyncContext) -> Result<usize, DbErr> {
+    let keys: Vec<Option<String>> = crm_inbox::Entity::find()
+        .select_only()
+        .column(crm_inbox::Column::WaitingFor)
+        .distinct()
+        .filter(crm_inbox::Column::Outcome.eq(Outcome::Waiting.as_str()))
+        .limit(SWEEP_LIMIT)
+        .into_tuple()
+        .all(txn)
+        .await?;
+    let mut released = 0;
+    for key in keys.into_iter().flatten() {
+        let Some((t, crm_id)) = key.split_once(':').and_then(|(t, id)| Some((RecordType::parse(t)?, id))) else {
+            continue;
+        };
+        if records::find_by_crm_id(txn, t, crm_id).await?.is_some_and(|parent| !parent.is_deleted()) {
+            release_waiting(txn, ctx, Some((t, crm_id.to_owned()))).await?;
+            released += 1;
+        }
+    }
+    Ok(released)
 }
 
 pub(super) fn waiting_key(t: RecordType, crm_id: &str) -> String {

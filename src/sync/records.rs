@@ -23,9 +23,14 @@ impl Local {
         self.values.get("crm_id").and_then(Value::as_str)
     }
 
+    /// `crm_sync_status`: `synced`, `pending` or `failed`.
+    pub fn sync_status(&self) -> Option<&str> {
+        self.values.get("crm_sync_status").and_then(Value::as_str)
+    }
+
     /// Whether `crm_sync_status` is `synced`.
     pub fn is_synced(&self) -> bool {
-        self.values.get("crm_sync_status").and_then(Value::as_str) == Some("synced")
+        self.sync_status() == Some("synced")
     }
 
     pub fn is_deleted(&self) -> bool {

@@ -11,7 +11,7 @@ mod outcome;
 mod send;
 
 use super::retry::RetrySchedule;
-use crate::crm::{CrmClient, CrmError};
+use crate::crm::{self, CrmClient, CrmError};
 use crate::db::Db;
 use crate::sync::apply::SyncContext;
 use crate::sync::mapping::RecordType;
@@ -125,6 +125,8 @@ impl Delivery {
         let Some(lease_until) = claimed.first().and_then(|r| r.lease_until) else { return Ok(0) };
         let margin = chrono::Duration::from_std(self.request_timeout).unwrap_or_default();
         let lease_short = || Utc::now() + margin > lease_until;
+        // The same limit for requests that wait for the rate limiter: checked when they leave.
+        let send_by = std::time::Instant::now() + (lease_until - margin - Utc::now()).to_std().unwrap_or_default();
         // Parents first: a property created in this step can then refer to its owner's new id.
         let mut by_type: BTreeMap<RecordType, Vec<crm_outbox::Model>> = BTreeMap::new();
         let mut unknown = Vec::new();
@@ -147,7 +149,7 @@ impl Delivery {
                     .await?;
                     continue;
                 }
-                let attempt = match self.prepare(t, &row).await {
+                let attempt = match crm::send_by(send_by, self.prepare(t, &row)).await {
                     Ok(Prepared::Create(local, payload)) => {
                         creates.push((row, local, payload));
                         continue;
@@ -166,7 +168,7 @@ impl Delivery {
                         .map(|(row, _, _)| (row, Attempt::Later(Duration::ZERO, "released".into())))
                         .collect()
                 } else {
-                    self.create_batch(t, creates).await
+                    crm::send_by(send_by, self.create_batch(t, creates)).await
                 };
                 self.record_all(results, now).await?;
             }
@@ -216,6 +218,10 @@ impl Delivery {
         self.writer
             .run(move |txn| {
                 Box::pin(async move {
+                    // One claim at a time across instances: another instance's claim, committed
+                    // before this one looks, shows which records are in flight, so a backlog
+                    // larger than one batch cannot put two rows of one record in flight at once.
+                    crate::db::lock_named(txn, "crm_outbox.claim").await?;
                     let mut due = crm_outbox::Entity::find();
                     if let Some(ids) = only {
                         due = due.filter(crm_outbox::Column::Id.is_in(ids));

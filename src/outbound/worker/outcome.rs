@@ -80,18 +80,10 @@ pub(super) async fn record(
             finish(txn, row, "delivered", None, None).await
         }
         Attempt::Skipped(reason) => finish(txn, row, "delivered", Some(format!("skipped: {reason}")), None).await,
-        Attempt::Later(wait, reason) => {
-            let mut row: crm_outbox::ActiveModel = row.into();
-            let attempts = row.attempts.take().unwrap_or(1);
-            row.attempts = Set((attempts - 1).max(0));
-            row.status = Set("pending".into());
-            row.lease_until = Set(None);
-            row.last_error = Set(Some(reason));
-            row.next_attempt_at = Set(now + chrono::Duration::from_std(wait).unwrap_or_default());
-            row.updated_at = Set(now);
-            row.update(txn).await?;
-            Ok(())
+        Attempt::Failed { error: CrmError::NotSent { message }, .. } => {
+            release(txn, row, std::time::Duration::ZERO, format!("released unsent: {message}"), now).await
         }
+        Attempt::Later(wait, reason) => release(txn, row, wait, reason, now).await,
         Attempt::Failed { error, action, request } => {
             let message = error.to_string();
             SyncLog {
@@ -126,6 +118,26 @@ pub(super) async fn record(
             }
         }
     }
+}
+
+/// Puts a row back to `pending`, due after `wait`, without using up an attempt.
+async fn release(
+    txn: &DatabaseTransaction,
+    row: crm_outbox::Model,
+    wait: std::time::Duration,
+    reason: String,
+    now: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    let mut row: crm_outbox::ActiveModel = row.into();
+    let attempts = row.attempts.take().unwrap_or(1);
+    row.attempts = Set((attempts - 1).max(0));
+    row.status = Set("pending".into());
+    row.lease_until = Set(None);
+    row.last_error = Set(Some(reason));
+    row.next_attempt_at = Set(now + chrono::Duration::from_std(wait).unwrap_or_default());
+    row.updated_at = Set(now);
+    row.update(txn).await?;
+    Ok(())
 }
 
 async fn finish(

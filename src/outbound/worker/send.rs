@@ -65,6 +65,19 @@ impl Delivery {
                     let parent = records::find_by_id(self.db.reader(), target, &parent_id).await?;
                     match parent.as_ref().and_then(Local::crm_id) {
                         Some(crm_id) => Some(crm_id.to_owned()),
+                        // Its parent's create was dead-lettered: waiting would never end.
+                        None if parent.as_ref().is_some_and(|p| p.sync_status() == Some("failed")) => {
+                            return Ok(Err(Attempt::Failed {
+                                error: CrmError::ParentFailed {
+                                    message: format!(
+                                        "{} {parent_id} failed to reach the CRM: retry it, then this",
+                                        target.as_str()
+                                    ),
+                                },
+                                action: "create",
+                                request: Value::Null,
+                            }));
+                        }
                         None => {
                             return Ok(Err(Attempt::Later(
                                 PARENT_WAIT,
