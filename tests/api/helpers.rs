@@ -229,11 +229,12 @@ pub struct TestApp {
     pub db: Db,
     pub sync: std::sync::Arc<crm_gateway::sync::apply::SyncContext>,
     pub delivery: std::sync::Arc<crm_gateway::outbound::worker::Delivery>,
+    pub writer: crm_gateway::writer::Writer,
     pub backend: Backend,
     pub http: reqwest::Client,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-    database_config: DatabaseConfig,
+    pub database_config: DatabaseConfig,
     _database: Option<TestDatabase>,
 }
 
@@ -268,6 +269,7 @@ impl TestApp {
         let db = app.db().clone();
         let sync = app.sync().clone();
         let delivery = app.delivery().clone();
+        let writer = app.writer().clone();
         let (tx, rx) = oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until(async {
             let _ = rx.await;
@@ -277,6 +279,7 @@ impl TestApp {
             db,
             sync,
             delivery,
+            writer,
             backend,
             http: reqwest::Client::new(),
             shutdown: Some(tx),

@@ -1,7 +1,7 @@
 //! Regression tests for the defects a review found (issue 8), each named after what a user would
 //! notice, on both databases.
 
-use crate::helpers::{TestApp, TestDatabase, error_code};
+use crate::helpers::{Backend, TestApp, TestDatabase, error_code};
 use crate::{on_both_databases, on_both_databases_without_app};
 use entity::{app_events, crm_inbox, properties, user};
 use reqwest::StatusCode;
@@ -160,7 +160,7 @@ async fn the_database_refusing_data_counts_as_that_datas_error(database: TestDat
 
     let duplicate = row("u2", "A@example.com", "B").insert(db.writer()).await.unwrap_err();
     assert!(crm_gateway::db::is_data_error(&duplicate), "{duplicate}");
-    if database.backend == crate::helpers::Backend::Postgres {
+    if database.backend == Backend::Postgres {
         let nul = row("u3", "c@example.com", "C\u{0}").insert(db.writer()).await.unwrap_err();
         assert!(crm_gateway::db::is_data_error(&nul), "{nul}");
     }
@@ -180,4 +180,261 @@ on_both_databases!(
 on_both_databases_without_app!(
     existing_rows_get_their_email_key_when_migrating,
     the_database_refusing_data_counts_as_that_datas_error
+);
+
+// --- helpers for races with another instance -------------------------------------------------
+
+/// A write transaction of "another instance": its own connection, holding what it wrote.
+async fn other_instance_transaction(app: &TestApp) -> (sea_orm::DatabaseConnection, sea_orm::DatabaseTransaction) {
+    use sea_orm::TransactionTrait;
+    let connection = sea_orm::Database::connect(&app.database_config.url).await.unwrap();
+    let options = sea_orm::TransactionOptions {
+        sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
+        ..Default::default()
+    };
+    let txn = connection.begin_with_options(options).await.unwrap();
+    (connection, txn)
+}
+
+/// Runs `action` while `held` is open; on PostgreSQL `held` commits once the gateway is seen
+/// waiting for one of its locks (the interleaving under test), on SQLite at once (the gateway's
+/// writer then waits for the file lock, so the interleaving cannot happen there).
+async fn while_held<T>(app: &TestApp, held: sea_orm::DatabaseTransaction, action: impl Future<Output = T>) -> T {
+    let release = async {
+        if app.backend == Backend::Postgres {
+            wait_until_the_gateway_waits_for_a_lock(app).await;
+        }
+        held.commit().await.unwrap();
+    };
+    tokio::join!(action, release).0
+}
+
+async fn wait_until_the_gateway_waits_for_a_lock(app: &TestApp) {
+    use sea_orm::ConnectionTrait;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let sql =
+        "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'";
+    loop {
+        let row = app.db.reader().query_one_raw(sea_orm::Statement::from_string(app.db.backend(), sql)).await;
+        if row.unwrap().unwrap().try_get::<i64>("", "n").unwrap() > 0 {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "the gateway never waited for the held lock");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+async fn exec(txn: &sea_orm::DatabaseTransaction, sql: &str) {
+    use sea_orm::ConnectionTrait;
+    txn.execute_unprepared(sql).await.unwrap();
+}
+
+fn later(secs: i64) -> String {
+    (chrono::Utc::now() + chrono::Duration::seconds(secs)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn contact_update(id: &str, crm_id: &str, external_id: &str, phone: &str) -> Value {
+    json!({"id": id, "type": "contact.updated", "changeSource": "ui", "requestId": null, "changedFields": ["phone"],
+        "object": {"type": "contact", "id": crm_id, "externalId": external_id, "version": 2, "updatedAt": later(5),
+            "deletedAt": null, "data": {"firstName": "José", "lastName": "Núñez", "email": format!("{external_id}@example.com"),
+                "phone": phone, "companyName": null, "role": "owner", "membershipStatus": "pending"}}})
+}
+
+fn property_event(id: &str, crm_id: &str, owner_crm_id: &str) -> Value {
+    json!({"id": id, "type": "property.created", "changeSource": "ui", "requestId": null, "changedFields": [],
+        "object": {"type": "property", "id": crm_id, "externalId": null, "version": 1, "updatedAt": later(0),
+            "deletedAt": null, "data": {"title": "Haworth Hall", "location": "Haworth", "bedrooms": 12,
+                "pricePerNight": 1450.5, "currency": "GBP", "status": "active", "ownerContactId": owner_crm_id}}})
+}
+
+const INSERT_LINKED_USER: &str = r#"INSERT INTO "user" (id, name, email, email_key, role, created_at, updated_at,
+    crm_id, crm_sync_status, membership_status) VALUES ('user_p', 'Parent', 'p@example.com', 'p@example.com', 'owner',
+    '2025-01-01T00:00:00Z', '2025-01-01T00:00:00Z', 'crm_contact_p', 'synced', 'active')"#;
+
+// --- 1. a record linked meanwhile to the same CRM id is the record itself -------------------
+
+async fn an_event_for_a_record_linked_meanwhile_by_another_instance_applies(app: TestApp) {
+    assert_eq!(
+        app.post_events(&owner_event("ev_1", "user_1", "user_1@example.com")).await.status(),
+        StatusCode::ACCEPTED
+    );
+    let (_connection, other) = other_instance_transaction(&app).await;
+    exec(&other, r#"UPDATE "user" SET crm_id = 'crm_contact_1' WHERE id = 'user_1'"#).await;
+
+    let outcomes =
+        while_held(&app, other, app.deliver(&[contact_update("evt_1", "crm_contact_1", "user_1", "+44 new")])).await;
+
+    assert_eq!(outcomes, ["applied"]);
+    let user = user::Entity::find_by_id("user_1").one(app.db.reader()).await.unwrap().unwrap();
+    assert_eq!(user.phone.as_deref(), Some("+44 new"));
+}
+
+// --- 2. waiting events are not stranded across instances ----------------------------------------
+
+async fn a_child_arriving_while_another_instance_links_its_parent_does_not_wait_forever(app: TestApp) {
+    use crm_gateway::sync::mapping::RecordType;
+    let (_connection, other) = other_instance_transaction(&app).await;
+    exec(&other, INSERT_LINKED_USER).await;
+    // The other instance releases what waits for the parent it just linked: nothing yet.
+    crm_gateway::sync::inbox::release_waiting(&other, &app.sync, Some((RecordType::Contact, "crm_contact_p".into())))
+        .await
+        .unwrap();
+
+    let outcomes =
+        while_held(&app, other, app.deliver(&[property_event("evt_p", "crm_property_1", "crm_contact_p")])).await;
+
+    assert_eq!(outcomes, ["applied"], "the child found its parent once the other instance committed");
+    let property = properties::Entity::find().one(app.db.reader()).await.unwrap().expect("the property exists");
+    assert_eq!(property.owner_id, "user_p");
+}
+
+async fn the_sweep_applies_events_whose_parent_arrived_unannounced(app: TestApp) {
+    use sea_orm::ConnectionTrait;
+    assert_eq!(app.deliver(&[property_event("evt_p", "crm_property_1", "crm_contact_p")]).await, ["waiting"]);
+    // The parent arrives without its release running (as after a crash between the two).
+    app.db.writer().execute_unprepared(INSERT_LINKED_USER).await.unwrap();
+
+    let released = crm_gateway::ops::maintenance::sweep(&app.writer, app.sync.clone()).await.unwrap();
+
+    assert_eq!(released, 1);
+    let row = crm_inbox::Entity::find_by_id("evt_p").one(app.db.reader()).await.unwrap().unwrap();
+    assert_eq!(row.outcome, "applied");
+    assert_eq!(properties::Entity::find().count(app.db.reader()).await.unwrap(), 1);
+    assert_eq!(crm_gateway::ops::maintenance::sweep(&app.writer, app.sync.clone()).await.unwrap(), 0);
+}
+
+on_both_databases!(
+    an_event_for_a_record_linked_meanwhile_by_another_instance_applies,
+    a_child_arriving_while_another_instance_links_its_parent_does_not_wait_forever,
+    the_sweep_applies_events_whose_parent_arrived_unannounced,
+);
+
+// --- 5. without a token: no proxied, no cross-site requests --------------------------------
+
+async fn without_a_token_proxied_and_cross_site_requests_are_refused(app: TestApp) {
+    let port = app.address.rsplit(':').next().unwrap().to_owned();
+    let post = |n: usize, headers: &[(&str, String)]| {
+        let mut request = app.http.post(format!("{}/api/events", app.address));
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        request.json(&owner_event(&format!("ev_{n}"), &format!("user_{n}"), &format!("u{n}@example.com"))).send()
+    };
+    let refused = [
+        vec![("X-Forwarded-For", "203.0.113.9".to_owned())],
+        vec![("Forwarded", "for=203.0.113.9".to_owned())],
+        vec![("X-Real-IP", "203.0.113.9".to_owned())],
+        vec![("Origin", "https://evil.example".to_owned())],
+        vec![("Origin", "null".to_owned())],
+        vec![("Origin", format!("http://127.0.0.1:{port}")), ("Sec-Fetch-Site", "cross-site".to_owned())],
+        vec![("Sec-Fetch-Site", "same-site".to_owned())],
+    ];
+    for (n, headers) in refused.iter().enumerate() {
+        let response = post(n, headers).await.unwrap();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN, "{headers:?}");
+        assert_eq!(error_code(response).await, "forbidden");
+    }
+    assert_eq!(user::Entity::find().count(app.db.reader()).await.unwrap(), 0);
+    let same_origin = [("Origin", format!("http://127.0.0.1:{port}")), ("Sec-Fetch-Site", "same-origin".to_owned())];
+    assert_eq!(post(100, &same_origin).await.unwrap().status(), StatusCode::ACCEPTED, "the page served here may post");
+    assert_eq!(post(101, &[]).await.unwrap().status(), StatusCode::ACCEPTED, "a script on this machine may post");
+}
+
+async fn with_a_token_a_proxied_request_is_served(database: TestDatabase) {
+    let app = TestApp::spawn_with(database, |c| c.api_token = Some("t0ken".to_owned().into())).await;
+
+    let response = app
+        .http
+        .post(format!("{}/api/events", app.address))
+        .bearer_auth("t0ken")
+        .header("X-Forwarded-For", "203.0.113.9")
+        .json(&owner_event("ev_1", "user_1", "u1@example.com"))
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+}
+
+// --- 6. a retry cannot put an in-flight row back -----------------------------------------------
+
+async fn a_retry_racing_a_claim_leaves_the_row_in_flight(app: TestApp) {
+    use entity::crm_outbox;
+    let now = chrono::Utc::now();
+    let row = crm_outbox::ActiveModel {
+        record_type: Set("contact".into()),
+        record_id: Set("user_1".into()),
+        operation: Set("upsert".into()),
+        status: Set("failed".into()),
+        attempts: Set(8),
+        next_attempt_at: Set(now),
+        idempotency_key: Set("cgw-test".into()),
+        created_at: Set(now),
+        updated_at: Set(now),
+        ..Default::default()
+    }
+    .insert(app.db.writer())
+    .await
+    .unwrap();
+    let (_connection, other) = other_instance_transaction(&app).await;
+    exec(&other, &format!("UPDATE crm_outbox SET status = 'in_flight' WHERE id = {}", row.id)).await;
+
+    let retry = app.http.post(format!("{}/api/crm/outbox/{}/retry", app.address, row.id)).send();
+    let response = while_held(&app, other, retry).await.unwrap();
+
+    assert_eq!(response.status(), StatusCode::CONFLICT);
+    assert_eq!(error_code(response).await, "not_retryable");
+    let stored = crm_outbox::Entity::find_by_id(row.id).one(app.db.reader()).await.unwrap().unwrap();
+    assert_eq!(stored.status, "in_flight", "the claimed row was not put back to be sent a second time");
+}
+
+// --- the smaller items ------------------------------------------------------------------------
+
+async fn a_created_event_for_an_existing_record_is_409_not_an_update(app: TestApp) {
+    assert_eq!(app.post_events(&owner_event("ev_1", "user_1", "a@example.com")).await.status(), StatusCode::ACCEPTED);
+    let property = |event: &str, title: &str| {
+        json!({"id": event, "type": "property.created", "data": {"id": 5, "ownerId": "user_1", "title": title,
+            "location": "Haworth", "bedrooms": 2, "pricePerNight": 100, "currency": "GBP", "status": "draft"}})
+    };
+    assert_eq!(app.post_events(&property("ev_2", "First")).await.status(), StatusCode::ACCEPTED);
+
+    let again = app.post_events(&property("ev_3", "Second")).await;
+    let owner_again = app.post_events(&owner_event("ev_4", "user_1", "a@example.com")).await;
+
+    for response in [again, owner_again] {
+        assert_eq!(response.status(), StatusCode::CONFLICT);
+        assert_eq!(error_code(response).await, "already_exists");
+    }
+    let stored = properties::Entity::find_by_id(5).one(app.db.reader()).await.unwrap().unwrap();
+    assert_eq!(stored.title, "First");
+}
+
+async fn a_site_id_never_moves_the_id_sequence_backwards(database: TestDatabase) {
+    use sea_orm::ConnectionTrait;
+    let app = TestApp::spawn(database).await;
+    if app.backend != Backend::Postgres {
+        return; // SQLite has no sequence to move.
+    }
+    let r = app.db.writer();
+    r.execute_unprepared("SELECT setval(pg_get_serial_sequence('properties', 'id'), 50)").await.unwrap();
+    app.post_events(&owner_event("ev_1", "user_1", "a@example.com")).await;
+
+    let site = json!({"id": "ev_2", "type": "property.created", "data": {"id": 5, "ownerId": "user_1", "title": "T",
+        "location": "L", "bedrooms": 2, "pricePerNight": 100, "currency": "GBP", "status": "draft"}});
+    assert_eq!(app.post_events(&site).await.status(), StatusCode::ACCEPTED);
+
+    let sql = "SELECT pg_sequence_last_value(pg_get_serial_sequence('properties', 'id')::regclass) AS v";
+    let row = r.query_one_raw(sea_orm::Statement::from_string(app.db.backend(), sql)).await.unwrap().unwrap();
+    assert_eq!(row.try_get::<i64>("", "v").unwrap(), 50);
+}
+
+on_both_databases!(
+    without_a_token_proxied_and_cross_site_requests_are_refused,
+    a_retry_racing_a_claim_leaves_the_row_in_flight,
+    a_created_event_for_an_existing_record_is_409_not_an_update,
+);
+
+on_both_databases_without_app!(
+    with_a_token_a_proxied_request_is_served,
+    a_site_id_never_moves_the_id_sequence_backwards
 );
