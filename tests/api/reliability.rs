@@ -438,3 +438,138 @@ on_both_databases_without_app!(
     with_a_token_a_proxied_request_is_served,
     a_site_id_never_moves_the_id_sequence_backwards
 );
+
+// --- delivery: 7, dead-lettered parents, the rate limiter and the lease, shutdown --------------
+
+mod delivery {
+    use super::*;
+    use crate::helpers::use_stub;
+    use crate::treadsoft_stub::{Scripted, Stub};
+    use chrono::{Duration, Utc};
+    use entity::crm_outbox;
+
+    async fn with_stub(database: TestDatabase) -> (TestApp, Stub) {
+        let stub = Stub::start().await;
+        let app = TestApp::spawn_with(database, |c| use_stub(c, &stub)).await;
+        (app, stub)
+    }
+
+    fn property(event: &str, kind: &str, data: Value) -> Value {
+        json!({"id": event, "type": kind, "data": data})
+    }
+
+    fn house(id: i64, owner: &str) -> Value {
+        json!({"id": id, "ownerId": owner, "title": "House", "location": "Haworth", "bedrooms": 3,
+            "pricePerNight": 10000, "currency": "GBP", "status": "draft"})
+    }
+
+    async fn rows(app: &TestApp) -> Vec<crm_outbox::Model> {
+        crm_outbox::Entity::find().all(app.db.reader()).await.unwrap()
+    }
+
+    async fn a_delete_after_a_timed_out_create_deletes_the_record_in_treadsoft(database: TestDatabase) {
+        let (app, stub) = with_stub(database).await;
+        app.post_events(&owner_event("ev_1", "user_1", "u1@example.com")).await;
+        app.deliver_pending().await;
+        app.post_events(&property("ev_2", "property.created", house(9, "user_1"))).await;
+        stub.state().script.push_back(Scripted::Slow(std::time::Duration::from_secs(2)));
+        app.deliver_pending().await; // TreadSoft creates it; its answer is lost.
+        assert_eq!(
+            app.post_events(&json!({"id": "ev_3", "type": "property.deleted", "data": {"id": 9}})).await.status(),
+            StatusCode::ACCEPTED
+        );
+        app.deliver_at(Utc::now() + Duration::minutes(1)).await;
+        let created = stub.state().by_external_id("properties", "9").expect("the create reached TreadSoft");
+
+        // The creation's webhook arrives.
+        let owner_crm_id = user::Entity::find_by_id("user_1").one(app.db.reader()).await.unwrap().unwrap().crm_id;
+        let echo = json!({"id": "evt_echo", "type": "property.created", "changeSource": "api", "requestId": "req_lost",
+            "changedFields": [], "object": {"type": "property", "id": created["id"], "externalId": "9", "version": 1,
+                "updatedAt": later(0), "deletedAt": null, "data": {"title": "House", "location": "Haworth", "bedrooms": 3,
+                    "pricePerNight": 100, "currency": "GBP", "status": "draft", "ownerContactId": owner_crm_id}}});
+        assert_eq!(app.deliver(&[echo]).await, ["applied"]);
+        app.deliver_pending().await;
+
+        assert!(stub.state().by_external_id("properties", "9").is_none(), "the record does not live on in TreadSoft");
+        let stored = properties::Entity::find_by_id(9).one(app.db.reader()).await.unwrap().unwrap();
+        assert!(stored.deleted_at.is_some());
+        assert_eq!(stored.crm_id.as_deref(), created["id"].as_str());
+    }
+
+    async fn a_child_of_a_dead_lettered_parent_is_dead_lettered_and_both_go_out_on_retry(database: TestDatabase) {
+        let (app, stub) = with_stub(database).await;
+        app.post_events(&owner_event("ev_1", "user_1", "u1@example.com")).await;
+        stub.fail_next(422, "validation_failed", None);
+        app.deliver_pending().await;
+        app.post_events(&property("ev_2", "property.created", house(9, "user_1"))).await;
+        let calls = stub.state().calls.len();
+
+        app.deliver_at(Utc::now() + Duration::minutes(5)).await;
+
+        let child = rows(&app).await.into_iter().find(|r| r.record_type == "property").unwrap();
+        assert_eq!(child.status, "failed", "not retried every 2 s forever");
+        assert!(child.last_error.as_deref().unwrap().contains("contact user_1 failed to reach the CRM"), "{child:?}");
+        assert_eq!(stub.state().calls.len(), calls, "nothing of the child was sent");
+
+        let retried = app.http.post(format!("{}/api/crm/outbox/retry-failed", app.address)).send().await.unwrap();
+        assert_eq!(retried.json::<Value>().await.unwrap()["retried"], 2);
+        app.deliver_pending().await;
+        let owner = stub.state().by_external_id("contacts", "user_1").expect("the owner reached TreadSoft");
+        let house = stub.state().by_external_id("properties", "9").expect("the property reached TreadSoft");
+        assert_eq!(house["ownerContactId"], owner["id"]);
+    }
+
+    async fn a_request_that_waited_past_its_lease_for_the_rate_limit_is_not_sent(database: TestDatabase) {
+        let stub = Stub::start().await;
+        let app = TestApp::spawn_with(database, |c| {
+            use_stub(c, &stub);
+            c.crm_request_timeout = std::time::Duration::from_millis(300);
+            c.delivery_lease = std::time::Duration::from_secs(1);
+            c.crm_rate_limit =
+                crm_gateway::crm::rate_limit::RateLimit { requests: 1, period: std::time::Duration::from_secs(3) };
+        })
+        .await;
+        app.post_events(&owner_event("ev_1", "user_1", "u1@example.com")).await;
+        app.deliver_pending().await; // the batch upsert takes the limiter's one request for 3 s
+        app.post_events(&json!({"id": "ev_2", "type": "owner.updated", "data": {"id": "user_1", "phone": "+44 2"}}))
+            .await;
+        let calls = stub.state().calls.len();
+
+        app.delivery.deliver_due(Utc::now()).await.unwrap();
+
+        assert_eq!(stub.state().calls.len(), calls, "nothing left after the lease was short");
+        let row = rows(&app).await.into_iter().find(|r| r.operation == "upsert" && r.status != "delivered").unwrap();
+        assert_eq!((row.status.as_str(), row.attempts), ("pending", 0), "released without using up an attempt");
+        assert!(row.last_error.as_deref().unwrap().contains("unsent"), "{row:?}");
+    }
+
+    async fn stopping_waits_for_the_delivery_step_in_progress(database: TestDatabase) {
+        let stub = Stub::start().await;
+        let mut app = TestApp::spawn_with(database, |c| {
+            use_stub(c, &stub);
+            c.crm_request_timeout = std::time::Duration::from_secs(5);
+            c.delivery_lease = std::time::Duration::from_secs(30);
+            c.delivery_workers = 1;
+        })
+        .await;
+        stub.state().script.push_back(Scripted::Slow(std::time::Duration::from_millis(500)));
+        app.post_events(&owner_event("ev_1", "user_1", "u1@example.com")).await;
+        while stub.state().calls.is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+
+        app.stop().await.unwrap();
+
+        let row = rows(&app).await.pop().unwrap();
+        assert_eq!(row.status, "delivered", "the step in progress finished and its outcome was written");
+        let stored = user::Entity::find_by_id("user_1").one(app.db.reader()).await.unwrap().unwrap();
+        assert!(stored.crm_id.is_some());
+    }
+
+    on_both_databases_without_app!(
+        a_delete_after_a_timed_out_create_deletes_the_record_in_treadsoft,
+        a_child_of_a_dead_lettered_parent_is_dead_lettered_and_both_go_out_on_retry,
+        a_request_that_waited_past_its_lease_for_the_rate_limit_is_not_sent,
+        stopping_waits_for_the_delivery_step_in_progress,
+    );
+}
