@@ -173,13 +173,15 @@ pub(super) async fn apply_event(c: &DatabaseTransaction, ctx: &SyncContext, raw:
     let stored = stamps::field_versions(c, t, &local.id).await?;
     let fallback =
         Version { stamp: Stamp { ms: local.updated_at_ms(), seq: 0 }, origin: Origin::Local, event_id: String::new() };
-    let (mut changes, mut changed, mut equal, mut stale) = (Map::new(), Vec::new(), 0, 0);
+    // `equal`: fields whose newer value is the one stored. Their stamp still moves to this
+    // version, or an older change arriving later would look newer than what is stored.
+    let (mut changes, mut changed, mut equal, mut stale) = (Map::new(), Vec::new(), Vec::new(), 0);
     for (field, value) in mapped {
         let stored_version = stored.get(field.local).unwrap_or(&fallback);
         if !lww::wins(&version, Some(stored_version), ctx.precedence) {
             stale += 1;
         } else if local.values.get(field.local) == Some(&value) {
-            equal += 1;
+            equal.push(field.local);
         } else {
             changes.insert(field.local.to_owned(), value);
             changed.push(field.local);
@@ -187,12 +189,15 @@ pub(super) async fn apply_event(c: &DatabaseTransaction, ctx: &SyncContext, raw:
     }
 
     if changes.is_empty() && !linking {
-        return Ok(match (equal, stale) {
+        stamps::set_field_versions(c, t, &local.id, &equal, &version).await?;
+        ctx.hlc.observe(version.stamp);
+        return Ok(match (equal.len(), stale) {
             (0, 0) => Decision::new(Outcome::Echo, echo_reason),
             (0, _) => Decision::new(Outcome::Stale, "every changed field holds a newer value"),
             _ => Decision::new(Outcome::Echo, "the values equal what is stored"),
         });
     }
+    changed.extend(equal);
     // Fields never stamped keep the stamp they had implicitly (the row's updated_at).
     let unstamped: Vec<&str> =
         t.fields().iter().map(|f| f.local).filter(|f| !stored.contains_key(*f) && !changed.contains(f)).collect();

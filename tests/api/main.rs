@@ -10,6 +10,7 @@ mod delivery;
 mod events;
 mod health;
 mod inbound;
+mod lww_properties;
 mod reliability;
 mod seed_routes;
 mod treadsoft_stub;
