@@ -156,7 +156,7 @@ async fn apply(app: &TestApp, case: &Case, order: &[usize], crm_id: &str, local_
     let user = user::Entity::find_by_id(local_id).one(app.db.reader()).await.unwrap().expect("the user exists");
     let deleted = user.deleted_at.is_some();
     let fields = (!deleted).then(|| {
-        let status = serde_json::to_value(&user.membership_status).unwrap().as_str().unwrap().to_owned();
+        let status = serde_json::to_value(user.membership_status).unwrap().as_str().unwrap().to_owned();
         (user.name, user.email, user.phone, user.company_name, status)
     });
     (deleted, fields)
