@@ -53,6 +53,10 @@ impl CrmClient for MockCrm {
         Ok(Written { record: record(t, id.to_owned(), fields), request_id: request_id() })
     }
 
+    async fn ping(&self) -> Result<(), CrmError> {
+        Ok(())
+    }
+
     async fn delete(&self, t: RecordType, id: &str) -> Result<Option<String>, CrmError> {
         tracing::info!(crm = "mock", record = t.as_str(), id, "delete");
         Ok(request_id())

@@ -152,6 +152,8 @@ pub trait CrmClient: Send + Sync + std::fmt::Debug {
         cursor: Option<&str>,
         limit: u32,
     ) -> Result<Page, CrmError>;
+    /// `GET /v1/me`: whether the CRM answers and takes the credentials (the circuit breaker's probe).
+    async fn ping(&self) -> Result<(), CrmError>;
     /// `POST /v1/R/batch/upsert` with 1 to 100 records, each with an `externalId`.
     async fn batch_upsert(
         &self,

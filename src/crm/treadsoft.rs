@@ -190,6 +190,10 @@ impl CrmClient for TreadSoftClient {
         Ok(self.call(Method::DELETE, &format!("{}/{id}", collection(t)), None, None).await?.request_id())
     }
 
+    async fn ping(&self) -> Result<(), CrmError> {
+        self.call(Method::GET, "/v1/me", None, None).await.map(drop)
+    }
+
     async fn get(&self, t: RecordType, id: &str) -> Result<CrmRecord, CrmError> {
         Ok(self.call(Method::GET, &format!("{}/{id}", collection(t)), None, None).await?.record()?.record)
     }

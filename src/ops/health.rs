@@ -1,4 +1,5 @@
-//! `GET /healthz` (the process answers) and `GET /readyz` (it can do its work: the database answers).
+//! `GET /healthz` (the process answers) and `GET /readyz` (it can do its work: the database answers;
+//! the CRM circuit breaker's state is shown too).
 
 use crate::error::resource;
 use crate::startup::AppState;
@@ -21,13 +22,18 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let started = Instant::now();
     let backend = format!("{:?}", state.db.backend()).to_ascii_lowercase();
     match state.db.ping().await {
+        // An open circuit does not make the gateway unready: it still takes and stores every
+        // webhook and change; delivery resumes by itself once the CRM answers.
         Ok(()) => HttpResponse::Ok().json(json!({
             "status": "ready",
-            "checks": { "database": {
-                "status": "ok",
-                "backend": backend,
-                "latencyMs": started.elapsed().as_secs_f64() * 1000.0,
-            } },
+            "checks": {
+                "database": {
+                    "status": "ok",
+                    "backend": backend,
+                    "latencyMs": started.elapsed().as_secs_f64() * 1000.0,
+                },
+                "crm": state.delivery.circuit(),
+            },
         })),
         Err(err) => {
             tracing::warn!(error = %err, "database is not reachable");

@@ -11,6 +11,7 @@ mod events;
 mod health;
 mod inbound;
 mod lww_properties;
+mod outage;
 mod reliability;
 mod seed_routes;
 mod treadsoft_stub;

@@ -37,6 +37,8 @@ pub struct State {
     pub records: HashMap<(String, String), Value>,
     pub calls: Vec<Call>,
     pub script: VecDeque<Scripted>,
+    /// While set, every call is answered with this status (an outage), after the script.
+    pub down: Option<u16>,
     answered: HashMap<String, (u16, Value)>,
     next: u64,
 }
@@ -128,6 +130,10 @@ impl Respond for Responder {
             Some(Scripted::Slow(d)) => delay = Some(d),
             None => {}
         }
+        if let Some(status) = state.down {
+            return ResponseTemplate::new(status)
+                .set_body_json(json!({"error": {"code": "server_error", "message": "TreadSoft is down"}}));
+        }
         if let Some(key) = &idempotency_key
             && let Some((status, body)) = state.answered.get(key).cloned()
         {
@@ -156,6 +162,7 @@ impl Respond for Responder {
                     }
                 }
             }
+            ("GET", ["me"]) => (200, json!({"accountId": "acc_ge_houses", "apiKeyId": API_KEY})),
             ("GET", [collection, id]) => match state.records.get(&(collection.to_string(), id.to_string())) {
                 Some(record) => (200, record.clone()),
                 None => (404, json!({"error": {"code": "not_found", "message": "no such record"}})),

@@ -7,6 +7,7 @@
 //! transaction: linked and synced, retried later, or dead-lettered (`outcome.rs`); sending is `send.rs`. Tests drive the step directly;
 //! `serve` runs it in a loop woken by each new change.
 
+pub mod breaker;
 mod outcome;
 mod send;
 
@@ -16,6 +17,7 @@ use crate::db::Db;
 use crate::sync::apply::SyncContext;
 use crate::sync::mapping::RecordType;
 use crate::writer::{WriteError, Writer};
+use breaker::Gate;
 use chrono::{DateTime, Utc};
 use entity::crm_outbox;
 use outcome::record;
@@ -47,6 +49,8 @@ pub struct Delivery {
     request_timeout: Duration,
     /// Woken when a change is queued, so it goes out at once rather than at the next poll.
     pub wake: Arc<Notify>,
+    /// Pauses delivery while the CRM is down.
+    breaker: breaker::Breaker,
 }
 
 /// What sending one row came to.
@@ -79,7 +83,17 @@ impl Delivery {
         lease: Duration,
         request_timeout: Duration,
     ) -> Self {
-        Self { db, writer, crm, sync, schedule, lease, request_timeout, wake: Arc::new(Notify::new()) }
+        Self {
+            db,
+            writer,
+            crm,
+            sync,
+            schedule,
+            lease,
+            request_timeout,
+            wake: Arc::new(Notify::new()),
+            breaker: breaker::Breaker::default(),
+        }
     }
 
     /// Runs steps until `stop` turns true: at once when woken, otherwise every second.
@@ -118,7 +132,29 @@ impl Delivery {
         Ok(total)
     }
 
+    /// The circuit breaker's state, for `/readyz`.
+    pub fn circuit(&self) -> breaker::Status {
+        self.breaker.status()
+    }
+
     async fn deliver(&self, now: DateTime<Utc>, only: Option<Vec<i64>>) -> Result<usize, WriteError> {
+        match self.breaker.gate(now) {
+            Gate::Closed => {}
+            Gate::Open => return Ok(0),
+            Gate::Probe => {
+                let probe = self.crm.ping().await;
+                self.breaker.probed(now, probe.as_ref().map(drop));
+                if self.breaker.gate(now) != Gate::Closed {
+                    return Ok(0);
+                }
+            }
+        }
+        let handled = self.deliver_claimed(now, only).await;
+        self.breaker.settle(now);
+        handled
+    }
+
+    async fn deliver_claimed(&self, now: DateTime<Utc>, only: Option<Vec<i64>>) -> Result<usize, WriteError> {
         let claimed = self.claim(now, only).await?;
         tracing::Span::current().record("claimed", claimed.len());
         let mut handled = claimed.len();
@@ -140,13 +176,16 @@ impl Delivery {
         for (t, rows) in by_type {
             let mut creates: Vec<Create> = Vec::new();
             for row in rows {
-                if lease_short() {
+                let unsent = if lease_short() {
+                    Some("released: its lease ran short")
+                } else if self.breaker.tripped() {
+                    Some("released: the CRM is failing, delivery pauses")
+                } else {
+                    None
+                };
+                if let Some(reason) = unsent {
                     handled -= 1;
-                    self.record_all(
-                        vec![(row, Attempt::Later(Duration::ZERO, "released: its lease ran short".into()))],
-                        now,
-                    )
-                    .await?;
+                    self.record_all(vec![(row, Attempt::Later(Duration::ZERO, reason.into()))], now).await?;
                     continue;
                 }
                 let attempt = match crm::send_by(send_by, self.prepare(t, &row)).await {
@@ -161,7 +200,7 @@ impl Delivery {
                 self.record_all(vec![(row, attempt)], now).await?;
             }
             if !creates.is_empty() {
-                let results = if lease_short() {
+                let results = if lease_short() || self.breaker.tripped() {
                     handled -= creates.len();
                     creates
                         .into_iter()

@@ -96,7 +96,9 @@ impl Delivery {
 
     async fn patch(&self, t: RecordType, crm_id: &str, payload: Map<String, Value>) -> Attempt {
         let request = Value::Object(payload.clone());
-        match self.crm.update(t, crm_id, &payload).await {
+        let result = self.crm.update(t, crm_id, &payload).await;
+        self.breaker.observe(result.as_ref().map(drop));
+        match result {
             Ok(written) => Attempt::Done {
                 crm_id: Some(written.record.id.clone()),
                 request_id: written.request_id,
@@ -110,7 +112,9 @@ impl Delivery {
 
     async fn delete(&self, t: RecordType, crm_id: &str) -> Attempt {
         let request = json!({ "id": crm_id });
-        match self.crm.delete(t, crm_id).await {
+        let result = self.crm.delete(t, crm_id).await;
+        self.breaker.observe(result.as_ref().map(drop));
+        match result {
             Ok(request_id) => {
                 Attempt::Done { crm_id: None, request_id, action: "delete", request, response: Value::Null }
             }
@@ -135,7 +139,9 @@ impl Delivery {
             let chunk: Vec<_> = rows.by_ref().take(BATCH as usize).collect();
             let payloads: Vec<Map<String, Value>> = chunk.iter().map(|(_, _, p)| p.clone()).collect();
             let key = idempotency_key(&payloads);
-            match self.crm.batch_upsert(t, &payloads, &key).await {
+            let result = self.crm.batch_upsert(t, &payloads, &key).await;
+            self.breaker.observe(result.as_ref().map(drop));
+            match result {
                 Err(error) => {
                     for (row, _, payload) in chunk {
                         let attempt =
