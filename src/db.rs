@@ -30,7 +30,13 @@ impl Db {
             let reader = connect_sqlite(config, Role::Reader).await?;
             Ok(Self { writer, reader })
         } else {
-            let mut options = ConnectOptions::new(config.url.clone());
+            // The password goes to the driver on its own, not in the URL: sea-orm and sqlx log
+            // their connect options (URL included) at trace level.
+            let (url, password) = split_password(&config.url);
+            let mut options = ConnectOptions::new(url);
+            if let Some(password) = password {
+                options.map_sqlx_postgres_opts(move |o| o.password(&password));
+            }
             options
                 .max_connections(config.max_connections)
                 .connect_timeout(Duration::from_secs(10))
@@ -75,6 +81,19 @@ impl Db {
             self.writer.close().await?;
         }
         Ok(())
+    }
+}
+
+/// The URL without its password, and the (decoded) password.
+fn split_password(url: &str) -> (String, Option<String>) {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let password =
+                parsed.password().map(|p| percent_encoding::percent_decode_str(p).decode_utf8_lossy().into());
+            let _ = parsed.set_password(None);
+            (parsed.to_string(), password)
+        }
+        _ => (url.to_owned(), None),
     }
 }
 
@@ -161,4 +180,16 @@ pub async fn bound_waits(c: &impl ConnectionTrait) -> Result<(), DbErr> {
     ))
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_password;
+
+    #[test]
+    fn the_password_is_taken_out_of_the_url_and_decoded() {
+        let (url, password) = split_password("postgres://gw:p%40ss%2Fword@db.example:5432/crm");
+        assert_eq!((url.as_str(), password.as_deref()), ("postgres://gw@db.example:5432/crm", Some("p@ss/word")));
+        assert_eq!(split_password("postgres://gw@db/crm"), ("postgres://gw@db/crm".to_owned(), None));
+    }
 }

@@ -4,6 +4,7 @@
 mod helpers;
 
 mod cli;
+mod crash;
 mod crm_client;
 mod database;
 mod delivery;
@@ -12,6 +13,8 @@ mod health;
 mod inbound;
 mod lww_properties;
 mod outage;
+mod process;
 mod reliability;
+mod secrets;
 mod seed_routes;
 mod treadsoft_stub;
