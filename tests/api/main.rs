@@ -11,6 +11,7 @@ mod delivery;
 mod events;
 mod health;
 mod inbound;
+mod instances;
 mod lww_properties;
 mod outage;
 mod process;
