@@ -151,6 +151,20 @@ pub fn is_data_error(e: &DbErr) -> bool {
     code.parse::<i32>().is_ok_and(|code| matches!(code & 0xff, 18 | 19 | 20 | 25))
 }
 
+/// Whether `e` is two transactions getting in each other's way (a deadlock the database broke,
+/// a serialization failure, a lock wait over [`PG_LOCK_TIMEOUT`]): the same work, tried again in
+/// a new transaction, normally succeeds. Group commit makes these possible between instances on
+/// PostgreSQL: each instance's transaction holds the locks of every piece of work in its group.
+pub fn is_conflict(e: &DbErr) -> bool {
+    use sea_orm::RuntimeErr;
+    let (DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e))) = e else {
+        return false;
+    };
+    let sea_orm::sqlx::Error::Database(e) = &**e else { return false };
+    e.try_downcast_ref::<sea_orm::sqlx::postgres::PgDatabaseError>().is_some()
+        && e.code().is_some_and(|code| matches!(code.as_ref(), "40P01" | "40001" | "55P03"))
+}
+
 /// Takes a transaction-scoped advisory lock named `name` on PostgreSQL, held until the transaction
 /// ends, so that transactions of several gateway instances that must not interleave take turns.
 /// Nothing on SQLite, where one write transaction runs at a time anyway.

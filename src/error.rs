@@ -165,3 +165,20 @@ pub fn json_error_responses<B>(res: ServiceResponse<B>) -> actix_web::Result<Err
     let res: ServiceResponse<EitherBody<B, BoxBody>> = ServiceResponse::new(req, json).map_into_right_body();
     Ok(ErrorHandlerResponse::Response(res))
 }
+
+/// The answer when work could not be written: `503` when trying again can help (the database is
+/// unreachable, or the work lost a conflict with another instance), `500` otherwise.
+pub fn write_failed(e: &crate::writer::WriteError) -> ApiError {
+    use crate::writer::WriteError;
+    match e {
+        WriteError::Work(cause) if !crate::db::is_conflict(cause) => ApiError::internal(e),
+        _ => {
+            tracing::error!(error = %ErrorChain(e), "a write could not be done");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_unavailable",
+                "the change could not be stored; nothing of it was written, send it again",
+            )
+        }
+    }
+}

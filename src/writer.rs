@@ -87,6 +87,32 @@ impl WriterTask {
     }
 }
 
+impl Writer {
+    /// Like [`Writer::run`], for work that can be built again: work that lost a conflict with
+    /// another instance's transaction ([`crate::db::is_conflict`]) was rolled back alone, and is
+    /// run again in a later group, up to [`CONFLICT_RETRIES`] times, before its error is returned.
+    pub async fn run_retrying<T, F, B>(&self, build: B) -> Result<T, WriteError>
+    where
+        T: Send + 'static,
+        F: for<'t> FnOnce(&'t DatabaseTransaction) -> BoxFuture<'t, Result<T, DbErr>> + Send + 'static,
+        B: Fn() -> F,
+    {
+        let mut tries = 0;
+        loop {
+            match self.run(build()).await {
+                Err(WriteError::Work(e)) if crate::db::is_conflict(&e) && tries < CONFLICT_RETRIES => {
+                    tries += 1;
+                    tracing::info!(error = %e, tries, "the write lost a conflict with another instance: trying again");
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// How often [`Writer::run_retrying`] tries work again after a conflict.
+pub const CONFLICT_RETRIES: usize = 3;
+
 async fn in_savepoint<T, F>(txn: &DatabaseTransaction, work: F) -> Result<T, DbErr>
 where
     F: for<'t> FnOnce(&'t DatabaseTransaction) -> BoxFuture<'t, Result<T, DbErr>>,

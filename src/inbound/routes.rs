@@ -7,6 +7,8 @@ use crate::sync::inbox::{self, EventResult};
 use crate::writer::WriteError;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
+use futures_util::future::BoxFuture;
+use sea_orm::{DatabaseTransaction, DbErr};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -21,11 +23,12 @@ pub fn routes(cfg: &mut web::ServiceConfig, body_limit: usize) {
     );
 }
 
-#[derive(Deserialize)]
+/// A webhook delivery, as [`parse_delivery_body`] takes it from a verified body.
+#[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Delivery {
-    delivery_id: Option<String>,
-    events: Vec<Value>,
+pub struct Delivery {
+    pub delivery_id: Option<String>,
+    pub events: Vec<Value>,
 }
 
 #[derive(Serialize)]
@@ -48,19 +51,20 @@ async fn receive_webhook(
     span.record("events", delivery.events.len());
 
     let delivery_id = delivery.delivery_id.unwrap_or_default();
-    let events = delivery.events;
-    let sync = state.sync.clone();
-    let id = delivery_id.clone();
+    let events = std::sync::Arc::new(delivery.events);
     let results = state
         .writer
-        .run(move |txn| {
-            Box::pin(async move {
-                let mut results = Vec::with_capacity(events.len());
-                for event in &events {
-                    results.push(inbox::receive(txn, &sync, &id, event).await?);
-                }
-                Ok(results)
-            })
+        .run_retrying(|| {
+            let (events, sync, id) = (events.clone(), state.sync.clone(), delivery_id.clone());
+            move |txn: &DatabaseTransaction| -> BoxFuture<'_, Result<Vec<EventResult>, DbErr>> {
+                Box::pin(async move {
+                    let mut results = Vec::with_capacity(events.len());
+                    for event in events.iter() {
+                        results.push(inbox::receive(txn, &sync, &id, event).await?);
+                    }
+                    Ok(results)
+                })
+            }
         })
         .await
         .map_err(unavailable)?;
@@ -98,9 +102,23 @@ fn authenticate(req: &HttpRequest, body: &[u8], state: &AppState) -> Result<(), 
 }
 
 /// A verified body must be a delivery: `{"deliveryId", "events": [1..=100 objects with an "id"]}`.
+/// A delivery without a `deliveryId` takes the one in its headers.
 fn parse_delivery(req: &HttpRequest, body: &[u8]) -> Result<Delivery, ApiError> {
+    let mut delivery = parse_delivery_body(body)?;
+    if delivery.delivery_id.as_deref().is_none_or(str::is_empty) {
+        let header = [verify::TREADSOFT_DELIVERY, verify::STANDARD_ID]
+            .into_iter()
+            .find_map(|name| req.headers().get(name).and_then(|v| v.to_str().ok()));
+        delivery.delivery_id = Some(header.unwrap_or_default().to_owned());
+    }
+    Ok(delivery)
+}
+
+/// The body's part of [`parse_delivery`], which needs no request (public for the fuzz target):
+/// the delivery as sent, its `deliveryId` possibly missing or empty.
+pub fn parse_delivery_body(body: &[u8]) -> Result<Delivery, ApiError> {
     let invalid = |message: String| ApiError::bad_request("invalid_delivery", message);
-    let mut delivery: Delivery =
+    let delivery: Delivery =
         serde_json::from_slice(body).map_err(|e| invalid(format!("the body is not a delivery: {e}")))?;
     if delivery.events.is_empty() || delivery.events.len() > MAX_EVENTS {
         return Err(invalid(format!("a delivery holds 1 to {MAX_EVENTS} events, not {}", delivery.events.len())));
@@ -109,12 +127,6 @@ fn parse_delivery(req: &HttpRequest, body: &[u8]) -> Result<Delivery, ApiError> 
         if event.get("id").and_then(Value::as_str).is_none_or(str::is_empty) {
             return Err(invalid(format!("events[{i}] has no string id")));
         }
-    }
-    if delivery.delivery_id.as_deref().is_none_or(str::is_empty) {
-        let header = [verify::TREADSOFT_DELIVERY, verify::STANDARD_ID]
-            .into_iter()
-            .find_map(|name| req.headers().get(name).and_then(|v| v.to_str().ok()));
-        delivery.delivery_id = Some(header.unwrap_or_default().to_owned());
     }
     Ok(delivery)
 }

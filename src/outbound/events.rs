@@ -1,7 +1,7 @@
 //! `POST /api/events`: the site reports changes it made. Each is applied locally with fresh
 //! version stamps and its delivery to the CRM queued, in one transaction; `202` once committed.
 
-use super::changes::{self, LocalChange};
+use super::changes::{self, LocalChange, Rejected};
 use crate::error::{ApiError, resource};
 use crate::startup::AppState;
 use crate::sync::mapping::{NUL_MESSAGE, RecordType, nul_at};
@@ -9,6 +9,8 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::Utc;
 use entity::app_events;
+use futures_util::future::BoxFuture;
+use sea_orm::{DatabaseTransaction, DbErr};
 use sea_orm::{EntityTrait, Set, TransactionTrait};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -22,11 +24,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 
 /// One validated event.
 #[derive(Debug, Clone)]
-struct AppEvent {
-    id: String,
-    event_type: String,
-    change: LocalChange,
+pub struct AppEvent {
+    pub id: String,
+    pub event_type: String,
+    pub change: LocalChange,
 }
+
+/// What a request came to: accepted (some may be repeats), or the event that was rejected.
+type Outcome = Result<Accepted, (String, Rejected)>;
 
 #[derive(Serialize)]
 struct Accepted {
@@ -40,42 +45,44 @@ async fn post_events(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let key = req.headers().get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let events = parse(body.into_inner(), key.as_deref())?;
-    let sync = state.sync.clone();
+    let events = std::sync::Arc::new(parse(body.into_inner(), key.as_deref())?);
     let outcome = state
         .writer
-        .run(move |txn| {
-            Box::pin(async move {
-                // All or nothing: a rejected event rolls back the whole request.
-                let all = txn.begin().await?;
-                let mut answer = Accepted { accepted: Vec::new(), duplicates: Vec::new() };
-                for event in events {
-                    let seen = app_events::Entity::insert(app_events::ActiveModel {
-                        id: Set(event.id.clone()),
-                        event_type: Set(event.event_type.clone()),
-                        record_type: Set(event.change.record_type.as_str().to_owned()),
-                        record_id: Set(event.change.id.clone()),
-                        received_at: Set(Utc::now()),
-                    })
-                    .on_conflict_do_nothing_on([app_events::Column::Id])
-                    .exec_without_returning(&all)
-                    .await?;
-                    if !matches!(seen, sea_orm::TryInsertResult::Inserted(n) if n > 0) {
-                        answer.duplicates.push(event.id);
-                        continue;
+        .run_retrying(|| {
+            let (events, sync) = (events.clone(), state.sync.clone());
+            move |txn: &DatabaseTransaction| -> BoxFuture<'_, Result<Outcome, DbErr>> {
+                Box::pin(async move {
+                    // All or nothing: a rejected event rolls back the whole request.
+                    let all = txn.begin().await?;
+                    let mut answer = Accepted { accepted: Vec::new(), duplicates: Vec::new() };
+                    for event in events.iter().cloned() {
+                        let seen = app_events::Entity::insert(app_events::ActiveModel {
+                            id: Set(event.id.clone()),
+                            event_type: Set(event.event_type.clone()),
+                            record_type: Set(event.change.record_type.as_str().to_owned()),
+                            record_id: Set(event.change.id.clone()),
+                            received_at: Set(Utc::now()),
+                        })
+                        .on_conflict_do_nothing_on([app_events::Column::Id])
+                        .exec_without_returning(&all)
+                        .await?;
+                        if !matches!(seen, sea_orm::TryInsertResult::Inserted(n) if n > 0) {
+                            answer.duplicates.push(event.id);
+                            continue;
+                        }
+                        if let Err(rejected) = changes::apply(&all, &sync, event.change, Some(&event.id)).await? {
+                            all.rollback().await?;
+                            return Ok(Err((event.id, rejected)));
+                        }
+                        answer.accepted.push(event.id);
                     }
-                    if let Err(rejected) = changes::apply(&all, &sync, event.change, Some(&event.id)).await? {
-                        all.rollback().await?;
-                        return Ok(Err((event.id, rejected)));
-                    }
-                    answer.accepted.push(event.id);
-                }
-                all.commit().await?;
-                Ok(Ok(answer))
-            })
+                    all.commit().await?;
+                    Ok(Ok(answer))
+                })
+            }
         })
         .await
-        .map_err(|e| ApiError::internal(&e))?;
+        .map_err(|e| crate::error::write_failed(&e))?;
     match outcome {
         Ok(answer) => {
             state.delivery.wake.notify_one();
@@ -89,8 +96,9 @@ fn invalid(message: String) -> ApiError {
     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", message)
 }
 
-/// One event, or `{"events": [...]}` with 1 to 500.
-fn parse(body: Value, idempotency_key: Option<&str>) -> Result<Vec<AppEvent>, ApiError> {
+/// One event, or `{"events": [...]}` with 1 to 500; an event without an `id` takes the
+/// idempotency key (`<key>:<index>` in a batch). Pure: public for the fuzz target.
+pub fn parse(body: Value, idempotency_key: Option<&str>) -> Result<Vec<AppEvent>, ApiError> {
     let (list, batch) = match body {
         Value::Object(mut o) if o.contains_key("events") => match o.remove("events") {
             Some(Value::Array(list)) => (list, true),
