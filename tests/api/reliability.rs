@@ -566,7 +566,34 @@ mod delivery {
         assert!(stored.crm_id.is_some());
     }
 
+    async fn a_claim_waits_for_another_instances_claim_and_skips_its_records(database: TestDatabase) {
+        let (app, stub) = with_stub(database).await;
+        // A contact from TreadSoft (its link-back queued) that the site then edits: two due rows.
+        assert_eq!(app.deliver(&[contact_event("evt_1", "crm_contact_1", "one@example.com", 1)]).await, ["applied"]);
+        let local = user::Entity::find().one(app.db.reader()).await.unwrap().unwrap();
+        let edit = json!({"id": "ev_1", "type": "owner.updated", "data": {"id": local.id, "phone": "+44 9"}});
+        assert_eq!(app.post_events(&edit).await.status(), StatusCode::ACCEPTED);
+        assert_eq!(rows(&app).await.len(), 2);
+        // Another instance is claiming the link row right now.
+        let (_connection, other) = other_instance_transaction(&app).await;
+        if app.backend == Backend::Postgres {
+            exec(&other, "SELECT pg_advisory_xact_lock(hashtextextended('crm_outbox.claim', 0))").await;
+        }
+        exec(
+            &other,
+            "UPDATE crm_outbox SET status = 'in_flight', lease_until = '2999-01-01T00:00:00Z' WHERE operation = 'link'",
+        )
+        .await;
+
+        while_held(&app, other, app.delivery.deliver_due(Utc::now())).await.unwrap();
+
+        let edit_row = rows(&app).await.into_iter().find(|r| r.operation == "upsert").unwrap();
+        assert_eq!(edit_row.status, "pending", "one row of a record in flight at a time, across instances");
+        assert!(stub.state().calls.is_empty(), "{:?}", stub.state().calls);
+    }
+
     on_both_databases_without_app!(
+        a_claim_waits_for_another_instances_claim_and_skips_its_records,
         a_delete_after_a_timed_out_create_deletes_the_record_in_treadsoft,
         a_child_of_a_dead_lettered_parent_is_dead_lettered_and_both_go_out_on_retry,
         a_request_that_waited_past_its_lease_for_the_rate_limit_is_not_sent,
