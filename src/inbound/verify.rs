@@ -97,7 +97,8 @@ pub fn verify(
         return Err(VerifyError::InvalidSignature);
     }
     let sent: i64 = timestamp.parse().map_err(|_| VerifyError::InvalidSignature)?;
-    if (now - sent).abs() > tolerance_secs {
+    // A timestamp near either end of i64 overflows `now - sent`: it is out of tolerance too.
+    if now.checked_sub(sent).and_then(i64::checked_abs).is_none_or(|skew| skew > tolerance_secs) {
         return Err(VerifyError::TimestampOutOfTolerance);
     }
     Ok(())
@@ -222,6 +223,23 @@ mod tests {
         assert_eq!(verify(none, b"{}", &secret, 0, 300), Err(VerifyError::MissingSignature));
         let none = SignedHeaders::Standard { id: None, timestamp: Some("0"), signature: Some("v1,AA==") };
         assert_eq!(verify(none, b"{}", &secret, 0, 300), Err(VerifyError::MissingSignature));
+    }
+
+    #[test]
+    fn a_signed_timestamp_at_the_ends_of_i64_is_out_of_tolerance() {
+        // Found by the fuzzer (fuzz/corpus/signature/regression-timestamp-overflow): `now - sent`
+        // overflowed, a panic with overflow checks and a wrapped skew without.
+        let secret = [SecretString::from("s".to_owned())];
+        for (sent, now) in [(i64::MIN, 1_736_073_000), (i64::MAX, -1), (-1_736_073_000, i64::MAX)] {
+            let header = treadsoft_signature("s", sent, b"{}");
+            let timestamp = sent.to_string();
+            let headers = SignedHeaders::TreadSoft { timestamp: Some(&timestamp), signature: Some(&header) };
+            assert_eq!(
+                verify(headers, b"{}", &secret, now, 300),
+                Err(VerifyError::TimestampOutOfTolerance),
+                "{sent} at {now}"
+            );
+        }
     }
 
     #[test]
