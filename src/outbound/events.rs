@@ -44,7 +44,13 @@ async fn post_events(
     body: web::Json<Value>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let key = req.headers().get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let key = req
+        .headers()
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(str::to_owned);
     let events = std::sync::Arc::new(parse(body.into_inner(), key.as_deref())?);
     let outcome = state
         .writer
