@@ -55,10 +55,21 @@ const PROXY_HEADERS: [&str; 3] = ["forwarded", "x-forwarded-for", "x-real-ip"];
 
 /// Why a request is refused when no token is set; `None` when it is served.
 fn loopback_refusal(req: &ServiceRequest) -> Option<String> {
-    if !req.peer_addr().is_some_and(|addr| addr.ip().is_loopback()) {
+    // `to_canonical`: a dual-stack listener sees 127.0.0.1 as ::ffff:127.0.0.1.
+    if !req.peer_addr().is_some_and(|addr| addr.ip().to_canonical().is_loopback()) {
         return Some("GATEWAY_API_TOKEN is not set, so only clients on this machine are served".into());
     }
     let headers = req.headers();
+    // A page of any site can make the operator's browser send it here under its own name, once
+    // that name resolves to 127.0.0.1 (DNS rebinding): then Origin and Host agree. Only the
+    // names of this machine are served.
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if !is_loopback_name(host_part(host)) {
+        return Some(format!(
+            "GATEWAY_API_TOKEN is not set, so requests are served only under a name of this machine \
+             (localhost, 127.0.0.1, [::1]), not {host:?}: set a token"
+        ));
+    }
     if let Some(name) = PROXY_HEADERS.into_iter().find(|name| headers.contains_key(*name)) {
         return Some(format!(
             "GATEWAY_API_TOKEN is not set and this request came through a proxy ({name}), so it may come from \
@@ -87,6 +98,22 @@ fn loopback_refusal(req: &ServiceRequest) -> Option<String> {
     None
 }
 
+/// The host of a `host`, `host:port`, `[v6]` or `[v6]:port`.
+fn host_part(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or_default();
+    }
+    host.rsplit_once(':').map_or(host, |(name, _)| name)
+}
+
+/// `localhost` (and its subdomains) or a loopback address.
+fn is_loopback_name(host: &str) -> bool {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    host == "localhost"
+        || host.ends_with(".localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.to_canonical().is_loopback())
+}
+
 /// `host` or `host:port` from a Host header, with the port (80 when absent: the gateway speaks plain HTTP).
 fn with_port(host: &str) -> String {
     let has_port = host.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_ok()) && !host.ends_with(']');
@@ -95,4 +122,19 @@ fn with_port(host: &str) -> String {
 
 fn unauthorized(message: &str) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{host_part, is_loopback_name};
+
+    #[test]
+    fn only_names_of_this_machine_are_loopback() {
+        for host in ["localhost:8080", "127.0.0.1:8080", "127.0.0.1", "[::1]:8080", "LOCALHOST", "app.localhost:80"] {
+            assert!(is_loopback_name(host_part(host)), "{host}");
+        }
+        for host in ["evil.example:8080", "10.0.0.5:8080", "[2001:db8::1]:8080", "localhost.evil.example", ""] {
+            assert!(!is_loopback_name(host_part(host)), "{host}");
+        }
+    }
 }

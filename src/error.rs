@@ -171,6 +171,10 @@ pub fn json_error_responses<B>(res: ServiceResponse<B>) -> actix_web::Result<Err
 pub fn write_failed(e: &crate::writer::WriteError) -> ApiError {
     use crate::writer::WriteError;
     match e {
+        WriteError::Work(cause) if matches!(cause.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_))) => {
+            tracing::warn!(error = %ErrorChain(e), "a write broke a uniqueness rule");
+            ApiError::new(StatusCode::CONFLICT, "conflict", "a record with the same key was written at the same time")
+        }
         WriteError::Work(cause) if !crate::db::is_conflict(cause) => ApiError::internal(e),
         _ => {
             tracing::error!(error = %ErrorChain(e), "a write could not be done");

@@ -81,9 +81,7 @@ impl Application {
         let (stop_workers, stopped) = watch::channel(false);
         let mut background: Vec<_> =
             (0..config.delivery_workers).map(|_| tokio::spawn(delivery.clone().run(stopped.clone()))).collect();
-        if config.delivery_workers > 0 {
-            background.push(tokio::spawn(maintenance::run(writer.clone(), sync.clone(), stopped.clone())));
-        }
+        background.push(tokio::spawn(maintenance::run(writer.clone(), sync.clone(), stopped.clone())));
         let listener = TcpListener::bind(config.bind_addr)
             .with_context(|| format!("cannot listen on {} (BIND_ADDR)", config.bind_addr))?;
         let local_addr = listener.local_addr()?;

@@ -104,10 +104,20 @@ impl Writer {
                     tries += 1;
                     tracing::info!(error = %e, tries, "the write lost a conflict with another instance: trying again");
                 }
+                // Another instance wrote the same key (an email, an id) first, unseen by this
+                // transaction's checks: run once more, and the checks see it and answer.
+                Err(WriteError::Work(e)) if is_unique_violation(&e) && tries == 0 => {
+                    tries += 1;
+                    tracing::info!(error = %e, "another instance wrote the same key first: trying again");
+                }
                 other => return other,
             }
         }
     }
+}
+
+fn is_unique_violation(e: &DbErr) -> bool {
+    matches!(e.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_)))
 }
 
 /// How often [`Writer::run_retrying`] tries work again after a conflict.

@@ -10,6 +10,12 @@ pub struct Migration;
 
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
+    /// All or nothing on SQLite too: a refused migration leaves the schema as it was, so it can
+    /// run again once the duplicates it names are resolved.
+    fn use_transaction(&self) -> Option<bool> {
+        Some(true)
+    }
+
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let db = manager.get_connection();
         let backend = manager.get_database_backend();
@@ -21,18 +27,34 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
-        // Existing rows get their key here; two rows whose emails now share one key make the
-        // unique index below fail, and with it the migration, which names them.
+        // Existing rows get their key here. Users whose emails now share one key (SQLite's
+        // lower() folded only ASCII, so `JOSÉ@…` and `josé@…` could both be stored) refuse the
+        // migration, naming them, before anything is changed for good.
         let rows = db.query_all_raw(Statement::from_string(backend, r#"SELECT "id", "email" FROM "user""#)).await?;
+        let mut by_key: std::collections::BTreeMap<String, Vec<String>> = Default::default();
         for row in rows {
             let id: String = row.try_get("", "id")?;
             let email: String = row.try_get("", "email")?;
+            let key = entity::user::email_key(&email);
             let update = Query::update()
                 .table("user")
-                .value("email_key", entity::user::email_key(&email))
-                .and_where(Expr::col("id").eq(id))
+                .value("email_key", key.clone())
+                .and_where(Expr::col("id").eq(id.clone()))
                 .to_owned();
             manager.exec_stmt(update).await?;
+            by_key.entry(key).or_default().push(id);
+        }
+        let clashes: Vec<String> = by_key
+            .into_iter()
+            .filter(|(_, ids)| ids.len() > 1)
+            .map(|(key, ids)| format!("{key}: users {}", ids.join(", ")))
+            .collect();
+        if !clashes.is_empty() {
+            return Err(DbErr::Migration(format!(
+                "users share an email that differs only in letter case or Unicode form; merge or change them, \
+                 then migrate again ({})",
+                clashes.join("; ")
+            )));
         }
         db.execute_unprepared(r#"DROP INDEX IF EXISTS "ux_user_email_lower""#).await?;
         manager

@@ -139,6 +139,13 @@ pub async fn unconfirmed_fields(
     Ok(Some(fields))
 }
 
+/// Whether the record's delivery was dead-lettered and nothing of it is queued or being sent
+/// (a retry by hand makes the failed row pending again, and this false).
+pub async fn dead_lettered(c: &impl ConnectionTrait, t: RecordType, record_id: &str) -> Result<bool, DbErr> {
+    let rows = undelivered(c, t, record_id, None).await?;
+    Ok(rows.iter().any(|r| r.status == "failed") && rows.iter().all(|r| r.status == "failed"))
+}
+
 /// Whether a delivery of the record is being sent right now.
 pub async fn in_flight(c: &impl ConnectionTrait, t: RecordType, record_id: &str) -> Result<bool, DbErr> {
     Ok(undelivered(c, t, record_id, None).await?.iter().any(|r| r.status == "in_flight"))

@@ -11,7 +11,9 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Utc};
 use entity::{crm_outbox, properties, user};
+use futures_util::future::BoxFuture;
 use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, QuerySelect};
+use sea_orm::{DatabaseTransaction, DbErr};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -97,6 +99,10 @@ fn sync_answer(what: &str, synced: bool, crm_id: Option<String>, error: Option<S
 }
 
 async fn owner(state: &AppState, user_id: &str) -> Result<user::Model, ApiError> {
+    if user_id.contains('\0') {
+        // No user has one, and PostgreSQL refuses it in text.
+        return Err(ApiError::not_found(format!("no user {user_id:?}")));
+    }
     user::Entity::find_by_id(user_id)
         .filter(user::Column::DeletedAt.is_null())
         .one(state.db.reader())
@@ -286,12 +292,16 @@ async fn update_profile(body: web::Json<Profile>, state: web::Data<AppState>) ->
 }
 
 async fn apply_change(state: &AppState, change: LocalChange) -> Result<(), ApiError> {
-    let sync = state.sync.clone();
     let outcome = state
         .writer
-        .run(move |txn| Box::pin(async move { changes::apply(txn, &sync, change, None).await }))
+        .run_retrying(|| {
+            let (change, sync) = (change.clone(), state.sync.clone());
+            move |txn: &DatabaseTransaction| -> BoxFuture<'_, Result<Result<(), Rejected>, DbErr>> {
+                Box::pin(async move { changes::apply(txn, &sync, change, None).await })
+            }
+        })
         .await
-        .map_err(|e| ApiError::internal(&e))?;
+        .map_err(|e| crate::error::write_failed(&e))?;
     outcome.map_err(rejection)?;
     state.delivery.wake.notify_one();
     Ok(())
@@ -330,25 +340,28 @@ async fn register(body: web::Json<Registration>, state: web::Data<AppState>) -> 
     ]);
     let change = LocalChange { record_type: RecordType::Contact, id: id.clone(), values, create: true, delete: false };
     change.validate().map_err(rejection)?;
-    let sync = state.sync.clone();
     let outcome = state
         .writer
-        .run(move |txn| {
-            Box::pin(async move {
-                // Checked in the writer, so two registrations racing cannot both pass (the email
-                // is checked by `changes::apply`, in the writer too).
-                if records::find_by_id(txn, RecordType::Contact, &change.id).await?.is_some() {
-                    return Ok(Err(ApiError::new(
-                        StatusCode::CONFLICT,
-                        "user_exists",
-                        format!("userId: {} exists already", change.id),
-                    )));
-                }
-                Ok(changes::apply(txn, &sync, change, None).await?.map_err(rejection))
-            })
+        .run_retrying(|| {
+            let (change, sync) = (change.clone(), state.sync.clone());
+            move |txn: &DatabaseTransaction| -> BoxFuture<'_, Result<Result<(), ApiError>, DbErr>> {
+                Box::pin(async move {
+                    // Checked in the writer, so two registrations racing cannot both pass (the
+                    // email is checked by `changes::apply`, in the writer too; another instance's
+                    // registration of it shows when the job runs again).
+                    if records::find_by_id(txn, RecordType::Contact, &change.id).await?.is_some() {
+                        return Ok(Err(ApiError::new(
+                            StatusCode::CONFLICT,
+                            "user_exists",
+                            format!("userId: {} exists already", change.id),
+                        )));
+                    }
+                    Ok(changes::apply(txn, &sync, change, None).await?.map_err(rejection))
+                })
+            }
         })
         .await
-        .map_err(|e| ApiError::internal(&e))?;
+        .map_err(|e| crate::error::write_failed(&e))?;
     outcome?;
     state.delivery.wake.notify_one();
     let user = owner(&state, &id).await?;

@@ -89,6 +89,9 @@ fn to_local<M: serde::Serialize>(t: RecordType, model: M) -> Result<Local, DbErr
 
 /// The primary key value of `id` for `t`'s table; `None` if it cannot be one (e.g. `"abc"` for an integer key).
 pub fn id_value(t: RecordType, id: &str) -> Option<sea_orm::Value> {
+    if id.contains('\0') {
+        return None; // no record has one, and PostgreSQL refuses it in text
+    }
     if t.has_text_id() { Some(id.to_owned().into()) } else { id.parse::<i64>().ok().map(Into::into) }
 }
 

@@ -72,6 +72,30 @@ async fn changing_an_email_to_another_users_is_409(app: TestApp) {
     assert_eq!((stored.email.as_str(), stored.email_key.as_str()), ("Åsa@example.se", "åsa@example.se"));
 }
 
+async fn users_whose_emails_clash_once_folded_stop_the_migration_until_resolved(database: TestDatabase) {
+    use migration::{Migrator, MigratorTrait};
+    use sea_orm::ConnectionTrait;
+    let db = database.connect().await;
+    Migrator::up(db.writer(), Some(4)).await.unwrap();
+    if database.backend == Backend::Sqlite {
+        // PostgreSQL's lower() folds É already, so only SQLite could hold these two.
+        for (id, email) in [("u1", "JOSÉ@example.com"), ("u2", "josé@example.com")] {
+            let insert = format!(
+                r#"INSERT INTO "user" (id, name, email, role, created_at, updated_at, crm_sync_status, membership_status)
+                VALUES ('{id}', 'A', '{email}', 'owner', '2025-01-01T00:00:00Z', '2025-01-01T00:00:00Z', 'pending', 'pending')"#
+            );
+            db.writer().execute_unprepared(&insert).await.unwrap();
+        }
+        let refused = Migrator::up(db.writer(), None).await.unwrap_err().to_string();
+        assert!(refused.contains("josé@example.com: users u1, u2"), "{refused}");
+        db.writer().execute_unprepared(r#"DELETE FROM "user" WHERE id = 'u2'"#).await.unwrap();
+    }
+
+    Migrator::up(db.writer(), None).await.expect("the migration runs once the clash is resolved");
+
+    assert!(user::Entity::find().all(db.reader()).await.unwrap().iter().all(|u| !u.email_key.is_empty()));
+}
+
 async fn existing_rows_get_their_email_key_when_migrating(database: TestDatabase) {
     use migration::{Migrator, MigratorTrait};
     use sea_orm::ConnectionTrait;
@@ -141,6 +165,9 @@ async fn a_nul_character_or_a_negative_amount_from_the_site_is_422_and_writes_no
     assert_eq!(user::Entity::find().count(app.db.reader()).await.unwrap(), 0);
     assert_eq!(properties::Entity::find().count(app.db.reader()).await.unwrap(), 0);
     assert_eq!(app_events::Entity::find().count(app.db.reader()).await.unwrap(), 0);
+    // A lookup by an id with a NUL finds nothing (not a database error).
+    let status = app.get("/api/crm/sync/owner?userId=user_%00").await;
+    assert_eq!(status.status(), StatusCode::NOT_FOUND);
 }
 
 async fn the_database_refusing_data_counts_as_that_datas_error(database: TestDatabase) {
@@ -179,6 +206,7 @@ on_both_databases!(
 
 on_both_databases_without_app!(
     existing_rows_get_their_email_key_when_migrating,
+    users_whose_emails_clash_once_folded_stop_the_migration_until_resolved,
     the_database_refusing_data_counts_as_that_datas_error
 );
 
@@ -269,6 +297,24 @@ async fn an_event_for_a_record_linked_meanwhile_by_another_instance_applies(app:
     assert_eq!(user.phone.as_deref(), Some("+44 new"));
 }
 
+async fn the_same_email_registered_on_another_instance_at_once_is_409(app: TestApp) {
+    let (_connection, other) = other_instance_transaction(&app).await;
+    exec(
+        &other,
+        r#"INSERT INTO "user" (id, name, email, email_key, role, created_at, updated_at, crm_sync_status,
+        membership_status) VALUES ('user_there', 'A', 'Race@example.com', 'race@example.com', 'owner',
+        '2025-01-01T00:00:00Z', '2025-01-01T00:00:00Z', 'pending', 'pending')"#,
+    )
+    .await;
+
+    let response = while_held(&app, other, register(&app, "user_here", "race@EXAMPLE.com")).await;
+
+    assert_eq!(response.status(), StatusCode::CONFLICT);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "email_taken", "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("user_there"), "{body}");
+}
+
 // --- 2. waiting events are not stranded across instances ----------------------------------------
 
 async fn a_child_arriving_while_another_instance_links_its_parent_does_not_wait_forever(app: TestApp) {
@@ -305,6 +351,7 @@ async fn the_sweep_applies_events_whose_parent_arrived_unannounced(app: TestApp)
 
 on_both_databases!(
     an_event_for_a_record_linked_meanwhile_by_another_instance_applies,
+    the_same_email_registered_on_another_instance_at_once_is_409,
     a_child_arriving_while_another_instance_links_its_parent_does_not_wait_forever,
     the_sweep_applies_events_whose_parent_arrived_unannounced,
 );
@@ -328,6 +375,12 @@ async fn without_a_token_proxied_and_cross_site_requests_are_refused(app: TestAp
         vec![("Origin", "null".to_owned())],
         vec![("Origin", format!("http://127.0.0.1:{port}")), ("Sec-Fetch-Site", "cross-site".to_owned())],
         vec![("Sec-Fetch-Site", "same-site".to_owned())],
+        // DNS rebinding: another site's name resolved to 127.0.0.1, its page posting to itself.
+        vec![
+            ("Host", format!("evil.example:{port}")),
+            ("Origin", format!("http://evil.example:{port}")),
+            ("Sec-Fetch-Site", "same-origin".to_owned()),
+        ],
     ];
     for (n, headers) in refused.iter().enumerate() {
         let response = post(n, headers).await.unwrap();

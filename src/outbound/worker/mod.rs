@@ -22,7 +22,9 @@ use chrono::{DateTime, Utc};
 use entity::crm_outbox;
 use outcome::record;
 use sea_orm::sea_query::{Expr, LockBehavior, LockType};
-use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait};
+use sea_orm::{
+    ColumnTrait, Condition, DatabaseBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+};
 use send::{Create, Prepared};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashSet};
@@ -250,75 +252,84 @@ impl Delivery {
     /// Marks due rows `in_flight`, at most one per record and none of a record already in flight.
     async fn claim(&self, now: DateTime<Utc>, only: Option<Vec<i64>>) -> Result<Vec<crm_outbox::Model>, WriteError> {
         use chrono::SubsecRound;
-        use sea_orm::ExprTrait;
         // Microseconds: what PostgreSQL keeps, so the lease read back compares equal.
         let now = now.trunc_subsecs(6);
         let lease_until = now + chrono::Duration::from_std(self.lease).unwrap_or_default();
-        self.writer
-            .run(move |txn| {
-                Box::pin(async move {
-                    // One claim at a time across instances: another instance's claim, committed
-                    // before this one looks, shows which records are in flight, so a backlog
-                    // larger than one batch cannot put two rows of one record in flight at once.
-                    crate::db::lock_named(txn, "crm_outbox.claim").await?;
-                    let mut due = crm_outbox::Entity::find();
-                    if let Some(ids) = only {
-                        due = due.filter(crm_outbox::Column::Id.is_in(ids));
-                    }
-                    let due = due
-                        .filter(
-                            Condition::any()
-                                .add(
-                                    crm_outbox::Column::Status
-                                        .eq("pending")
-                                        .and(crm_outbox::Column::NextAttemptAt.lte(now)),
-                                )
-                                .add(
-                                    crm_outbox::Column::Status
-                                        .eq("in_flight")
-                                        .and(crm_outbox::Column::LeaseUntil.lt(now)),
-                                ),
-                        )
-                        .order_by_asc(crm_outbox::Column::Id)
-                        .limit(BATCH)
-                        .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
-                        .all(txn)
-                        .await?;
-                    let busy: HashSet<(String, String)> = crm_outbox::Entity::find()
-                        .filter(crm_outbox::Column::Status.eq("in_flight"))
-                        .filter(crm_outbox::Column::LeaseUntil.gte(now))
-                        .all(txn)
-                        .await?
-                        .into_iter()
-                        .map(|r| (r.record_type, r.record_id))
-                        .collect();
-                    let mut seen = HashSet::new();
-                    let claimed: Vec<crm_outbox::Model> = due
-                        .into_iter()
-                        .filter(|r| {
-                            let key = (r.record_type.clone(), r.record_id.clone());
-                            !busy.contains(&key) && seen.insert(key)
-                        })
-                        .map(|mut r| {
-                            r.attempts += 1;
-                            r.status = "in_flight".into();
-                            r.lease_until = Some(lease_until);
-                            r
-                        })
-                        .collect();
-                    if !claimed.is_empty() {
-                        crm_outbox::Entity::update_many()
-                            .col_expr(crm_outbox::Column::Status, Expr::value("in_flight"))
-                            .col_expr(crm_outbox::Column::LeaseUntil, Expr::value(lease_until))
-                            .col_expr(crm_outbox::Column::Attempts, Expr::col(crm_outbox::Column::Attempts).add(1))
-                            .col_expr(crm_outbox::Column::UpdatedAt, Expr::value(now))
-                            .filter(crm_outbox::Column::Id.is_in(claimed.iter().map(|r| r.id)))
-                            .exec(txn)
-                            .await?;
-                    }
-                    Ok(claimed)
-                })
-            })
-            .await
+        if self.db.backend() != DatabaseBackend::Postgres {
+            return self.writer.run(move |txn| Box::pin(claim_in(txn, now, lease_until, only))).await;
+        }
+        // PostgreSQL: a short transaction of its own, so the claim lock below is held for the
+        // claim only, not for a whole group of other work.
+        let claim = async {
+            let txn = self.db.writer().begin().await?;
+            crate::db::bound_waits(&txn).await?;
+            let claimed = claim_in(&txn, now, lease_until, only).await?;
+            txn.commit().await?;
+            Ok::<_, sea_orm::DbErr>(claimed)
+        };
+        claim.await.map_err(WriteError::Work)
     }
+}
+
+/// Marks due rows `in_flight` until `lease_until`, at most one per record and none of a record
+/// already in flight.
+async fn claim_in(
+    txn: &sea_orm::DatabaseTransaction,
+    now: DateTime<Utc>,
+    lease_until: DateTime<Utc>,
+    only: Option<Vec<i64>>,
+) -> Result<Vec<crm_outbox::Model>, sea_orm::DbErr> {
+    use sea_orm::ExprTrait;
+    // One claim at a time across instances: another instance's claim, committed
+    // before this one looks, shows which records are in flight, so a backlog
+    // larger than one batch cannot put two rows of one record in flight at once.
+    crate::db::lock_named(txn, "crm_outbox.claim").await?;
+    let mut due = crm_outbox::Entity::find();
+    if let Some(ids) = only {
+        due = due.filter(crm_outbox::Column::Id.is_in(ids));
+    }
+    let due = due
+        .filter(
+            Condition::any()
+                .add(crm_outbox::Column::Status.eq("pending").and(crm_outbox::Column::NextAttemptAt.lte(now)))
+                .add(crm_outbox::Column::Status.eq("in_flight").and(crm_outbox::Column::LeaseUntil.lt(now))),
+        )
+        .order_by_asc(crm_outbox::Column::Id)
+        .limit(BATCH)
+        .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
+        .all(txn)
+        .await?;
+    let busy: HashSet<(String, String)> = crm_outbox::Entity::find()
+        .filter(crm_outbox::Column::Status.eq("in_flight"))
+        .filter(crm_outbox::Column::LeaseUntil.gte(now))
+        .all(txn)
+        .await?
+        .into_iter()
+        .map(|r| (r.record_type, r.record_id))
+        .collect();
+    let mut seen = HashSet::new();
+    let claimed: Vec<crm_outbox::Model> = due
+        .into_iter()
+        .filter(|r| {
+            let key = (r.record_type.clone(), r.record_id.clone());
+            !busy.contains(&key) && seen.insert(key)
+        })
+        .map(|mut r| {
+            r.attempts += 1;
+            r.status = "in_flight".into();
+            r.lease_until = Some(lease_until);
+            r
+        })
+        .collect();
+    if !claimed.is_empty() {
+        crm_outbox::Entity::update_many()
+            .col_expr(crm_outbox::Column::Status, Expr::value("in_flight"))
+            .col_expr(crm_outbox::Column::LeaseUntil, Expr::value(lease_until))
+            .col_expr(crm_outbox::Column::Attempts, Expr::col(crm_outbox::Column::Attempts).add(1))
+            .col_expr(crm_outbox::Column::UpdatedAt, Expr::value(now))
+            .filter(crm_outbox::Column::Id.is_in(claimed.iter().map(|r| r.id)))
+            .exec(txn)
+            .await?;
+    }
+    Ok(claimed)
 }

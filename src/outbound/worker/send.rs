@@ -3,6 +3,7 @@
 
 use super::{Attempt, BATCH, Delivery, PARENT_WAIT};
 use crate::crm::CrmError;
+use crate::outbound::outbox;
 use crate::sync::mapping::{Kind, RecordType, local_to_crm};
 use crate::sync::records::{self, Local};
 use entity::crm_outbox;
@@ -63,10 +64,16 @@ impl Delivery {
                 Kind::Ref(target) | Kind::OptRef(target) if !value.is_null() => {
                     let parent_id = value.as_str().map_or_else(|| value.to_string(), str::to_owned);
                     let parent = records::find_by_id(self.db.reader(), target, &parent_id).await?;
+                    let dead = match &parent {
+                        Some(p) if p.crm_id().is_none() => {
+                            outbox::dead_lettered(self.db.reader(), target, &p.id).await?
+                        }
+                        _ => false,
+                    };
                     match parent.as_ref().and_then(Local::crm_id) {
                         Some(crm_id) => Some(crm_id.to_owned()),
                         // Its parent's create was dead-lettered: waiting would never end.
-                        None if parent.as_ref().is_some_and(|p| p.sync_status() == Some("failed")) => {
+                        None if dead => {
                             return Ok(Err(Attempt::Failed {
                                 error: CrmError::ParentFailed {
                                     message: format!(
