@@ -15,6 +15,7 @@ mod instances;
 mod lww_properties;
 mod outage;
 mod process;
+mod query_plans;
 mod reliability;
 mod secrets;
 mod seed_routes;
