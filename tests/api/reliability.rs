@@ -610,11 +610,15 @@ mod delivery {
         while stub.state().calls.is_empty() {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
+        // Queued while that step is under way: it is for the next start, not for the shutdown.
+        app.post_events(&owner_event("ev_2", "user_2", "u2@example.com")).await;
 
         app.stop().await.unwrap();
 
-        let row = rows(&app).await.pop().unwrap();
-        assert_eq!(row.status, "delivered", "the step in progress finished and its outcome was written");
+        let rows = rows(&app).await;
+        let status = |id: &str| rows.iter().find(|r| r.record_id == id).unwrap().status.clone();
+        assert_eq!(status("user_1"), "delivered", "the step in progress finished and its outcome was written");
+        assert_eq!(status("user_2"), "pending", "no further step was started after the stop");
         let stored = user::Entity::find_by_id("user_1").one(app.db.reader()).await.unwrap().unwrap();
         assert!(stored.crm_id.is_some());
     }

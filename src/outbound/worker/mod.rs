@@ -102,7 +102,10 @@ impl Delivery {
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         loop {
             match self.deliver_due(Utc::now()).await {
-                Ok(n) if n > 0 => continue,
+                // More may be due: the next step at once, unless the gateway is stopping (the
+                // step in progress is finished; what is left stays queued for the next start).
+                Ok(n) if n > 0 && !*stop.borrow() => continue,
+                Ok(n) if n > 0 => return,
                 Ok(_) => {}
                 Err(e) => tracing::error!(error = %crate::error::ErrorChain(&e), "delivery step failed"),
             }
