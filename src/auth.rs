@@ -85,9 +85,8 @@ fn loopback_refusal(req: &ServiceRequest) -> Option<String> {
         ));
     }
     if let Some(origin) = text(header::ORIGIN) {
-        let host = text(header::HOST).unwrap_or_default();
         let same = url::Url::parse(&origin).ok().is_some_and(|o| {
-            o.host_str().is_some_and(|h| format!("{h}:{}", o.port_or_known_default().unwrap_or(0)) == with_port(&host))
+            o.host_str().is_some_and(|h| format!("{h}:{}", o.port_or_known_default().unwrap_or(0)) == with_port(host))
         });
         if !same {
             return Some(format!(

@@ -134,14 +134,10 @@ async fn connect_sqlite(config: &DatabaseConfig, role: Role) -> Result<DatabaseC
 /// same data again fails the same way, so such an error fails that piece of work alone; any other
 /// error (a lost connection, a lock or statement timeout) fails the whole batch, to be tried again.
 pub fn is_data_error(e: &DbErr) -> bool {
-    use sea_orm::RuntimeErr;
     if matches!(e, DbErr::Json(_)) || e.sql_err().is_some() {
         return true;
     }
-    let (DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e))) = e else {
-        return false;
-    };
-    let sea_orm::sqlx::Error::Database(e) = &**e else { return false };
+    let Some(e) = database_error(e) else { return false };
     let Some(code) = e.code() else { return false };
     if e.try_downcast_ref::<sea_orm::sqlx::postgres::PgDatabaseError>().is_some() {
         return code.starts_with("22") || code.starts_with("23");
@@ -151,16 +147,27 @@ pub fn is_data_error(e: &DbErr) -> bool {
     code.parse::<i32>().is_ok_and(|code| matches!(code & 0xff, 18 | 19 | 20 | 25))
 }
 
+/// Whether `e` is a unique index refusing a key another row has.
+pub fn is_unique_violation(e: &DbErr) -> bool {
+    matches!(e.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_)))
+}
+
+/// The error the database itself answered with, if `e` is one.
+fn database_error(e: &DbErr) -> Option<&dyn sea_orm::sqlx::error::DatabaseError> {
+    use sea_orm::RuntimeErr;
+    let (DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e))) = e else { return None };
+    match &**e {
+        sea_orm::sqlx::Error::Database(e) => Some(&**e),
+        _ => None,
+    }
+}
+
 /// Whether `e` is two transactions getting in each other's way (a deadlock the database broke,
 /// a serialization failure, a lock wait over [`PG_LOCK_TIMEOUT`]): the same work, tried again in
 /// a new transaction, normally succeeds. Group commit makes these possible between instances on
 /// PostgreSQL: each instance's transaction holds the locks of every piece of work in its group.
 pub fn is_conflict(e: &DbErr) -> bool {
-    use sea_orm::RuntimeErr;
-    let (DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e))) = e else {
-        return false;
-    };
-    let sea_orm::sqlx::Error::Database(e) = &**e else { return false };
+    let Some(e) = database_error(e) else { return false };
     e.try_downcast_ref::<sea_orm::sqlx::postgres::PgDatabaseError>().is_some()
         && e.code().is_some_and(|code| matches!(code.as_ref(), "40P01" | "40001" | "55P03"))
 }

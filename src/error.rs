@@ -171,7 +171,7 @@ pub fn json_error_responses<B>(res: ServiceResponse<B>) -> actix_web::Result<Err
 pub fn write_failed(e: &crate::writer::WriteError) -> ApiError {
     use crate::writer::WriteError;
     match e {
-        WriteError::Work(cause) if matches!(cause.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_))) => {
+        WriteError::Work(cause) if crate::db::is_unique_violation(cause) => {
             tracing::warn!(error = %ErrorChain(e), "a write broke a uniqueness rule");
             ApiError::new(StatusCode::CONFLICT, "conflict", "a record with the same key was written at the same time")
         }

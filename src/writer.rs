@@ -69,25 +69,7 @@ impl Writer {
         self.jobs.send(job).await.map_err(|_| WriteError::Unavailable)?;
         answer.await.map_err(|_| WriteError::Unavailable)?
     }
-}
 
-/// The running writer task. Dropping it leaves the task running until every [`Writer`] is gone.
-pub struct WriterTask {
-    stop: watch::Sender<bool>,
-    handle: tokio::task::JoinHandle<()>,
-}
-
-impl WriterTask {
-    /// Stops taking work, writes and commits what is queued already, and waits for that.
-    pub async fn stop(self) {
-        let _ = self.stop.send(true);
-        if let Err(e) = self.handle.await {
-            tracing::error!(error = %e, "the writer task failed");
-        }
-    }
-}
-
-impl Writer {
     /// Like [`Writer::run`], for work that can be built again: work that lost a conflict with
     /// another instance's transaction ([`crate::db::is_conflict`]) was rolled back alone, and is
     /// run again in a later group, up to [`CONFLICT_RETRIES`] times, before its error is returned.
@@ -106,7 +88,7 @@ impl Writer {
                 }
                 // Another instance wrote the same key (an email, an id) first, unseen by this
                 // transaction's checks: run once more, and the checks see it and answer.
-                Err(WriteError::Work(e)) if is_unique_violation(&e) && tries == 0 => {
+                Err(WriteError::Work(e)) if crate::db::is_unique_violation(&e) && tries == 0 => {
                     tries += 1;
                     tracing::info!(error = %e, "another instance wrote the same key first: trying again");
                 }
@@ -116,8 +98,20 @@ impl Writer {
     }
 }
 
-fn is_unique_violation(e: &DbErr) -> bool {
-    matches!(e.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_)))
+/// The running writer task. Dropping it leaves the task running until every [`Writer`] is gone.
+pub struct WriterTask {
+    stop: watch::Sender<bool>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl WriterTask {
+    /// Stops taking work, writes and commits what is queued already, and waits for that.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        if let Err(e) = self.handle.await {
+            tracing::error!(error = %e, "the writer task failed");
+        }
+    }
 }
 
 /// How often [`Writer::run_retrying`] tries work again after a conflict.
