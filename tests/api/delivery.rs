@@ -382,12 +382,7 @@ async fn auth_is_refused_without_the_token(database: TestDatabase) {
 
 async fn two_workers_deliver_a_thousand_changes_exactly_once(database: TestDatabase) {
     let stub = Stub::start().await;
-    let patient = |c: &mut crm_gateway::config::Config| {
-        use_stub(c, &stub);
-        // A debug-build stub takes a while over a thousand records; this test is about exactly-once.
-        c.crm_request_timeout = std::time::Duration::from_secs(30);
-        c.delivery_lease = std::time::Duration::from_secs(300);
-    };
+    let patient = |c: &mut crm_gateway::config::Config| crate::helpers::use_stub_patiently(c, &stub);
     let first = TestApp::spawn_with(database, patient).await;
     let second = first.another_instance_with(patient).await;
     for batch in 0..2 {

@@ -223,6 +223,14 @@ pub fn use_stub(config: &mut Config, stub: &crate::treadsoft_stub::Stub) {
         crm_gateway::crm::rate_limit::RateLimit { requests: 100_000, period: std::time::Duration::from_secs(1) };
 }
 
+/// Points `config` at the stub with room for slow, large steps (a debug-build stub takes a while
+/// over a thousand records): for tests about exactly-once delivery, not about timeouts.
+pub fn use_stub_patiently(config: &mut Config, stub: &crate::treadsoft_stub::Stub) {
+    use_stub(config, stub);
+    config.crm_request_timeout = std::time::Duration::from_secs(30);
+    config.delivery_lease = std::time::Duration::from_secs(300);
+}
+
 /// The real application, serving on a free port of 127.0.0.1.
 pub struct TestApp {
     pub address: String,

@@ -2,7 +2,7 @@
 //! every TreadSoft delivery sent to all three: each event is applied once, each change delivered
 //! once, and nothing is left waiting or in flight.
 
-use crate::helpers::{TestApp, TestDatabase, use_stub};
+use crate::helpers::{TestApp, TestDatabase, use_stub_patiently};
 use crate::on_both_databases_without_app;
 use crate::treadsoft_stub::Stub;
 use entity::{crm_inbox, crm_outbox, properties, user};
@@ -65,11 +65,7 @@ static RETRIED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize:
 
 async fn three_instances_apply_each_event_and_deliver_each_change_once(database: TestDatabase) {
     let stub = Stub::start().await;
-    let patient = |c: &mut crm_gateway::config::Config| {
-        use_stub(c, &stub);
-        c.crm_request_timeout = std::time::Duration::from_secs(30);
-        c.delivery_lease = std::time::Duration::from_secs(300);
-    };
+    let patient = |c: &mut crm_gateway::config::Config| use_stub_patiently(c, &stub);
     let first = TestApp::spawn_with(database, patient).await;
     let apps = vec![first.another_instance_with(patient).await, first.another_instance_with(patient).await];
     let apps: Vec<TestApp> = std::iter::once(first).chain(apps).collect();
