@@ -184,6 +184,60 @@ pub async fn lock_named(c: &impl ConnectionTrait, name: &str) -> Result<(), DbEr
     Ok(())
 }
 
+/// [`lock_named`] for many names in one statement, taken in sorted order (so two transactions
+/// locking overlapping sets cannot deadlock on them).
+pub async fn lock_names(c: &impl ConnectionTrait, names: &[String]) -> Result<(), DbErr> {
+    if c.get_database_backend() != DatabaseBackend::Postgres || names.is_empty() {
+        return Ok(());
+    }
+    let mut names: Vec<&String> = names.iter().collect();
+    names.sort();
+    names.dedup();
+    for chunk in names.chunks(MAX_PARAMS) {
+        let values: Vec<String> = (1..=chunk.len()).map(|i| format!("(${i}, {i})")).collect();
+        let sql = format!(
+            "SELECT pg_advisory_xact_lock(hashtextextended(v.n, 0)) FROM (VALUES {}) AS v(n, i) ORDER BY v.i",
+            values.join(", ")
+        );
+        let values = chunk.iter().map(|n| sea_orm::Value::from(n.as_str()));
+        c.query_all_raw(Statement::from_sql_and_values(DatabaseBackend::Postgres, sql, values)).await?;
+    }
+    Ok(())
+}
+
+/// Most bound values one statement carries (SQLite allows 32,766, PostgreSQL 65,535): multi-row
+/// statements are cut into chunks below it.
+pub const MAX_PARAMS: usize = 30_000;
+
+/// How many rows of `columns` values each fit in one statement.
+pub fn rows_per_statement(columns: usize) -> usize {
+    (MAX_PARAMS / columns.max(1)).max(1)
+}
+
+/// Inserts `models` (all with the same columns set) in as few multi-row statements as
+/// [`MAX_PARAMS`] allows, with `on_conflict` on each. Nothing is sent for none.
+pub async fn insert_all<A>(
+    c: &impl ConnectionTrait,
+    models: Vec<A>,
+    on_conflict: Option<sea_orm::sea_query::OnConflict>,
+) -> Result<(), DbErr>
+where
+    A: sea_orm::ActiveModelTrait + Send,
+{
+    use sea_orm::{EntityTrait, Iterable};
+    let columns = <<A::Entity as EntityTrait>::Column as Iterable>::iter().count();
+    let per = rows_per_statement(columns);
+    let mut models = models.into_iter().peekable();
+    while models.peek().is_some() {
+        let mut insert = <A::Entity as EntityTrait>::insert_many(models.by_ref().take(per));
+        if let Some(on_conflict) = &on_conflict {
+            insert = insert.on_conflict(on_conflict.clone());
+        }
+        insert.exec_without_returning(c).await?;
+    }
+    Ok(())
+}
+
 /// How long a write transaction on PostgreSQL waits for a lock, and how long one statement may
 /// run, before it gives up: one stuck lock must not stall every write of every instance.
 pub const PG_LOCK_TIMEOUT: Duration = Duration::from_secs(5);

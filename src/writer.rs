@@ -2,10 +2,14 @@
 //! transaction, commits once, then answers every caller.
 //!
 //! Each piece of work runs in its own savepoint, so one that fails is rolled back alone while the
-//! others commit. A caller's answer comes only after the commit that holds its work: what it is
+//! others commit. Webhook deliveries are the exception: all those of a group are applied together,
+//! with a few statements per table for the whole group ([`inbox::receive_all`], which falls back
+//! to one savepoint per delivery and per event when a statement of the group fails). A caller's answer comes only after the commit that holds its work: what it is
 //! told was written is durably written. This turns N fsyncs into one under load without adding a
 //! waiting window: an idle writer starts a transaction as soon as one piece of work arrives.
 
+use crate::sync::apply::SyncContext;
+use crate::sync::inbox::{self, EventResult, Incoming};
 use futures_util::future::BoxFuture;
 use sea_orm::{
     DatabaseConnection, DatabaseTransaction, DbErr, SqliteTransactionMode, TransactionOptions, TransactionTrait,
@@ -17,7 +21,14 @@ use tokio::sync::{mpsc, oneshot, watch};
 const MAX_BATCH: usize = 256;
 
 type Completion = Box<dyn FnOnce(Result<(), Arc<DbErr>>) + Send>;
-type Job = Box<dyn for<'t> FnOnce(&'t DatabaseTransaction) -> BoxFuture<'t, Completion> + Send>;
+type EachJob = Box<dyn for<'t> FnOnce(&'t DatabaseTransaction) -> BoxFuture<'t, Completion> + Send>;
+
+enum Job {
+    /// Work of its own, run in its own savepoint.
+    Each(EachJob),
+    /// A webhook delivery's events: every delivery of a group is applied together.
+    Events { incoming: Incoming, ctx: Arc<SyncContext>, reply: oneshot::Sender<Result<Vec<EventResult>, WriteError>> },
+}
 
 /// Why a piece of work was not written.
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +65,7 @@ impl Writer {
         F: for<'t> FnOnce(&'t DatabaseTransaction) -> BoxFuture<'t, Result<T, DbErr>> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel::<Result<T, WriteError>>();
-        let job: Job = Box::new(move |txn: &DatabaseTransaction| {
+        let job: EachJob = Box::new(move |txn: &DatabaseTransaction| {
             Box::pin(async move {
                 let outcome = in_savepoint(txn, work).await;
                 Box::new(move |committed: Result<(), Arc<DbErr>>| {
@@ -66,8 +77,22 @@ impl Writer {
                 }) as Completion
             })
         });
-        self.jobs.send(job).await.map_err(|_| WriteError::Unavailable)?;
+        self.jobs.send(Job::Each(job)).await.map_err(|_| WriteError::Unavailable)?;
         answer.await.map_err(|_| WriteError::Unavailable)?
+    }
+
+    /// Records and applies a webhook delivery's events in the next group transaction, together
+    /// with the other deliveries of that group ([`inbox::receive_all`]), and returns each event's
+    /// result once that has committed. Work that lost a conflict is run again, as
+    /// [`Writer::run_retrying`] does.
+    pub async fn receive(&self, ctx: Arc<SyncContext>, incoming: Incoming) -> Result<Vec<EventResult>, WriteError> {
+        retrying(|| async {
+            let (reply, answer) = oneshot::channel();
+            let job = Job::Events { incoming: incoming.clone(), ctx: ctx.clone(), reply };
+            self.jobs.send(job).await.map_err(|_| WriteError::Unavailable)?;
+            answer.await.map_err(|_| WriteError::Unavailable)?
+        })
+        .await
     }
 
     /// Like [`Writer::run`], for work that can be built again: work that lost a conflict with
@@ -79,21 +104,31 @@ impl Writer {
         F: for<'t> FnOnce(&'t DatabaseTransaction) -> BoxFuture<'t, Result<T, DbErr>> + Send + 'static,
         B: Fn() -> F,
     {
-        let mut tries = 0;
-        loop {
-            match self.run(build()).await {
-                Err(WriteError::Work(e)) if crate::db::is_conflict(&e) && tries < CONFLICT_RETRIES => {
-                    tries += 1;
-                    tracing::info!(error = %e, tries, "the write lost a conflict with another instance: trying again");
-                }
-                // Another instance wrote the same key (an email, an id) first, unseen by this
-                // transaction's checks: run once more, and the checks see it and answer.
-                Err(WriteError::Work(e)) if crate::db::is_unique_violation(&e) && tries == 0 => {
-                    tries += 1;
-                    tracing::info!(error = %e, "another instance wrote the same key first: trying again");
-                }
-                other => return other,
+        retrying(|| self.run(build())).await
+    }
+}
+
+/// Runs `attempt` until it succeeds, fails otherwise than by a conflict, or has lost
+/// [`CONFLICT_RETRIES`] conflicts (or one unique key race).
+async fn retrying<T, A, Fut>(mut attempt: A) -> Result<T, WriteError>
+where
+    A: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, WriteError>>,
+{
+    let mut tries = 0;
+    loop {
+        match attempt().await {
+            Err(WriteError::Work(e)) if crate::db::is_conflict(&e) && tries < CONFLICT_RETRIES => {
+                tries += 1;
+                tracing::info!(error = %e, tries, "the write lost a conflict with another instance: trying again");
             }
+            // Another instance wrote the same key (an email, an id) first, unseen by this
+            // transaction's checks: run once more, and the checks see it and answer.
+            Err(WriteError::Work(e)) if crate::db::is_unique_violation(&e) && tries == 0 => {
+                tries += 1;
+                tracing::info!(error = %e, "another instance wrote the same key first: trying again");
+            }
+            other => return other,
         }
     }
 }
@@ -167,9 +202,28 @@ async fn run(connection: DatabaseConnection, mut queue: mpsc::Receiver<Job>, mut
                 continue;
             }
         };
-        let mut completions = Vec::with_capacity(batch.len());
+        let mut completions: Vec<Completion> = Vec::with_capacity(batch.len());
+        let mut deliveries = Vec::new();
         for job in batch.drain(..) {
-            completions.push(job(&txn).await);
+            match job {
+                Job::Each(job) => completions.push(job(&txn).await),
+                Job::Events { incoming, ctx, reply } => deliveries.push((incoming, ctx, reply)),
+            }
+        }
+        if let Some((_, ctx, _)) = deliveries.first() {
+            // One gateway has one sync context: every delivery of the group carries the same.
+            let ctx = ctx.clone();
+            let incoming: Vec<Incoming> = deliveries.iter().map(|(incoming, _, _)| incoming.clone()).collect();
+            let results = inbox::receive_all(&txn, &ctx, &incoming).await;
+            for ((_, _, reply), outcome) in deliveries.into_iter().zip(results) {
+                completions.push(Box::new(move |committed: Result<(), Arc<DbErr>>| {
+                    let result = match committed {
+                        Err(e) => Err(WriteError::Transaction(e)),
+                        Ok(()) => outcome.map_err(WriteError::Work),
+                    };
+                    let _ = reply.send(result);
+                }));
+            }
         }
         let committed = txn.commit().await.map_err(Arc::new);
         if let Err(e) = &committed {

@@ -3,12 +3,10 @@
 use super::verify::{self, SignedHeaders, VerifyError};
 use crate::error::{ApiError, resource};
 use crate::startup::AppState;
-use crate::sync::inbox::{self, EventResult};
+use crate::sync::inbox::{EventResult, Incoming};
 use crate::writer::WriteError;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
-use futures_util::future::BoxFuture;
-use sea_orm::{DatabaseTransaction, DbErr};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -51,23 +49,8 @@ async fn receive_webhook(
     span.record("events", delivery.events.len());
 
     let delivery_id = delivery.delivery_id.unwrap_or_default();
-    let events = std::sync::Arc::new(delivery.events);
-    let results = state
-        .writer
-        .run_retrying(|| {
-            let (events, sync, id) = (events.clone(), state.sync.clone(), delivery_id.clone());
-            move |txn: &DatabaseTransaction| -> BoxFuture<'_, Result<Vec<EventResult>, DbErr>> {
-                Box::pin(async move {
-                    let mut results = Vec::with_capacity(events.len());
-                    for event in events.iter() {
-                        results.push(inbox::receive(txn, &sync, &id, event).await?);
-                    }
-                    Ok(results)
-                })
-            }
-        })
-        .await
-        .map_err(unavailable)?;
+    let incoming = Incoming { delivery_id: delivery_id.clone(), events: std::sync::Arc::new(delivery.events) };
+    let results = state.writer.receive(state.sync.clone(), incoming).await.map_err(unavailable)?;
     Ok(HttpResponse::Ok().json(DeliveryResults { delivery_id, results }))
 }
 

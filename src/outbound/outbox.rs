@@ -9,7 +9,7 @@ use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QuerySelect, Set,
 };
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 /// What a delivery does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,14 +112,18 @@ pub async fn sync_status(
     record_id: &str,
     except: Option<i64>,
 ) -> Result<&'static str, DbErr> {
-    let rows = undelivered(c, t, record_id, except).await?;
-    Ok(if rows.iter().any(|r| r.status == "failed") {
+    Ok(status_of(&undelivered(c, t, record_id, except).await?))
+}
+
+/// [`sync_status`] from the record's undelivered rows.
+pub fn status_of(undelivered: &[crm_outbox::Model]) -> &'static str {
+    if undelivered.iter().any(|r| r.status == "failed") {
         "failed"
-    } else if rows.is_empty() {
+    } else if undelivered.is_empty() {
         "synced"
     } else {
         "pending"
-    })
+    }
 }
 
 /// The local fields of the record with a change not yet confirmed by the CRM (pending or in
@@ -129,14 +133,41 @@ pub async fn unconfirmed_fields(
     t: RecordType,
     record_id: &str,
 ) -> Result<Option<BTreeSet<String>>, DbErr> {
+    Ok(unconfirmed_of(&undelivered(c, t, record_id, None).await?))
+}
+
+/// [`unconfirmed_fields`] from the record's undelivered rows.
+pub fn unconfirmed_of(undelivered: &[crm_outbox::Model]) -> Option<BTreeSet<String>> {
     let mut fields = BTreeSet::new();
-    for row in undelivered(c, t, record_id, None).await?.into_iter().filter(|r| r.status != "failed") {
+    for row in undelivered.iter().filter(|r| r.status != "failed") {
         match row.fields.as_deref().map(serde_json::from_str::<BTreeSet<String>>) {
             Some(Ok(listed)) => fields.extend(listed),
-            _ => return Ok(None),
+            _ => return None,
         }
     }
-    Ok(Some(fields))
+    Some(fields)
+}
+
+/// The undelivered rows (as [`undelivered`]) of every record in `records`, by record.
+pub async fn undelivered_of(
+    c: &impl ConnectionTrait,
+    records: &[(RecordType, String)],
+) -> Result<HashMap<(RecordType, String), Vec<crm_outbox::Model>>, DbErr> {
+    let mut out: HashMap<(RecordType, String), Vec<crm_outbox::Model>> = HashMap::new();
+    for chunk in records.chunks(crate::db::MAX_PARAMS / 2) {
+        let rows = crm_outbox::Entity::find()
+            .filter(crate::sync::stamps::by_type(chunk, crm_outbox::Column::RecordType, crm_outbox::Column::RecordId))
+            .filter(crm_outbox::Column::Status.is_in(["pending", "in_flight", "failed"]))
+            .filter(crm_outbox::Column::Operation.ne("link"))
+            .all(c)
+            .await?;
+        for row in rows {
+            if let Some(t) = RecordType::parse(&row.record_type) {
+                out.entry((t, row.record_id.clone())).or_default().push(row);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Whether the record's delivery was dead-lettered and nothing of it is queued or being sent

@@ -1,20 +1,19 @@
 //! Applying one TreadSoft webhook event to the local tables: last-writer-wins per field,
 //! deletes and tombstones, echoes, records that wait for their parent, link-backs and the sync log.
 //!
-//! Everything for one event happens inside the caller's transaction; an event whose apply fails
-//! is rolled back to its savepoint and recorded as `failed`, so it fails alone.
+//! The rules read and write a [`View`]: the group's records and sync state in memory, loaded and
+//! written with a few set statements for the whole group (see [`super::view`]).
 
 use super::hlc::{Hlc, Stamp};
 use super::inbox::{Outcome, waiting_key};
 use super::log::SyncLog;
 use super::lww::{self, Origin, Version};
 use super::mapping::{Field, Mapped, NUL_MESSAGE, RecordType, crm_to_local, nul_at};
-use super::records::{self, Local};
-use super::stamps;
+use super::view::View;
 use crate::outbound::outbox;
 use chrono::{DateTime, Utc};
-use entity::{crm_outbox, crm_requests};
-use sea_orm::{ActiveModelTrait, ConnectionTrait, DatabaseTransaction, DbErr, EntityTrait, Set};
+use entity::crm_outbox;
+use sea_orm::{DatabaseTransaction, DbErr, NotSet, Set};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -82,15 +81,17 @@ enum Action {
     Deleted,
 }
 
-/// How the local record was found.
+/// How the local record was found (its slot in the view).
 enum Found {
-    ByCrmId(Local),
+    ByCrmId(usize),
     /// By `externalId` or (contacts) by email: not linked to this TreadSoft record yet.
-    Unlinked(Local, bool),
+    Unlinked(usize, bool),
     Nothing,
 }
 
-pub(super) async fn apply_event(c: &DatabaseTransaction, ctx: &SyncContext, raw: &Value) -> Result<Decision, DbErr> {
+type Txn<'v, 'c> = &'v mut View<'c, DatabaseTransaction>;
+
+pub(super) async fn apply_event(v: Txn<'_, '_>, ctx: &SyncContext, raw: &Value) -> Result<Decision, DbErr> {
     if let Some(path) = nul_at(raw) {
         return Ok(Decision::new(Outcome::Failed, format!("{path}: {NUL_MESSAGE}")));
     }
@@ -116,14 +117,14 @@ pub(super) async fn apply_event(c: &DatabaseTransaction, ctx: &SyncContext, raw:
         origin: Origin::Crm,
         event_id: event.id.clone(),
     };
-    let tombstone = stamps::tombstone(c, t, &object.id).await?;
-    let found = match locate(c, t, object).await? {
+    let tombstone = v.tombstone(t, &object.id).await?;
+    let found = match locate(v, t, object).await? {
         Ok(found) => found,
         Err(conflict) => return Ok(Decision::new(Outcome::Failed, conflict)),
     };
 
     if action == Action::Deleted {
-        return delete(c, ctx, t, object, &version, tombstone, found, raw).await;
+        return delete(v, ctx, t, object, &version, tombstone, found, raw).await;
     }
     if let Some(tombstone) = &tombstone {
         let why = if lww::deleted_after(&version, tombstone) { "a later delete" } else { "a delete" };
@@ -133,17 +134,17 @@ pub(super) async fn apply_event(c: &DatabaseTransaction, ctx: &SyncContext, raw:
         return Ok(Decision::new(Outcome::Failed, "object.data is missing"));
     };
 
-    let (local, linking, link_back) = match found {
-        Found::Nothing => return create(c, ctx, t, object, data, &version, raw).await,
-        Found::ByCrmId(local) => (local, false, false),
-        Found::Unlinked(local, link_back) => (local, true, link_back),
+    let (i, linking, link_back) = match found {
+        Found::Nothing => return create(v, ctx, t, object, data, &version, raw).await,
+        Found::ByCrmId(i) => (i, false, false),
+        Found::Unlinked(i, link_back) => (i, true, link_back),
     };
-    if local.is_deleted() && linking && !link_back {
+    if v.local(i).is_deleted() && linking && !link_back {
         // Found by its externalId, deleted here before its create was confirmed (the answer was
         // lost): this is that create's record, which must not live on in TreadSoft.
-        return link_and_delete(c, ctx, t, &local, &object.id, raw).await;
+        return link_and_delete(v, ctx, t, i, &object.id, raw).await;
     }
-    if local.is_deleted() {
+    if v.local(i).is_deleted() {
         return Ok(Decision::new(Outcome::Stale, "the record was deleted locally"));
     }
 
@@ -153,24 +154,25 @@ pub(super) async fn apply_event(c: &DatabaseTransaction, ctx: &SyncContext, raw:
         t.local_fields_for(event.changed_fields.iter().map(String::as_str))
     };
     let mut echo_reason = "no synced field changed";
-    if let Some(sent) = own_request_fields(c, &event).await? {
+    if let Some(sent) = own_request_fields(v, &event).await? {
         candidates.retain(|f| !f.crm.iter().all(|name| sent.iter().any(|s| s == name)));
         echo_reason = "an echo of the gateway's own request";
     } else if event.change_source.as_deref() == Some("api") {
         // An API change to a field whose local change is still on its way to the CRM may be the
         // echo of a request whose id is not recorded yet: the local change stands.
-        match outbox::unconfirmed_fields(c, t, &local.id).await? {
+        match outbox::unconfirmed_of(v.undelivered(i).await?) {
             None => candidates.clear(),
             Some(fields) => candidates.retain(|f| !fields.contains(f.local)),
         }
         echo_reason = "a local change to these fields is still being delivered";
     }
 
-    let mapped = match map_fields(c, &candidates, data).await? {
+    let mapped = match map_fields(v, &candidates, data).await? {
         Ok(mapped) => mapped,
         Err(decision) => return Ok(decision),
     };
-    let stored = stamps::field_versions(c, t, &local.id).await?;
+    let stored = v.field_versions(i).await?.clone();
+    let local = v.local(i);
     let fallback =
         Version { stamp: Stamp { ms: local.updated_at_ms(), seq: 0 }, origin: Origin::Local, event_id: String::new() };
     // `equal`: fields whose newer value is the one stored. Their stamp still moves to this
@@ -189,7 +191,7 @@ pub(super) async fn apply_event(c: &DatabaseTransaction, ctx: &SyncContext, raw:
     }
 
     if changes.is_empty() && !linking {
-        stamps::set_field_versions(c, t, &local.id, &equal, &version).await?;
+        v.set_field_versions(i, &equal, &version);
         ctx.hlc.observe(version.stamp);
         return Ok(match (equal.len(), stale) {
             (0, 0) => Decision::new(Outcome::Echo, echo_reason),
@@ -201,40 +203,43 @@ pub(super) async fn apply_event(c: &DatabaseTransaction, ctx: &SyncContext, raw:
     // Fields never stamped keep the stamp they had implicitly (the row's updated_at).
     let unstamped: Vec<&str> =
         t.fields().iter().map(|f| f.local).filter(|f| !stored.contains_key(*f) && !changed.contains(f)).collect();
-    stamps::set_field_versions(c, t, &local.id, &unstamped, &fallback).await?;
-    stamps::set_field_versions(c, t, &local.id, &changed, &version).await?;
-    mark_synced(&mut changes, &object.id, outbox::sync_status(c, t, &local.id, None).await?);
-    records::update(c, t, &local, changes).await?;
+    v.set_field_versions(i, &unstamped, &fallback);
+    v.set_field_versions(i, &changed, &version);
+    let status = outbox::status_of(v.undelivered(i).await?);
+    mark_synced(&mut changes, &object.id, status);
+    let local_id = v.local(i).id.clone();
+    v.update(i, changes);
     if link_back {
-        queue_link_back(c, t, &local.id, &object.id).await?;
+        queue_link_back(v, t, &local_id, &object.id);
     }
-    log_applied(c, t, &local.id, &object.id, "update", raw).await?;
+    log_applied(v, t, &local_id, &object.id, "update", raw);
     ctx.hlc.observe(version.stamp);
     Ok(Decision::applied(linking.then(|| (t, object.id.clone()))))
 }
 
 /// Finds the local record for a TreadSoft record: by `crm_id`, then `externalId`, then (contacts) email.
-async fn locate(c: &DatabaseTransaction, t: RecordType, object: &Object) -> Result<Result<Found, String>, DbErr> {
-    if let Some(local) = records::find_by_crm_id(c, t, &object.id).await? {
-        return Ok(Ok(Found::ByCrmId(local)));
+async fn locate(v: Txn<'_, '_>, t: RecordType, object: &Object) -> Result<Result<Found, String>, DbErr> {
+    if let Some(i) = v.find_by_crm_id(t, &object.id).await? {
+        return Ok(Ok(Found::ByCrmId(i)));
     }
     if let Some(external_id) = object.external_id.as_deref()
-        && let Some(local) = records::find_by_id(c, t, external_id).await?
+        && let Some(i) = v.find_by_id(t, external_id).await?
     {
-        return Ok(match local.crm_id() {
-            None => Ok(Found::Unlinked(local, false)),
+        return Ok(match v.local(i).crm_id() {
+            None => Ok(Found::Unlinked(i, false)),
             // Linked meanwhile (by another transaction the crm_id lookup could not see yet): itself.
-            Some(same) if same == object.id => Ok(Found::ByCrmId(local)),
+            Some(same) if same == object.id => Ok(Found::ByCrmId(i)),
             Some(other) => Err(format!("externalId {external_id} is linked to TreadSoft record {other}")),
         });
     }
     if t == RecordType::Contact
         && let Some(email) = object.data.as_ref().and_then(|d| d.get("email")).and_then(Value::as_str)
-        && let Some(local) = records::find_user_by_email(c, email).await?
+        && let Some(i) = v.find_user_by_email(email).await?
     {
+        let local = v.local(i);
         return Ok(match local.crm_id() {
-            None => Ok(Found::Unlinked(local, true)),
-            Some(same) if same == object.id => Ok(Found::ByCrmId(local)),
+            None => Ok(Found::Unlinked(i, true)),
+            Some(same) if same == object.id => Ok(Found::ByCrmId(i)),
             Some(other) => Err(format!("user {} with this email is linked to TreadSoft record {other}", local.id)),
         });
     }
@@ -242,18 +247,17 @@ async fn locate(c: &DatabaseTransaction, t: RecordType, object: &Object) -> Resu
 }
 
 /// The TreadSoft fields the gateway's own request set, when this event is the echo of one.
-async fn own_request_fields(c: &DatabaseTransaction, event: &Event) -> Result<Option<Vec<String>>, DbErr> {
+async fn own_request_fields(v: Txn<'_, '_>, event: &Event) -> Result<Option<Vec<String>>, DbErr> {
     let (Some("api"), Some(request_id)) = (event.change_source.as_deref(), event.request_id.as_deref()) else {
         return Ok(None);
     };
-    let Some(request) = crm_requests::Entity::find_by_id(request_id).one(c).await? else { return Ok(None) };
-    Ok(Some(serde_json::from_str(&request.fields).unwrap_or_default()))
+    v.own_request(request_id).await
 }
 
 /// Maps fields to local values, resolving references to local ids. `Err` is the decision for an
 /// event that cannot be applied yet (`waiting`) or at all (`failed`).
 async fn map_fields(
-    c: &DatabaseTransaction,
+    v: Txn<'_, '_>,
     fields: &[&'static Field],
     data: &Map<String, Value>,
 ) -> Result<Result<Vec<(&'static Field, Value)>, Decision>, DbErr> {
@@ -264,16 +268,20 @@ async fn map_fields(
             Ok(Mapped::Value(value)) => value,
             Ok(Mapped::Ref { crm_id: None, .. }) => Value::Null,
             Ok(Mapped::Ref { target, crm_id: Some(crm_id), .. }) => {
-                let mut parent = records::find_by_crm_id(c, target, &crm_id).await?.filter(|l| !l.is_deleted());
+                let alive =
+                    |v: &View<'_, DatabaseTransaction>, i: Option<usize>| i.filter(|&i| !v.local(i).is_deleted());
+                let found = v.find_by_crm_id(target, &crm_id).await?;
+                let mut parent = alive(v, found);
                 if parent.is_none() {
                     // Another instance may be linking the parent right now, unseen by this
                     // transaction. Its release of waiting events takes the same lock: whichever
                     // comes second sees what the first one committed, so no event waits forever.
-                    crate::db::lock_named(c, &waiting_key(target, &crm_id)).await?;
-                    parent = records::find_by_crm_id(c, target, &crm_id).await?.filter(|l| !l.is_deleted());
+                    crate::db::lock_named(v.c, &waiting_key(target, &crm_id)).await?;
+                    let found = v.find_by_crm_id_again(target, &crm_id).await?;
+                    parent = alive(v, found);
                 }
                 match parent {
-                    Some(parent) => parent.values.get("id").cloned().unwrap_or(Value::Null),
+                    Some(parent) => v.local(parent).values.get("id").cloned().unwrap_or(Value::Null),
                     None => {
                         let mut decision = Decision::new(
                             Outcome::Waiting,
@@ -292,7 +300,7 @@ async fn map_fields(
 
 /// Creates the local record for a TreadSoft record no local record links to.
 async fn create(
-    c: &DatabaseTransaction,
+    v: Txn<'_, '_>,
     ctx: &SyncContext,
     t: RecordType,
     object: &Object,
@@ -301,7 +309,7 @@ async fn create(
     raw: &Value,
 ) -> Result<Decision, DbErr> {
     let fields: Vec<&'static Field> = t.fields().iter().collect();
-    let mapped = match map_fields(c, &fields, data).await? {
+    let mapped = match map_fields(v, &fields, data).await? {
         Ok(mapped) => mapped,
         Err(decision) => return Ok(decision),
     };
@@ -316,20 +324,21 @@ async fn create(
     );
     values.insert("deleted_at".into(), Value::Null);
     mark_synced(&mut values, &object.id, "synced");
-    let local = records::insert(c, t, values).await?;
+    let i = v.insert(t, values).await?;
+    let local_id = v.local(i).id.clone();
     let fields: Vec<&str> = t.fields().iter().map(|f| f.local).collect();
-    stamps::set_field_versions(c, t, &local.id, &fields, version).await?;
-    if object.external_id.as_deref() != Some(local.id.as_str()) {
-        queue_link_back(c, t, &local.id, &object.id).await?;
+    v.set_field_versions(i, &fields, version);
+    if object.external_id.as_deref() != Some(local_id.as_str()) {
+        queue_link_back(v, t, &local_id, &object.id);
     }
-    log_applied(c, t, &local.id, &object.id, "create", raw).await?;
+    log_applied(v, t, &local_id, &object.id, "create", raw);
     ctx.hlc.observe(version.stamp);
     Ok(Decision::applied(Some((t, object.id.clone()))))
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn delete(
-    c: &DatabaseTransaction,
+    v: Txn<'_, '_>,
     ctx: &SyncContext,
     t: RecordType,
     object: &Object,
@@ -341,19 +350,20 @@ async fn delete(
     if tombstone.as_ref().is_some_and(|stored| !lww::wins(version, Some(stored), ctx.precedence)) {
         return Ok(Decision::new(Outcome::Echo, "already deleted"));
     }
-    let local = match found {
-        Found::ByCrmId(local) | Found::Unlinked(local, _) => Some(local),
+    let found = match found {
+        Found::ByCrmId(i) | Found::Unlinked(i, _) => Some(i),
         Found::Nothing => None,
     };
-    stamps::set_tombstone(c, t, &object.id, local.as_ref().map(|l| l.id.as_str()), version).await?;
+    let local_id = found.map(|i| v.local(i).id.clone());
+    v.set_tombstone(t, &object.id, local_id.as_deref(), version);
     ctx.hlc.observe(version.stamp);
-    let Some(local) = local else {
+    let (Some(i), Some(local_id)) = (found, local_id) else {
         return Ok(Decision::new(
             Outcome::Applied,
             "no local record; the delete is kept so older changes cannot create it",
         ));
     };
-    if local.is_deleted() {
+    if v.local(i).is_deleted() {
         return Ok(Decision::new(Outcome::Echo, "already deleted locally"));
     }
     let mut changes = Map::new();
@@ -361,31 +371,54 @@ async fn delete(
         "deleted_at".into(),
         serde_json::to_value(object.deleted_at.unwrap_or(object.updated_at)).unwrap_or_default(),
     );
-    mark_synced(&mut changes, &object.id, outbox::sync_status(c, t, &local.id, None).await?);
-    records::update(c, t, &local, changes).await?;
-    log_applied(c, t, &local.id, &object.id, "delete", raw).await?;
+    let status = outbox::status_of(v.undelivered(i).await?);
+    mark_synced(&mut changes, &object.id, status);
+    v.update(i, changes);
+    log_applied(v, t, &local_id, &object.id, "delete", raw);
     Ok(Decision::applied(None))
 }
 
 /// Links a locally deleted record to the TreadSoft record it turned out to have, and queues the
 /// delete of that record.
 async fn link_and_delete(
-    c: &DatabaseTransaction,
+    v: Txn<'_, '_>,
     ctx: &SyncContext,
     t: RecordType,
-    local: &Local,
+    i: usize,
     crm_id: &str,
     raw: &Value,
 ) -> Result<Decision, DbErr> {
     let version = Version { stamp: ctx.hlc.now(), origin: Origin::Local, event_id: String::new() };
-    stamps::set_tombstone(c, t, crm_id, Some(&local.id), &version).await?;
+    let local_id = v.local(i).id.clone();
+    v.set_tombstone(t, crm_id, Some(&local_id), &version);
     let changes = Map::from_iter([
         ("crm_id".to_owned(), Value::String(crm_id.to_owned())),
         ("crm_sync_status".to_owned(), Value::String("pending".into())),
     ]);
-    records::update(c, t, local, changes).await?;
-    outbox::enqueue(c, t, &local.id, outbox::Operation::Delete, None, None).await?;
-    log_applied(c, t, &local.id, crm_id, "link", raw).await?;
+    v.update(i, changes);
+    // Rare: queued at once (it merges into the record's pending row, read here).
+    let id = outbox::enqueue(v.c, t, &local_id, outbox::Operation::Delete, None, None).await?;
+    let now = Utc::now();
+    v.queued(
+        i,
+        crm_outbox::Model {
+            id,
+            record_type: t.as_str().to_owned(),
+            record_id: local_id.clone(),
+            operation: outbox::Operation::Delete.as_str().to_owned(),
+            fields: None,
+            event_id: None,
+            status: "pending".to_owned(),
+            attempts: 0,
+            next_attempt_at: now,
+            lease_until: None,
+            last_error: None,
+            idempotency_key: String::new(),
+            created_at: now,
+            updated_at: now,
+        },
+    );
+    log_applied(v, t, &local_id, crm_id, "link", raw);
     Ok(Decision::new(
         Outcome::Applied,
         "the record was deleted here before its create was confirmed: linked, and its delete queued",
@@ -403,9 +436,10 @@ fn mark_synced(values: &mut Map<String, Value>, crm_id: &str, status: &str) {
 }
 
 /// Queues setting `externalId` on the TreadSoft record, so TreadSoft knows the local id too.
-async fn queue_link_back(c: &DatabaseTransaction, t: RecordType, local_id: &str, crm_id: &str) -> Result<(), DbErr> {
+fn queue_link_back(v: Txn<'_, '_>, t: RecordType, local_id: &str, crm_id: &str) {
     let now = Utc::now();
-    crm_outbox::ActiveModel {
+    v.queue_link_back(crm_outbox::ActiveModel {
+        id: NotSet,
         record_type: Set(t.as_str().to_owned()),
         record_id: Set(local_id.to_owned()),
         operation: Set("link".to_owned()),
@@ -419,30 +453,20 @@ async fn queue_link_back(c: &DatabaseTransaction, t: RecordType, local_id: &str,
         idempotency_key: Set(format!("link-{}-{local_id}-{crm_id}", t.as_str())),
         created_at: Set(now),
         updated_at: Set(now),
-        ..Default::default()
-    }
-    .insert(c)
-    .await?;
-    Ok(())
+    });
 }
 
-async fn log_applied(
-    c: &impl ConnectionTrait,
-    t: RecordType,
-    local_id: &str,
-    crm_id: &str,
-    action: &str,
-    raw: &Value,
-) -> Result<(), DbErr> {
-    SyncLog {
-        entity_type: t.as_str(),
-        entity_id: local_id,
-        crm_id: Some(crm_id),
-        action,
-        status: "success",
-        request_data: Some(raw.to_string()),
-        ..Default::default()
-    }
-    .write(c)
-    .await
+fn log_applied(v: Txn<'_, '_>, t: RecordType, local_id: &str, crm_id: &str, action: &str, raw: &Value) {
+    v.log(
+        SyncLog {
+            entity_type: t.as_str(),
+            entity_id: local_id,
+            crm_id: Some(crm_id),
+            action,
+            status: "success",
+            request_data: Some(raw.to_string()),
+            ..Default::default()
+        }
+        .row(),
+    );
 }

@@ -1,18 +1,23 @@
-//! The inbox of webhook events: recording each by id (a repeat is a duplicate), applying it in a
-//! savepoint, writing its outcome, replaying it, and releasing events that waited for a parent.
+//! The inbox of webhook events: recording each by id (a repeat is a duplicate), applying them a
+//! group at a time, writing their outcomes, replaying one, and releasing events that waited for a
+//! parent.
 
 use super::apply::{Decision, SyncContext, apply_event};
 use super::log::SyncLog;
 use super::mapping::RecordType;
+use super::stamps::Key;
+use super::view::{View, Wanted};
 use chrono::Utc;
 use entity::crm_inbox;
+use sea_orm::sea_query::OnConflict;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbErr, EntityTrait, QueryFilter, Set,
-    Statement, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbErr, EntityTrait, QueryFilter, Statement,
+    TransactionTrait,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 
 /// What became of one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,45 +54,294 @@ pub struct EventResult {
     pub reason: Option<String>,
 }
 
-/// Records event `raw` of delivery `delivery_id` in the inbox and applies it.
+/// The events of one delivery, as the writer groups them.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub delivery_id: String,
+    pub events: Arc<Vec<Value>>,
+}
+
+/// Records and applies the events of several deliveries together, with a fixed number of
+/// statements per table for the whole group ([`View`]), and answers per delivery, per event.
+/// When a statement of the group fails, the group is rolled back and each delivery is done again
+/// alone, event by event in savepoints ([`receive`]), so that one bad event fails alone.
+pub async fn receive_all(
+    c: &DatabaseTransaction,
+    ctx: &SyncContext,
+    deliveries: &[Incoming],
+) -> Vec<Result<Vec<EventResult>, DbErr>> {
+    let together = match c.begin().await {
+        Ok(savepoint) => match receive_set(&savepoint, ctx, deliveries).await {
+            Ok(results) => savepoint.commit().await.map(|()| results),
+            Err(e) => savepoint.rollback().await.and(Err(e)),
+        },
+        Err(e) => Err(e),
+    };
+    match together {
+        Ok(results) => results.into_iter().map(Ok).collect(),
+        Err(e) => {
+            tracing::debug!(error = %e, deliveries = deliveries.len(), "a group of events failed: one at a time");
+            let mut out = Vec::with_capacity(deliveries.len());
+            for delivery in deliveries {
+                let alone = match c.begin().await {
+                    Ok(savepoint) => match receive_each(&savepoint, ctx, delivery).await {
+                        Ok(results) => savepoint.commit().await.map(|()| results),
+                        Err(e) => savepoint.rollback().await.and(Err(e)),
+                    },
+                    Err(e) => Err(e),
+                };
+                out.push(alone);
+            }
+            out
+        }
+    }
+}
+
+async fn receive_set(
+    c: &DatabaseTransaction,
+    ctx: &SyncContext,
+    deliveries: &[Incoming],
+) -> Result<Vec<Vec<EventResult>>, DbErr> {
+    let now = Utc::now();
+    // The first event of each id in the group; a later one is its duplicate.
+    let mut first: HashMap<String, (usize, usize)> = HashMap::new();
+    let mut rows = Vec::new();
+    for (d, delivery) in deliveries.iter().enumerate() {
+        for (e, raw) in delivery.events.iter().enumerate() {
+            let row = inbox_row(&delivery.delivery_id, raw, now);
+            if let std::collections::hash_map::Entry::Vacant(slot) = first.entry(row.event_id.clone()) {
+                slot.insert((d, e));
+                rows.push((row, raw.clone()));
+            }
+        }
+    }
+    let new = insert_new(c, rows.iter().map(|(row, _)| row)).await?;
+    rows.retain(|(row, _)| new.contains(&row.event_id));
+    let (applied, _) = apply_rows(c, ctx, rows, false, Vec::new(), true).await?;
+    let mut applied: HashMap<String, EventResult> = applied.into_iter().map(|r| (r.event_id.clone(), r)).collect();
+    Ok(deliveries
+        .iter()
+        .enumerate()
+        .map(|(d, delivery)| {
+            delivery
+                .events
+                .iter()
+                .enumerate()
+                .map(|(e, raw)| {
+                    let event_id = event_id(raw);
+                    match applied.remove(&event_id).filter(|_| first.get(&event_id) == Some(&(d, e))) {
+                        Some(result) => result,
+                        None => EventResult { event_id, outcome: Outcome::Duplicate, reason: None },
+                    }
+                })
+                .collect()
+        })
+        .collect())
+}
+
+/// [`receive`] for each event of a delivery, in order.
+async fn receive_each(
+    c: &DatabaseTransaction,
+    ctx: &SyncContext,
+    delivery: &Incoming,
+) -> Result<Vec<EventResult>, DbErr> {
+    let mut results = Vec::with_capacity(delivery.events.len());
+    for raw in delivery.events.iter() {
+        results.push(receive(c, ctx, &delivery.delivery_id, raw).await?);
+    }
+    Ok(results)
+}
+
+/// Records event `raw` of delivery `delivery_id` in the inbox and applies it, alone.
 pub async fn receive(
-    txn: &DatabaseTransaction,
+    c: &DatabaseTransaction,
     ctx: &SyncContext,
     delivery_id: &str,
     raw: &Value,
 ) -> Result<EventResult, DbErr> {
+    let row = inbox_row(delivery_id, raw, Utc::now());
+    if insert_new(c, [&row]).await?.is_empty() {
+        return Ok(EventResult { event_id: row.event_id, outcome: Outcome::Duplicate, reason: None });
+    }
+    let (result, linked) = apply_guarded(c, ctx, row, raw.clone(), false).await?;
+    release_waiting(c, ctx, linked).await?;
+    Ok(result)
+}
+
+/// The event's id as its inbox row has it.
+fn event_id(raw: &Value) -> String {
+    raw.pointer("/id").and_then(Value::as_str).map(|s| s.replace('\0', "\u{FFFD}")).unwrap_or_default()
+}
+
+/// The inbox row of event `raw` as received, before it is applied.
+fn inbox_row(delivery_id: &str, raw: &Value, now: chrono::DateTime<Utc>) -> crm_inbox::Model {
     // Text columns cannot hold U+0000 on PostgreSQL: such an event is stored with U+FFFD in its
     // columns (the payload keeps it, escaped) and then fails to apply, alone.
     let text = |pointer: &str| raw.pointer(pointer).and_then(Value::as_str).map(|s| s.replace('\0', "\u{FFFD}"));
-    let event_id = text("/id").unwrap_or_default();
-    let now = Utc::now();
-    let row = crm_inbox::ActiveModel {
-        event_id: Set(event_id.clone()),
-        delivery_id: Set(delivery_id.replace('\0', "\u{FFFD}")),
-        event_type: Set(text("/type").unwrap_or_default()),
-        record_type: Set(text("/object/type")),
-        crm_id: Set(text("/object/id")),
-        received_at: Set(now),
-        payload: Set(raw.to_string()),
-        outcome: Set("received".to_owned()),
-        reason: Set(None),
-        waiting_for: Set(None),
-        attempts: Set(1),
-        processed_at: Set(now),
-    };
-    let inserted = crm_inbox::Entity::insert(row)
-        .on_conflict_do_nothing_on([crm_inbox::Column::EventId])
-        .exec_without_returning(txn)
-        .await?;
-    if !matches!(inserted, sea_orm::TryInsertResult::Inserted(n) if n > 0) {
-        return Ok(EventResult { event_id, outcome: Outcome::Duplicate, reason: None });
+    crm_inbox::Model {
+        event_id: event_id(raw),
+        delivery_id: delivery_id.replace('\0', "\u{FFFD}"),
+        event_type: text("/type").unwrap_or_default(),
+        record_type: text("/object/type"),
+        crm_id: text("/object/id"),
+        received_at: now,
+        payload: raw.to_string(),
+        outcome: "received".to_owned(),
+        reason: None,
+        waiting_for: None,
+        attempts: 1,
+        processed_at: now,
+    }
+}
+
+/// Inserts the rows whose event id is not in the inbox yet (in event id order, so that two
+/// instances inserting overlapping groups take turns); returns the ids of those inserted.
+async fn insert_new<'r>(
+    c: &DatabaseTransaction,
+    rows: impl IntoIterator<Item = &'r crm_inbox::Model>,
+) -> Result<HashSet<String>, DbErr> {
+    let mut rows: Vec<&crm_inbox::Model> = rows.into_iter().collect();
+    rows.sort_by(|a, b| a.event_id.cmp(&b.event_id));
+    let mut new = HashSet::new();
+    for chunk in rows.chunks(crate::db::rows_per_statement(12)) {
+        let models = chunk.iter().map(|row| crm_inbox::ActiveModel::from((*row).clone()).reset_all());
+        let inserted = crm_inbox::Entity::insert_many(models)
+            .on_conflict_do_nothing_on([crm_inbox::Column::EventId])
+            .exec_with_returning_keys(c)
+            .await?;
+        if let sea_orm::TryInsertResult::Inserted(keys) = inserted {
+            new.extend(keys);
+        }
+    }
+    Ok(new)
+}
+
+/// Applies stored events `rows` (with their payloads) against one [`View`] of the group, then
+/// (with `release`) the events that waited for a record they linked, and for those of `linked`;
+/// writes everything, the inbox outcomes included. `again`: the rows were applied before (a
+/// replay, a release), which counts an attempt. Returns each row's result and, without
+/// `release`, the linked records whose waiting events are still to be released.
+async fn apply_rows(
+    c: &DatabaseTransaction,
+    ctx: &SyncContext,
+    rows: Vec<(crm_inbox::Model, Value)>,
+    again: bool,
+    linked: Vec<Key>,
+    release: bool,
+) -> Result<(Vec<EventResult>, Vec<Key>), DbErr> {
+    let mut view = View::new(c);
+    let mut wanted = Wanted::default();
+    for (_, raw) in &rows {
+        wanted.event(raw);
+    }
+    for (t, crm_id) in &linked {
+        wanted.waiting_for(waiting_key(*t, crm_id));
+    }
+    if !release {
+        wanted.no_release();
+    }
+    view.prefetch(wanted).await?;
+    let mut outcomes = Outcomes::default();
+    let mut results = Vec::with_capacity(rows.len());
+    let mut queue: VecDeque<Key> = linked.into();
+    for (row, raw) in rows {
+        let decision = apply_event(&mut view, ctx, &raw).await?;
+        results.push(EventResult {
+            event_id: row.event_id.clone(),
+            outcome: decision.outcome,
+            reason: decision.reason.clone(),
+        });
+        queue.extend(decision.linked.clone());
+        outcomes.record(&mut view, row, &decision, again);
+        if release {
+            release_in(&mut view, ctx, &mut outcomes, &mut queue).await?;
+        }
+    }
+    if release {
+        release_in(&mut view, ctx, &mut outcomes, &mut queue).await?;
+    }
+    view.flush().await?;
+    outcomes.write(c).await?;
+    Ok((results, queue.into()))
+}
+
+/// Applies, in the view, the events waiting for each record in `queue`, and those waiting for
+/// the records they link in turn.
+async fn release_in(
+    view: &mut View<'_, DatabaseTransaction>,
+    ctx: &SyncContext,
+    outcomes: &mut Outcomes,
+    queue: &mut VecDeque<Key>,
+) -> Result<(), DbErr> {
+    while let Some((t, crm_id)) = queue.pop_front() {
+        let rows = view.take_waiting(&waiting_key(t, &crm_id)).await?;
+        let rows: Vec<(crm_inbox::Model, Value)> = rows
+            .into_iter()
+            .filter_map(|row| serde_json::from_str(&row.payload).ok().map(|raw| (outcomes.latest(row), raw)))
+            .collect();
+        let mut wanted = Wanted::default();
+        rows.iter().for_each(|(_, raw)| wanted.event(raw));
+        view.prefetch(wanted).await?;
+        for (row, raw) in rows {
+            let decision = apply_event(view, ctx, &raw).await?;
+            queue.extend(decision.linked.clone());
+            outcomes.record(view, row, &decision, true);
+        }
+    }
+    Ok(())
+}
+
+/// The inbox rows whose outcome a group changed, written together at its end.
+#[derive(Default)]
+struct Outcomes {
+    rows: Vec<crm_inbox::Model>,
+    at: HashMap<String, usize>,
+}
+
+impl Outcomes {
+    /// Notes `decision` as the outcome of `row`.
+    fn record(
+        &mut self,
+        view: &mut View<'_, DatabaseTransaction>,
+        mut row: crm_inbox::Model,
+        decision: &Decision,
+        again: bool,
+    ) {
+        row.outcome = decision.outcome.as_str().to_owned();
+        row.reason = decision.reason.clone();
+        row.waiting_for = decision.waiting_for.clone();
+        row.attempts += i32::from(again);
+        row.processed_at = Utc::now();
+        if let Some(key) = &decision.waiting_for {
+            view.wait(key.clone(), row.clone());
+        }
+        match self.at.get(&row.event_id) {
+            Some(&i) => self.rows[i] = row,
+            None => {
+                self.at.insert(row.event_id.clone(), self.rows.len());
+                self.rows.push(row);
+            }
+        }
     }
 
-    let decision = apply_guarded(txn, ctx, raw).await?;
-    let result = EventResult { event_id: event_id.clone(), outcome: decision.outcome, reason: decision.reason.clone() };
-    record_outcome(txn, &event_id, &decision, false).await?;
-    release_waiting(txn, ctx, decision.linked).await?;
-    Ok(result)
+    /// The row as this group last noted it.
+    fn latest(&self, row: crm_inbox::Model) -> crm_inbox::Model {
+        self.at.get(&row.event_id).map_or(row, |&i| self.rows[i].clone())
+    }
+
+    async fn write(self, c: &DatabaseTransaction) -> Result<(), DbErr> {
+        let on_conflict = OnConflict::column(crm_inbox::Column::EventId)
+            .update_columns([
+                crm_inbox::Column::Outcome,
+                crm_inbox::Column::Reason,
+                crm_inbox::Column::WaitingFor,
+                crm_inbox::Column::Attempts,
+                crm_inbox::Column::ProcessedAt,
+            ])
+            .to_owned();
+        let models = self.rows.into_iter().map(|row| crm_inbox::ActiveModel::from(row).reset_all()).collect();
+        crate::db::insert_all(c, models, Some(on_conflict)).await
+    }
 }
 
 /// Applies a stored event again (after a fix): `crm-gateway inbox replay` and the replay route.
@@ -98,33 +352,45 @@ pub async fn replay(
 ) -> Result<Option<EventResult>, DbErr> {
     let Some(row) = crm_inbox::Entity::find_by_id(event_id).one(txn).await? else { return Ok(None) };
     let raw: Value = serde_json::from_str(&row.payload).map_err(|e| DbErr::Json(e.to_string()))?;
-    let decision = apply_guarded(txn, ctx, &raw).await?;
-    record_outcome(txn, event_id, &decision, true).await?;
-    let result =
-        EventResult { event_id: event_id.to_owned(), outcome: decision.outcome, reason: decision.reason.clone() };
-    release_waiting(txn, ctx, decision.linked).await?;
+    let (result, linked) = apply_guarded(txn, ctx, row, raw, true).await?;
+    release_waiting(txn, ctx, linked).await?;
     Ok(Some(result))
 }
 
-/// Applies events that waited for a record that now exists, and those that waited for them.
+/// Applies events that waited for a record that now exists (each of `linked`), and those that
+/// waited for them: together, or, when that fails, one at a time so that a bad one fails alone.
 pub async fn release_waiting(
-    txn: &DatabaseTransaction,
+    c: &DatabaseTransaction,
     ctx: &SyncContext,
-    linked: Option<(RecordType, String)>,
+    linked: impl IntoIterator<Item = Key>,
 ) -> Result<(), DbErr> {
-    let mut queue: VecDeque<(RecordType, String)> = linked.into_iter().collect();
+    let linked: Vec<Key> = linked.into_iter().collect();
+    if linked.is_empty() {
+        return Ok(());
+    }
+    let savepoint = c.begin().await?;
+    match apply_rows(&savepoint, ctx, Vec::new(), true, linked.clone(), true).await {
+        Ok(_) => return savepoint.commit().await,
+        Err(e) => {
+            savepoint.rollback().await?;
+            if !crate::db::is_data_error(&e) {
+                return Err(e);
+            }
+        }
+    }
+    let mut queue: VecDeque<Key> = linked.into();
     while let Some((t, crm_id)) = queue.pop_front() {
-        crate::db::lock_named(txn, &waiting_key(t, &crm_id)).await?;
+        let key = waiting_key(t, &crm_id);
+        crate::db::lock_named(c, &key).await?;
         let waiting = crm_inbox::Entity::find()
             .filter(crm_inbox::Column::Outcome.eq(Outcome::Waiting.as_str()))
-            .filter(crm_inbox::Column::WaitingFor.eq(waiting_key(t, &crm_id)))
-            .all(txn)
+            .filter(crm_inbox::Column::WaitingFor.eq(key))
+            .all(c)
             .await?;
         for row in waiting {
             let Ok(raw) = serde_json::from_str::<Value>(&row.payload) else { continue };
-            let decision = apply_guarded(txn, ctx, &raw).await?;
-            record_outcome(txn, &row.event_id, &decision, true).await?;
-            queue.extend(decision.linked);
+            let (_, linked) = apply_guarded(c, ctx, row, raw, true).await?;
+            queue.extend(linked);
         }
     }
     Ok(())
@@ -136,7 +402,7 @@ const SWEEP_LIMIT: usize = 500;
 /// Applies events still `waiting` for a parent that exists by now (a release that missed them:
 /// a crash between two steps, or an older gateway). Returns how many parents it released.
 pub async fn sweep_waiting(txn: &DatabaseTransaction, ctx: &SyncContext) -> Result<usize, DbErr> {
-    let mut released = 0;
+    let mut parents = Vec::new();
     for t in RecordType::ALL {
         // Only the keys whose parent exists: however many events wait for parents that never
         // come, these are found. Names come from the code, never from input.
@@ -153,11 +419,11 @@ pub async fn sweep_waiting(txn: &DatabaseTransaction, ctx: &SyncContext) -> Resu
         let rows = txn.query_all_raw(Statement::from_string(txn.get_database_backend(), sql)).await?;
         for row in rows {
             let key: String = row.try_get("", "waiting_for")?;
-            let crm_id = key[prefix.len()..].to_owned();
-            release_waiting(txn, ctx, Some((t, crm_id))).await?;
-            released += 1;
+            parents.push((t, key[prefix.len()..].to_owned()));
         }
     }
+    let released = parents.len();
+    release_waiting(txn, ctx, parents).await?;
     Ok(released)
 }
 
@@ -165,34 +431,24 @@ pub(super) fn waiting_key(t: RecordType, crm_id: &str) -> String {
     format!("{}:{crm_id}", t.as_str())
 }
 
-async fn record_outcome(
-    txn: &DatabaseTransaction,
-    event_id: &str,
-    decision: &Decision,
+/// Applies stored event `row` alone in a savepoint (without releasing what waits for it); a
+/// database error rolls it back and it is tried once more (another gateway instance may have
+/// created the same record meanwhile), then recorded as `failed`. Returns its result and the
+/// records it linked.
+async fn apply_guarded(
+    c: &DatabaseTransaction,
+    ctx: &SyncContext,
+    row: crm_inbox::Model,
+    raw: Value,
     again: bool,
-) -> Result<(), DbErr> {
-    let Some(row) = crm_inbox::Entity::find_by_id(event_id).one(txn).await? else { return Ok(()) };
-    let attempts = row.attempts + i32::from(again);
-    let mut row: crm_inbox::ActiveModel = row.into();
-    row.outcome = Set(decision.outcome.as_str().to_owned());
-    row.reason = Set(decision.reason.clone());
-    row.waiting_for = Set(decision.waiting_for.clone());
-    row.attempts = Set(attempts);
-    row.processed_at = Set(Utc::now());
-    row.update(txn).await?;
-    Ok(())
-}
-
-/// Applies in a savepoint; a database error rolls the event back and is tried once more (another
-/// gateway instance may have created the same record meanwhile), then recorded as `failed`.
-async fn apply_guarded(txn: &DatabaseTransaction, ctx: &SyncContext, raw: &Value) -> Result<Decision, DbErr> {
+) -> Result<(EventResult, Vec<Key>), DbErr> {
     let mut last_error = None;
     for _ in 0..2 {
-        let savepoint = txn.begin().await?;
-        match apply_event(&savepoint, ctx, raw).await {
-            Ok(decision) => {
+        let savepoint = c.begin().await?;
+        match apply_rows(&savepoint, ctx, vec![(row.clone(), raw.clone())], again, Vec::new(), false).await {
+            Ok((mut results, linked)) => {
                 savepoint.commit().await?;
-                return Ok(decision);
+                return Ok((results.remove(0), linked));
             }
             Err(e) => {
                 savepoint.rollback().await?;
@@ -219,7 +475,13 @@ async fn apply_guarded(txn: &DatabaseTransaction, ctx: &SyncContext, raw: &Value
         error_message: Some(error.clone()),
         ..Default::default()
     }
-    .write(txn)
+    .write(c)
     .await?;
-    Ok(Decision::new(Outcome::Failed, format!("database error: {error}")))
+    let decision = Decision::new(Outcome::Failed, format!("database error: {error}"));
+    let result =
+        EventResult { event_id: row.event_id.clone(), outcome: decision.outcome, reason: decision.reason.clone() };
+    let mut outcomes = Outcomes::default();
+    outcomes.record(&mut View::new(c), row, &decision, again);
+    outcomes.write(c).await?;
+    Ok((result, Vec::new()))
 }

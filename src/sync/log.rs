@@ -20,6 +20,12 @@ pub struct SyncLog<'a> {
 
 impl SyncLog<'_> {
     pub async fn write(self, c: &impl ConnectionTrait) -> Result<(), DbErr> {
+        self.row().insert(c).await?;
+        Ok(())
+    }
+
+    /// The row, to be written with others in one statement.
+    pub fn row(self) -> crm_sync_logs::ActiveModel {
         crm_sync_logs::ActiveModel {
             id: NotSet,
             entity_type: Set(self.entity_type.to_owned()),
@@ -32,8 +38,5 @@ impl SyncLog<'_> {
             error_message: Set(self.error_message),
             created_at: Set(chrono::Utc::now()),
         }
-        .insert(c)
-        .await?;
-        Ok(())
     }
 }

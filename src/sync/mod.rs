@@ -9,3 +9,4 @@ pub mod lww;
 pub mod mapping;
 pub mod records;
 pub mod stamps;
+mod view;

@@ -4,8 +4,10 @@
 
 use super::mapping::RecordType;
 use entity::{bookings, enquiries, owner_memberships, properties, user};
+use sea_orm::sea_query::OnConflict;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, IdenStatic, Iterable, QueryFilter, QuerySelect,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, IdenStatic, Iterable, QueryFilter, QueryOrder,
+    QuerySelect,
 };
 use serde_json::{Map, Value};
 
@@ -153,5 +155,74 @@ pub async fn update(
         }
         row.update(c).await?;
         Ok(())
+    })
+}
+
+/// Every record of `t` whose `crm_id` is in `crm_ids`, whose primary key is in `ids`, or (users)
+/// whose email key is in `email_keys`, deleted or not: the set form of the `find_*` functions.
+/// Rows are locked in primary key order on PostgreSQL, so two instances locking overlapping sets
+/// take turns instead of deadlocking.
+pub async fn find_many(
+    c: &impl ConnectionTrait,
+    t: RecordType,
+    crm_ids: &[String],
+    ids: &[String],
+    email_keys: &[String],
+) -> Result<Vec<Local>, DbErr> {
+    let ids: Vec<sea_orm::Value> = ids.iter().filter_map(|id| id_value(t, id)).collect();
+    let crm_ids: Vec<&String> = crm_ids.iter().filter(|id| !id.contains('\0')).collect();
+    let email_keys: Vec<&String> =
+        if t == RecordType::Contact { email_keys.iter().filter(|k| !k.contains('\0')).collect() } else { Vec::new() };
+    let per = crate::db::MAX_PARAMS / 3;
+    let chunks = [crm_ids.len(), ids.len(), email_keys.len()].into_iter().max().unwrap_or(0).div_ceil(per);
+    let part = |len: usize, i: usize| (i * per).min(len)..((i + 1) * per).min(len);
+    let mut out = Vec::new();
+    for i in 0..chunks {
+        with_table!(t, m => {
+            let mut any = sea_orm::Condition::any();
+            let crm = &crm_ids[part(crm_ids.len(), i)];
+            if !crm.is_empty() {
+                any = any.add(m::Column::CrmId.is_in(crm.iter().map(|s| s.as_str())));
+            }
+            let keys = &ids[part(ids.len(), i)];
+            if !keys.is_empty() {
+                any = any.add(m::Column::Id.is_in(keys.iter().cloned()));
+            }
+            let emails = &email_keys[part(email_keys.len(), i)];
+            if !emails.is_empty() {
+                any = any.add(user::Column::EmailKey.is_in(emails.iter().map(|s| s.as_str())));
+            }
+            let models = m::Entity::find().filter(any).order_by_asc(m::Column::Id).lock_exclusive().all(c).await?;
+            for model in models {
+                out.push(to_local(t, model)?);
+            }
+        })
+    }
+    Ok(out)
+}
+
+/// Inserts records of `t` from their column values (every column given, the key included), in
+/// as few statements as possible.
+pub async fn insert_many(c: &impl ConnectionTrait, t: RecordType, rows: Vec<Map<String, Value>>) -> Result<(), DbErr> {
+    with_table!(t, m => {
+        let models =
+            rows.into_iter().map(|v| m::ActiveModel::from_json(Value::Object(v))).collect::<Result<Vec<_>, _>>()?;
+        crate::db::insert_all(c, models, None).await
+    })
+}
+
+/// Writes whole records of `t` (every column given) over the stored ones with the same key, in
+/// as few statements as possible.
+pub async fn overwrite_many(
+    c: &impl ConnectionTrait,
+    t: RecordType,
+    rows: Vec<Map<String, Value>>,
+) -> Result<(), DbErr> {
+    with_table!(t, m => {
+        let models =
+            rows.into_iter().map(|v| m::ActiveModel::from_json(Value::Object(v))).collect::<Result<Vec<_>, _>>()?;
+        let columns = <m::Column as Iterable>::iter().filter(|c| c.as_str() != "id");
+        let on_conflict = OnConflict::column(m::Column::Id).update_columns(columns).to_owned();
+        crate::db::insert_all(c, models, Some(on_conflict)).await
     })
 }

@@ -1,0 +1,548 @@
+//! The state a group of inbound events is applied against, held in memory for the group.
+//!
+//! Applying an event reads records (by CRM id, local id or email), tombstones, field stamps, the
+//! gateway's own requests and the records' undelivered changes, and writes records, stamps,
+//! tombstones, link-backs and sync log rows. Done one event at a time, each read and write is a
+//! statement: a dozen or more per event, each a round trip. A [`View`] instead loads what every
+//! event of the group will read with a few set queries ([`View::prefetch`]), lets the rules read
+//! and change it in memory (so the events of one record within a group see each other's effects,
+//! in order), and writes everything with a few multi-row statements ([`View::flush`]).
+//!
+//! Anything not prefetched is loaded on first use, one statement for it, so the rules never
+//! depend on what was prefetched: the prefetch is only what makes a group cheap. Rows are read
+//! `FOR UPDATE` on PostgreSQL, as one at a time would be.
+
+use super::lww::Version;
+use super::mapping::{Kind, RecordType};
+use super::records::{self, Local};
+use super::stamps::{self, Key};
+use crate::outbound::outbox;
+use entity::{crm_inbox, crm_outbox, crm_requests, crm_sync_logs, user};
+use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter};
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// As stored.
+    Clean,
+    /// Stored, and changed here.
+    Dirty,
+    /// Not stored yet.
+    New,
+}
+
+struct Slot {
+    t: RecordType,
+    local: Local,
+    state: State,
+}
+
+/// A group's records and sync state, read once and written once. See the module documentation.
+pub(super) struct View<'c, C> {
+    pub(super) c: &'c C,
+    slots: Vec<Slot>,
+    by_id: HashMap<Key, usize>,
+    /// `None`: known not to exist.
+    by_crm_id: HashMap<Key, Option<usize>>,
+    by_email_key: HashMap<String, Option<usize>>,
+    absent_ids: HashSet<Key>,
+    tombstones: HashMap<Key, Option<Version>>,
+    new_tombstones: BTreeMap<Key, (Option<String>, Version)>,
+    versions: HashMap<Key, HashMap<String, Version>>,
+    new_versions: BTreeMap<(RecordType, String, String), Version>,
+    requests: HashMap<String, Option<Vec<String>>>,
+    undelivered: HashMap<Key, Vec<crm_outbox::Model>>,
+    /// Events waiting for a parent, by waiting key; `waiting_loaded` says which keys' stored ones are in.
+    waiting: HashMap<String, Vec<crm_inbox::Model>>,
+    waiting_loaded: HashSet<String>,
+    link_backs: Vec<crm_outbox::ActiveModel>,
+    logs: Vec<crm_sync_logs::ActiveModel>,
+}
+
+/// What [`View::prefetch`] reads, taken from the events about to be applied.
+#[derive(Default)]
+pub(super) struct Wanted {
+    crm_ids: BTreeMap<RecordType, Vec<String>>,
+    ids: BTreeMap<RecordType, Vec<String>>,
+    email_keys: Vec<String>,
+    tombstones: Vec<Key>,
+    requests: Vec<String>,
+    waiting: Vec<String>,
+}
+
+impl Wanted {
+    /// Notes what applying TreadSoft event `raw` reads.
+    pub(super) fn event(&mut self, raw: &Value) {
+        if super::mapping::nul_at(raw).is_some() {
+            return; // it fails before it reads anything
+        }
+        let text = |pointer: &str| raw.pointer(pointer).and_then(Value::as_str);
+        let Some(t) = text("/object/type").and_then(RecordType::parse) else { return };
+        if let Some(crm_id) = text("/object/id") {
+            self.crm_ids.entry(t).or_default().push(crm_id.to_owned());
+            self.tombstones.push((t, crm_id.to_owned()));
+            self.waiting.push(super::inbox::waiting_key(t, crm_id));
+        }
+        if let Some(id) = text("/object/externalId") {
+            self.ids.entry(t).or_default().push(id.to_owned());
+        }
+        if t == RecordType::Contact
+            && let Some(email) = text("/object/data/email")
+        {
+            self.email_keys.push(user::email_key(email));
+        }
+        if let (Some("api"), Some(request)) = (text("/changeSource"), text("/requestId")) {
+            self.requests.push(request.to_owned());
+        }
+        for field in t.fields() {
+            if let Kind::Ref(target) | Kind::OptRef(target) = field.kind
+                && let Some(parent) = raw.pointer(&format!("/object/data/{}", field.crm[0])).and_then(Value::as_str)
+            {
+                self.crm_ids.entry(target).or_default().push(parent.to_owned());
+            }
+        }
+    }
+
+    /// Nothing waiting will be released: no waiting events are read.
+    pub(super) fn no_release(&mut self) {
+        self.waiting.clear();
+    }
+
+    /// Notes that the events waiting for `key` may be released.
+    pub(super) fn waiting_for(&mut self, key: String) {
+        self.waiting.push(key);
+    }
+}
+
+impl<'c, C: ConnectionTrait> View<'c, C> {
+    pub(super) fn new(c: &'c C) -> Self {
+        Self {
+            c,
+            slots: Vec::new(),
+            by_id: HashMap::new(),
+            by_crm_id: HashMap::new(),
+            by_email_key: HashMap::new(),
+            absent_ids: HashSet::new(),
+            tombstones: HashMap::new(),
+            new_tombstones: BTreeMap::new(),
+            versions: HashMap::new(),
+            new_versions: BTreeMap::new(),
+            requests: HashMap::new(),
+            undelivered: HashMap::new(),
+            waiting: HashMap::new(),
+            waiting_loaded: HashSet::new(),
+            link_backs: Vec::new(),
+            logs: Vec::new(),
+        }
+    }
+
+    /// Loads, with a few set queries, what `wanted` names and is not loaded yet: records and
+    /// their stamps and undelivered changes, tombstones, requests, and stored waiting events.
+    pub(super) async fn prefetch(&mut self, wanted: Wanted) -> Result<(), DbErr> {
+        // Waiting keys first: the advisory locks, then the rows (see `waiting_for`).
+        let waiting: Vec<String> = unique(wanted.waiting.into_iter().filter(|k| !self.waiting_loaded.contains(k)));
+        if !waiting.is_empty() {
+            crate::db::lock_names(self.c, &waiting).await?;
+            self.load_waiting(&waiting).await?;
+        }
+        let mut email_keys = unique(wanted.email_keys.into_iter().filter(|k| !self.by_email_key.contains_key(k)));
+        for t in RecordType::ALL {
+            let crm_ids = unique(
+                wanted
+                    .crm_ids
+                    .get(&t)
+                    .into_iter()
+                    .flatten()
+                    .filter(|id| !self.by_crm_id.contains_key(&(t, (*id).clone())))
+                    .cloned(),
+            );
+            let ids = unique(
+                wanted
+                    .ids
+                    .get(&t)
+                    .into_iter()
+                    .flatten()
+                    .filter(|id| {
+                        let key = (t, (*id).clone());
+                        !self.by_id.contains_key(&key) && !self.absent_ids.contains(&key)
+                    })
+                    .cloned(),
+            );
+            let emails = if t == RecordType::Contact { std::mem::take(&mut email_keys) } else { Vec::new() };
+            if crm_ids.is_empty() && ids.is_empty() && emails.is_empty() {
+                continue;
+            }
+            for local in records::find_many(self.c, t, &crm_ids, &ids, &emails).await? {
+                self.admit(t, local);
+            }
+            // What was asked for and not found does not exist.
+            for crm_id in crm_ids {
+                self.by_crm_id.entry((t, crm_id)).or_insert(None);
+            }
+            for id in ids {
+                if !self.by_id.contains_key(&(t, id.clone())) {
+                    self.absent_ids.insert((t, id));
+                }
+            }
+            for key in emails {
+                self.by_email_key.entry(key).or_insert(None);
+            }
+        }
+        let tombstones: Vec<Key> = unique(wanted.tombstones.into_iter().filter(|k| !self.tombstones.contains_key(k)));
+        if !tombstones.is_empty() {
+            let mut found = stamps::tombstones_of(self.c, &tombstones).await?;
+            for key in tombstones {
+                let stamp = found.remove(&key);
+                self.tombstones.insert(key, stamp);
+            }
+        }
+        let requests: Vec<String> = unique(wanted.requests.into_iter().filter(|r| !self.requests.contains_key(r)));
+        if !requests.is_empty() {
+            let rows = crm_requests::Entity::find()
+                .filter(crm_requests::Column::RequestId.is_in(requests.iter().map(String::as_str)))
+                .all(self.c)
+                .await?;
+            for request in requests {
+                self.requests.insert(request, None);
+            }
+            for row in rows {
+                self.requests.insert(row.request_id, Some(serde_json::from_str(&row.fields).unwrap_or_default()));
+            }
+        }
+        self.load_record_state().await
+    }
+
+    /// Loads the stamps and undelivered changes of every stored record not loaded yet.
+    async fn load_record_state(&mut self) -> Result<(), DbErr> {
+        let keys: Vec<Key> = self
+            .slots
+            .iter()
+            .filter(|s| s.state != State::New)
+            .map(|s| (s.t, s.local.id.clone()))
+            .filter(|k| !self.versions.contains_key(k))
+            .collect();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut versions = stamps::field_versions_of(self.c, &keys).await?;
+        let mut undelivered = outbox::undelivered_of(self.c, &keys).await?;
+        for key in keys {
+            self.undelivered.insert(key.clone(), undelivered.remove(&key).unwrap_or_default());
+            self.versions.insert(key.clone(), versions.remove(&key).unwrap_or_default());
+        }
+        Ok(())
+    }
+
+    /// Takes a stored record into the view, unless it holds it already (then its own copy, which
+    /// may have changed, stands). Returns its slot.
+    fn admit(&mut self, t: RecordType, local: Local) -> usize {
+        let key = (t, local.id.clone());
+        if let Some(&i) = self.by_id.get(&key) {
+            return i;
+        }
+        let i = self.slots.len();
+        self.absent_ids.remove(&key);
+        self.by_id.insert(key, i);
+        if let Some(crm_id) = local.crm_id() {
+            self.by_crm_id.entry((t, crm_id.to_owned())).or_insert(Some(i));
+        }
+        if let Some(email_key) = local.values.get("email_key").and_then(Value::as_str) {
+            self.by_email_key.entry(email_key.to_owned()).or_insert(Some(i));
+        }
+        self.slots.push(Slot { t, local, state: State::Clean });
+        i
+    }
+
+    pub(super) fn local(&self, i: usize) -> &Local {
+        &self.slots[i].local
+    }
+
+    /// The record TreadSoft knows as `crm_id`, deleted or not.
+    pub(super) async fn find_by_crm_id(&mut self, t: RecordType, crm_id: &str) -> Result<Option<usize>, DbErr> {
+        let key = (t, crm_id.to_owned());
+        if let Some(found) = self.by_crm_id.get(&key) {
+            return Ok(*found);
+        }
+        let found = records::find_by_crm_id(self.c, t, crm_id).await?.map(|local| self.admit(t, local));
+        // Held here already with another crm_id: not this one.
+        let found = found.filter(|&i| self.slots[i].local.crm_id() == Some(crm_id));
+        self.by_crm_id.insert(key, found);
+        self.load_record_state().await?;
+        Ok(found)
+    }
+
+    /// [`Self::find_by_crm_id`], read again from the database when not found (after a lock that
+    /// another transaction may have released with the record committed).
+    pub(super) async fn find_by_crm_id_again(&mut self, t: RecordType, crm_id: &str) -> Result<Option<usize>, DbErr> {
+        if let Some(Some(i)) = self.by_crm_id.get(&(t, crm_id.to_owned())) {
+            return Ok(Some(*i));
+        }
+        self.by_crm_id.remove(&(t, crm_id.to_owned()));
+        self.find_by_crm_id(t, crm_id).await
+    }
+
+    /// The record with local primary key `id`, deleted or not.
+    pub(super) async fn find_by_id(&mut self, t: RecordType, id: &str) -> Result<Option<usize>, DbErr> {
+        let key = (t, id.to_owned());
+        if let Some(&i) = self.by_id.get(&key) {
+            return Ok(Some(i));
+        }
+        if self.absent_ids.contains(&key) {
+            return Ok(None);
+        }
+        let found = records::find_by_id(self.c, t, id).await?.map(|local| self.admit(t, local));
+        if found.is_none() {
+            self.absent_ids.insert(key);
+        }
+        self.load_record_state().await?;
+        Ok(found)
+    }
+
+    /// The user whose email is `email`, compared by [`user::email_key`].
+    pub(super) async fn find_user_by_email(&mut self, email: &str) -> Result<Option<usize>, DbErr> {
+        let email_key = user::email_key(email);
+        if let Some(found) = self.by_email_key.get(&email_key) {
+            return Ok(*found);
+        }
+        let found =
+            records::find_user_by_email(self.c, email).await?.map(|local| self.admit(RecordType::Contact, local));
+        let found =
+            found.filter(|&i| self.slots[i].local.values.get("email_key").and_then(Value::as_str) == Some(&email_key));
+        self.by_email_key.insert(email_key, found);
+        self.load_record_state().await?;
+        Ok(found)
+    }
+
+    /// Creates a record from its column values. Records with a text key are written at
+    /// [`Self::flush`]; the others are inserted now, since the database numbers them.
+    pub(super) async fn insert(&mut self, t: RecordType, mut values: Map<String, Value>) -> Result<usize, DbErr> {
+        with_email_key(t, &mut values);
+        if t.has_text_id() {
+            let id = values.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
+            let i = self.slots.len();
+            self.slots.push(Slot { t, local: Local { id: id.clone(), values: Map::new() }, state: State::New });
+            self.by_id.insert((t, id.clone()), i);
+            self.absent_ids.remove(&(t, id.clone()));
+            self.versions.insert((t, id.clone()), HashMap::new());
+            self.undelivered.insert((t, id), Vec::new());
+            self.set_values(i, values);
+            return Ok(i);
+        }
+        // Its parents may be among the records not written yet.
+        self.flush_records().await?;
+        let local = records::insert(self.c, t, values).await?;
+        let key = (t, local.id.clone());
+        self.versions.insert(key.clone(), HashMap::new());
+        self.undelivered.insert(key, Vec::new());
+        let i = self.admit(t, local);
+        Ok(i)
+    }
+
+    /// Sets the columns in `changes` of the record in slot `i`.
+    pub(super) fn update(&mut self, i: usize, changes: Map<String, Value>) {
+        let mut values = self.slots[i].local.values.clone();
+        values.extend(changes);
+        with_email_key(self.slots[i].t, &mut values);
+        if self.slots[i].state == State::Clean {
+            self.slots[i].state = State::Dirty;
+        }
+        self.set_values(i, values);
+    }
+
+    /// Replaces slot `i`'s values, keeping the CRM id and email indexes right.
+    fn set_values(&mut self, i: usize, values: Map<String, Value>) {
+        let t = self.slots[i].t;
+        let old = std::mem::replace(&mut self.slots[i].local.values, values);
+        let text =
+            |values: &Map<String, Value>, name: &str| values.get(name).and_then(Value::as_str).map(str::to_owned);
+        let new = &self.slots[i].local.values;
+        let (old_crm, new_crm) = (text(&old, "crm_id"), text(new, "crm_id"));
+        let (old_email, new_email) = (text(&old, "email_key"), text(new, "email_key"));
+        if old_crm != new_crm {
+            if let Some(old_crm) = old_crm {
+                self.by_crm_id.insert((t, old_crm), None);
+            }
+            if let Some(new_crm) = new_crm {
+                self.by_crm_id.insert((t, new_crm), Some(i));
+            }
+        }
+        if old_email != new_email {
+            if let Some(old_email) = old_email {
+                self.by_email_key.insert(old_email, None);
+            }
+            if let Some(new_email) = new_email {
+                self.by_email_key.insert(new_email, Some(i));
+            }
+        }
+    }
+
+    /// The delete stamp of TreadSoft record `crm_id`, if it was deleted.
+    pub(super) async fn tombstone(&mut self, t: RecordType, crm_id: &str) -> Result<Option<Version>, DbErr> {
+        let key = (t, crm_id.to_owned());
+        if let Some(stamp) = self.tombstones.get(&key) {
+            return Ok(stamp.clone());
+        }
+        let stamp = stamps::tombstone(self.c, t, crm_id).await?;
+        self.tombstones.insert(key, stamp.clone());
+        Ok(stamp)
+    }
+
+    pub(super) fn set_tombstone(&mut self, t: RecordType, crm_id: &str, local_id: Option<&str>, v: &Version) {
+        let key = (t, crm_id.to_owned());
+        self.tombstones.insert(key.clone(), Some(v.clone()));
+        self.new_tombstones.insert(key, (local_id.map(str::to_owned), v.clone()));
+    }
+
+    /// The stamps of the fields of the record in slot `i`, by local field name.
+    pub(super) async fn field_versions(&mut self, i: usize) -> Result<&HashMap<String, Version>, DbErr> {
+        let key = (self.slots[i].t, self.slots[i].local.id.clone());
+        if !self.versions.contains_key(&key) {
+            let stored = stamps::field_versions(self.c, key.0, &key.1).await?;
+            self.versions.insert(key.clone(), stored);
+        }
+        Ok(&self.versions[&key])
+    }
+
+    pub(super) fn set_field_versions(&mut self, i: usize, fields: &[&str], v: &Version) {
+        let (t, id) = (self.slots[i].t, self.slots[i].local.id.clone());
+        let stored = self.versions.entry((t, id.clone())).or_default();
+        for field in fields {
+            stored.insert((*field).to_owned(), v.clone());
+            self.new_versions.insert((t, id.clone(), (*field).to_owned()), v.clone());
+        }
+    }
+
+    /// The TreadSoft fields request `request_id` of the gateway set, if it is one of its own.
+    pub(super) async fn own_request(&mut self, request_id: &str) -> Result<Option<Vec<String>>, DbErr> {
+        if let Some(fields) = self.requests.get(request_id) {
+            return Ok(fields.clone());
+        }
+        let row = crm_requests::Entity::find_by_id(request_id).one(self.c).await?;
+        let fields = row.map(|r| serde_json::from_str(&r.fields).unwrap_or_default());
+        self.requests.insert(request_id.to_owned(), fields.clone());
+        Ok(fields)
+    }
+
+    /// The undelivered changes of the record in slot `i`.
+    pub(super) async fn undelivered(&mut self, i: usize) -> Result<&[crm_outbox::Model], DbErr> {
+        let key = (self.slots[i].t, self.slots[i].local.id.clone());
+        if !self.undelivered.contains_key(&key) {
+            let rows = outbox::undelivered_of(self.c, std::slice::from_ref(&key)).await?.remove(&key);
+            self.undelivered.insert(key.clone(), rows.unwrap_or_default());
+        }
+        Ok(&self.undelivered[&key])
+    }
+
+    /// Notes a change queued for the record in slot `i` outside the view (its undelivered list).
+    pub(super) fn queued(&mut self, i: usize, row: crm_outbox::Model) {
+        let key = (self.slots[i].t, self.slots[i].local.id.clone());
+        self.undelivered.entry(key).or_default().push(row);
+    }
+
+    pub(super) fn queue_link_back(&mut self, row: crm_outbox::ActiveModel) {
+        self.link_backs.push(row);
+    }
+
+    pub(super) fn log(&mut self, row: crm_sync_logs::ActiveModel) {
+        self.logs.push(row);
+    }
+
+    /// Loads the stored events waiting for each of `keys` (their advisory locks are held).
+    async fn load_waiting(&mut self, keys: &[String]) -> Result<(), DbErr> {
+        for chunk in keys.chunks(crate::db::MAX_PARAMS / 2) {
+            let rows = crm_inbox::Entity::find()
+                .filter(crm_inbox::Column::Outcome.eq(super::inbox::Outcome::Waiting.as_str()))
+                .filter(crm_inbox::Column::WaitingFor.is_in(chunk.iter().map(String::as_str)))
+                .all(self.c)
+                .await?;
+            for row in rows {
+                let key = row.waiting_for.clone().unwrap_or_default();
+                self.waiting.entry(key).or_default().push(row);
+            }
+        }
+        self.waiting_loaded.extend(keys.iter().cloned());
+        Ok(())
+    }
+
+    /// Notes event `row` waiting for `key` (applied in this group, not written yet).
+    pub(super) fn wait(&mut self, key: String, row: crm_inbox::Model) {
+        self.waiting.entry(key).or_default().push(row);
+    }
+
+    /// Takes the events waiting for `key`, stored or noted in this group. The key's advisory lock
+    /// is taken first (see [`super::apply`]: whichever of a waiting event and its parent's
+    /// release comes second sees what the first one committed).
+    pub(super) async fn take_waiting(&mut self, key: &str) -> Result<Vec<crm_inbox::Model>, DbErr> {
+        if !self.waiting_loaded.contains(key) {
+            crate::db::lock_named(self.c, key).await?;
+            let noted = self.waiting.remove(key).unwrap_or_default();
+            self.load_waiting(&[key.to_owned()]).await?;
+            let stored = self.waiting.entry(key.to_owned()).or_default();
+            stored.retain(|row| !noted.iter().any(|n| n.event_id == row.event_id));
+            stored.extend(noted);
+        }
+        Ok(self.waiting.remove(key).unwrap_or_default())
+    }
+
+    /// Writes the records created or changed since the last flush.
+    async fn flush_records(&mut self) -> Result<(), DbErr> {
+        for t in RecordType::ALL {
+            for (state, write) in [(State::New, true), (State::Dirty, false)] {
+                let rows: Vec<Map<String, Value>> = self
+                    .slots
+                    .iter_mut()
+                    .filter(|s| s.t == t && s.state == state)
+                    .map(|s| {
+                        s.state = State::Clean;
+                        s.local.values.clone()
+                    })
+                    .collect();
+                if rows.is_empty() {
+                    continue;
+                }
+                if write {
+                    records::insert_many(self.c, t, rows).await?;
+                } else {
+                    records::overwrite_many(self.c, t, rows).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes everything changed in the view: records (parents first), stamps, tombstones,
+    /// link-backs and log rows, a few multi-row statements for each table.
+    pub(super) async fn flush(&mut self) -> Result<(), DbErr> {
+        self.flush_records().await?;
+        let versions = std::mem::take(&mut self.new_versions);
+        stamps::write_field_versions(self.c, versions.iter().map(|((t, id, f), v)| (*t, id.as_str(), f.as_str(), v)))
+            .await?;
+        let tombstones = std::mem::take(&mut self.new_tombstones);
+        stamps::write_tombstones(
+            self.c,
+            tombstones.iter().map(|((t, crm_id), (local_id, v))| (*t, crm_id.as_str(), local_id.as_deref(), v)),
+        )
+        .await?;
+        crate::db::insert_all(self.c, std::mem::take(&mut self.link_backs), None).await?;
+        crate::db::insert_all(self.c, std::mem::take(&mut self.logs), None).await?;
+        Ok(())
+    }
+}
+
+/// Users carry the key their email is compared by; it follows the email.
+fn with_email_key(t: RecordType, values: &mut Map<String, Value>) {
+    if t == RecordType::Contact
+        && let Some(email) = values.get("email").and_then(Value::as_str)
+    {
+        let key = user::email_key(email);
+        values.insert("email_key".into(), Value::String(key));
+    }
+}
+
+fn unique<T: Ord>(items: impl IntoIterator<Item = T>) -> Vec<T> {
+    let mut items: Vec<T> = items.into_iter().collect();
+    items.sort();
+    items.dedup();
+    items
+}
