@@ -52,6 +52,11 @@ impl Db {
         &self.writer
     }
 
+    /// Calls `callback` after each statement run through [`Db::writer`] (to count them, say).
+    pub fn on_write_statement(&mut self, callback: impl Fn(&sea_orm::metric::Info<'_>) + Send + Sync + 'static) {
+        self.writer.set_metric_callback(callback);
+    }
+
     /// A connection for reads that need not see the writer's open transaction.
     pub fn reader(&self) -> &DatabaseConnection {
         &self.reader

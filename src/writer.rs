@@ -58,6 +58,11 @@ impl Writer {
         (Self { jobs }, WriterTask { stop, handle: tokio::spawn(run(connection, queue, stopped)) })
     }
 
+    /// How many pieces of work wait for the next group transaction.
+    pub fn queued(&self) -> usize {
+        self.jobs.max_capacity() - self.jobs.capacity()
+    }
+
     /// Runs `work` in the next group transaction and returns its result once that has committed.
     pub async fn run<T, F>(&self, work: F) -> Result<T, WriteError>
     where

@@ -9,7 +9,7 @@ use super::stamps::Key;
 use super::view::{View, Wanted};
 use chrono::Utc;
 use entity::crm_inbox;
-use sea_orm::sea_query::OnConflict;
+use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbErr, EntityTrait, QueryFilter, Statement,
     TransactionTrait,
@@ -311,7 +311,6 @@ impl Outcomes {
         row.reason = decision.reason.clone();
         row.waiting_for = decision.waiting_for.clone();
         row.attempts += i32::from(again);
-        row.processed_at = Utc::now();
         if let Some(key) = &decision.waiting_for {
             view.wait(key.clone(), row.clone());
         }
@@ -329,18 +328,29 @@ impl Outcomes {
         self.at.get(&row.event_id).map_or(row, |&i| self.rows[i].clone())
     }
 
+    /// One `UPDATE` for each distinct outcome (most groups have one or two).
     async fn write(self, c: &DatabaseTransaction) -> Result<(), DbErr> {
-        let on_conflict = OnConflict::column(crm_inbox::Column::EventId)
-            .update_columns([
-                crm_inbox::Column::Outcome,
-                crm_inbox::Column::Reason,
-                crm_inbox::Column::WaitingFor,
-                crm_inbox::Column::Attempts,
-                crm_inbox::Column::ProcessedAt,
-            ])
-            .to_owned();
-        let models = self.rows.into_iter().map(|row| crm_inbox::ActiveModel::from(row).reset_all()).collect();
-        crate::db::insert_all(c, models, Some(on_conflict)).await
+        let now = Utc::now();
+        // (outcome, reason, waiting for, attempts) → the events that have it.
+        type Same = (String, Option<String>, Option<String>, i32);
+        let mut by_outcome: HashMap<Same, Vec<String>> = HashMap::new();
+        for row in self.rows {
+            by_outcome.entry((row.outcome, row.reason, row.waiting_for, row.attempts)).or_default().push(row.event_id);
+        }
+        for ((outcome, reason, waiting_for, attempts), ids) in by_outcome {
+            for chunk in ids.chunks(crate::db::MAX_PARAMS - 8) {
+                crm_inbox::Entity::update_many()
+                    .col_expr(crm_inbox::Column::Outcome, Expr::value(outcome.clone()))
+                    .col_expr(crm_inbox::Column::Reason, Expr::value(reason.clone()))
+                    .col_expr(crm_inbox::Column::WaitingFor, Expr::value(waiting_for.clone()))
+                    .col_expr(crm_inbox::Column::Attempts, Expr::value(attempts))
+                    .col_expr(crm_inbox::Column::ProcessedAt, Expr::value(now))
+                    .filter(crm_inbox::Column::EventId.is_in(chunk.iter().map(String::as_str)))
+                    .exec(c)
+                    .await?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -9,6 +9,7 @@ mod crm_client;
 mod database;
 mod delivery;
 mod events;
+mod groups;
 mod health;
 mod inbound;
 mod instances;

@@ -1,0 +1,188 @@
+//! The set-based apply (issue 9): every webhook delivery queued while the writer is busy is
+//! applied in one group, with the answers each would have had alone. The group is formed here
+//! by holding the writer with a piece of work until the deliveries are queued behind it.
+
+use crate::helpers::{TestApp, TestDatabase};
+use crate::{on_both_databases, on_both_databases_without_app};
+use crm_gateway::sync::apply::SyncContext;
+use crm_gateway::sync::hlc::{Hlc, Stamp};
+use crm_gateway::sync::lww::Origin;
+use entity::{crm_inbox, properties, user};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
+use serde_json::{Value, json};
+use std::future::Future;
+
+fn at(secs: i64) -> String {
+    (chrono::Utc::now() + chrono::Duration::seconds(secs)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn contact(id: &str, kind: &str, crm_id: &str, version: i64, email: &str, phone: &str) -> Value {
+    json!({"id": id, "type": format!("contact.{kind}"), "changeSource": "ui", "requestId": null,
+        "changedFields": ["phone", "email"],
+        "object": {"type": "contact", "id": crm_id, "externalId": null, "version": version, "updatedAt": at(version),
+            "deletedAt": null, "data": {"firstName": "Ada", "lastName": "Lovelace", "email": email, "phone": phone,
+                "companyName": null, "role": "owner", "membershipStatus": "active"}}})
+}
+
+fn property(id: &str, crm_id: &str, owner_crm_id: &str) -> Value {
+    json!({"id": id, "type": "property.created", "changeSource": "ui", "requestId": null, "changedFields": [],
+        "object": {"type": "property", "id": crm_id, "externalId": null, "version": 1, "updatedAt": at(0),
+            "deletedAt": null, "data": {"title": "Haworth Hall", "location": "Haworth", "bedrooms": 12,
+                "pricePerNight": 1450.5, "currency": "GBP", "status": "active", "ownerContactId": owner_crm_id}}})
+}
+
+/// Holds the writer, queues `deliveries` behind it one after another (each is sent once the one
+/// before it is queued, so the group holds them in this order), then lets the group run; returns
+/// their answers in order.
+async fn in_one_group<F: Future<Output = Vec<String>>>(app: &TestApp, deliveries: Vec<F>) -> Vec<Vec<String>> {
+    let (release, hold) = tokio::sync::oneshot::channel::<()>();
+    let (held, holding) = tokio::sync::oneshot::channel::<()>();
+    let writer = app.writer.clone();
+    let blocker = tokio::spawn(async move {
+        writer
+            .run(move |_txn| {
+                Box::pin(async move {
+                    let _ = held.send(());
+                    let _ = hold.await;
+                    Ok(())
+                })
+            })
+            .await
+    });
+    holding.await.expect("the writer runs the holding work");
+    let mut sent = FuturesOrdered::new();
+    for (queued, delivery) in deliveries.into_iter().enumerate() {
+        sent.push_back(delivery);
+        while app.writer.queued() <= queued {
+            tokio::select! {
+                biased;
+                _ = sent.next() => panic!("a delivery was answered while the writer was held"),
+                () = tokio::task::yield_now() => {}
+            }
+        }
+    }
+    let _ = release.send(());
+    let results = sent.collect().await;
+    blocker.await.unwrap().expect("the holding work commits");
+    results
+}
+
+async fn deliveries_queued_together_answer_as_each_would_alone(app: TestApp) {
+    let create_a = contact("evt_a1", "created", "crm_a", 1, "ada@example.com", "+44 1");
+    let answers = in_one_group(
+        &app,
+        vec![
+            app.deliver(std::slice::from_ref(&create_a)),
+            // A child whose parent comes later in the same group waits, then is released by it.
+            app.deliver(&[property("evt_p1", "crm_p", "crm_b")]),
+            app.deliver(&[contact("evt_a2", "updated", "crm_a", 2, "ada@example.com", "+44 2")]),
+            app.deliver(&[contact("evt_b1", "created", "crm_b", 1, "bob@example.com", "+44 3")]),
+            // The same event twice in one group: the first applies, the second is its duplicate.
+            app.deliver(std::slice::from_ref(&create_a)),
+            // An older version after a newer one of the same record, in the same group.
+            app.deliver(&[contact("evt_a0", "updated", "crm_a", 1, "ada@example.com", "+44 old")]),
+        ],
+    )
+    .await;
+
+    assert_eq!(answers, [["applied"], ["waiting"], ["applied"], ["applied"], ["duplicate"], ["stale"]]);
+    let ada = user::Entity::find().filter(user::Column::CrmId.eq("crm_a")).one(app.db.reader()).await.unwrap().unwrap();
+    assert_eq!(ada.phone.as_deref(), Some("+44 2"), "the later version of one group wins");
+    let bob = user::Entity::find().filter(user::Column::CrmId.eq("crm_b")).one(app.db.reader()).await.unwrap().unwrap();
+    let hall = properties::Entity::find().one(app.db.reader()).await.unwrap().expect("the waiting property applied");
+    assert_eq!(hall.owner_id, bob.id);
+    let waited = crm_inbox::Entity::find_by_id("evt_p1").one(app.db.reader()).await.unwrap().unwrap();
+    assert_eq!((waited.outcome.as_str(), waited.attempts), ("applied", 2));
+    assert_eq!(crm_inbox::Entity::find().count(app.db.reader()).await.unwrap(), 5);
+}
+
+async fn a_delivery_the_database_refuses_fails_alone_in_its_group(app: TestApp) {
+    assert_eq!(app.deliver(&[contact("evt_x1", "created", "crm_x", 1, "x@example.com", "+44 1")]).await, ["applied"]);
+
+    let answers = in_one_group(
+        &app,
+        vec![
+            app.deliver(&[contact("evt_y1", "created", "crm_y", 1, "y@example.com", "+44 2")]),
+            // X takes Y's email: the unique email key refuses it when the group is written.
+            app.deliver(&[contact("evt_x2", "updated", "crm_x", 2, "y@example.com", "+44 3")]),
+            app.deliver(&[
+                contact("evt_z1", "created", "crm_z", 1, "z@example.com", "+44 4"),
+                contact("evt_z2", "updated", "crm_z", 2, "z@example.com", "+44 5"),
+            ]),
+        ],
+    )
+    .await;
+
+    assert_eq!(answers, [vec!["applied"], vec!["failed"], vec!["applied", "applied"]]);
+    let x = user::Entity::find().filter(user::Column::CrmId.eq("crm_x")).one(app.db.reader()).await.unwrap().unwrap();
+    assert_eq!((x.email.as_str(), x.phone.as_deref()), ("x@example.com", Some("+44 1")), "nothing of it written");
+    let z = user::Entity::find().filter(user::Column::CrmId.eq("crm_z")).one(app.db.reader()).await.unwrap().unwrap();
+    assert_eq!(z.phone.as_deref(), Some("+44 5"));
+    let failed = crm_inbox::Entity::find_by_id("evt_x2").one(app.db.reader()).await.unwrap().unwrap();
+    assert_eq!(failed.outcome, "failed");
+    assert!(failed.reason.as_deref().unwrap().starts_with("database error"), "{:?}", failed.reason);
+}
+
+on_both_databases!(
+    deliveries_queued_together_answer_as_each_would_alone,
+    a_delivery_the_database_refuses_fails_alone_in_its_group,
+);
+
+/// The point of the set-based apply: a group's statements do not grow with its deliveries.
+async fn fifty_deliveries_in_one_group_take_as_many_statements_as_one(database: TestDatabase) {
+    use crm_gateway::sync::inbox::{Incoming, receive_all};
+    use sea_orm::TransactionTrait;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let mut db = database.migrated().await;
+    let statements = Arc::new(AtomicUsize::new(0));
+    let counter = statements.clone();
+    db.on_write_statement(move |_| {
+        counter.fetch_add(1, Ordering::SeqCst);
+    });
+    let ctx = SyncContext { precedence: Origin::Crm, hlc: Hlc::starting_after(Stamp::default()) };
+    let group = |kind: &'static str, version: i64, from: usize, n: usize| -> Vec<Incoming> {
+        (from..from + n)
+            .map(|i| Incoming {
+                delivery_id: format!("dlv_{kind}_{i}"),
+                events: Arc::new(vec![contact(
+                    &format!("evt_{kind}_{i}"),
+                    kind,
+                    &format!("crm_{i}"),
+                    version,
+                    &format!("c{i}@example.com"),
+                    &format!("+44 {version}"),
+                )]),
+            })
+            .collect()
+    };
+    let run = |deliveries: Vec<Incoming>| {
+        let (db, ctx, statements) = (&db, &ctx, &statements);
+        async move {
+            let before = statements.load(Ordering::SeqCst);
+            let txn = db.writer().begin().await.unwrap();
+            let results = receive_all(&txn, ctx, &deliveries).await;
+            txn.commit().await.unwrap();
+            for result in results {
+                let outcomes: Vec<_> = result.unwrap().into_iter().map(|r| r.outcome.as_str()).collect();
+                assert_eq!(outcomes, ["applied"]);
+            }
+            statements.load(Ordering::SeqCst) - before
+        }
+    };
+
+    let one_create = run(group("created", 1, 0, 1)).await;
+    let fifty_creates = run(group("created", 1, 1, 50)).await;
+    let one_update = run(group("updated", 2, 0, 1)).await;
+    let fifty_updates = run(group("updated", 2, 1, 50)).await;
+
+    assert_eq!(fifty_creates, one_create, "statements for 50 new contacts vs 1");
+    assert_eq!(fifty_updates, one_update, "statements for 50 updated contacts vs 1");
+    assert!(one_create < 20 && one_update < 20, "{one_create} and {one_update} statements");
+    assert_eq!(user::Entity::find().count(db.reader()).await.unwrap(), 51);
+}
+
+on_both_databases_without_app!(fifty_deliveries_in_one_group_take_as_many_statements_as_one);
