@@ -425,8 +425,37 @@ async fn two_workers_deliver_a_thousand_changes_exactly_once(database: TestDatab
     assert_eq!(synced, 1000);
 }
 
+/// A batch's outcomes are recorded together; one that cannot be written (here: the TreadSoft id
+/// given to user_2 is already another user's) is left in flight alone, the others are recorded.
+async fn an_outcome_that_cannot_be_written_leaves_only_its_row_in_flight(database: TestDatabase) {
+    use sea_orm::ConnectionTrait;
+    let (app, stub) = with_stub(database).await;
+    for i in 1..=3 {
+        register(&app, &format!("ev_{i}"), &format!("user_{i}")).await;
+    }
+    // The stub numbers its first batch request 1 and the three contacts 2, 3 and 4, in order.
+    let squatter = r#"INSERT INTO "user" (id, name, email, email_key, role, created_at, updated_at, crm_id,
+        crm_sync_status, membership_status) VALUES ('squatter', 'S', 's@example.com', 's@example.com', 'owner',
+        '2025-01-01T00:00:00Z', '2025-01-01T00:00:00Z', 'crm_contact_3', 'synced', 'active')"#;
+    app.db.writer().execute_unprepared(squatter).await.unwrap();
+
+    assert_eq!(app.deliver_pending().await, 3);
+
+    assert_eq!(stub.state().by_external_id("contacts", "user_2").unwrap()["id"], "crm_contact_3");
+    for (id, crm_id) in [("user_1", "crm_contact_2"), ("user_3", "crm_contact_4")] {
+        let user = stored_user(&app, id).await;
+        assert_eq!((user.crm_id.as_deref(), user.crm_sync_status), (Some(crm_id), CrmSyncStatus::Synced));
+    }
+    let stuck = stored_user(&app, "user_2").await;
+    assert_eq!((stuck.crm_id, stuck.crm_sync_status), (None, CrmSyncStatus::Pending));
+    let rows = outbox(&app).await;
+    let status = |id: &str| rows.iter().find(|r| r.record_id == id).unwrap().status.clone();
+    assert_eq!([status("user_1"), status("user_2"), status("user_3")], ["delivered", "in_flight", "delivered"]);
+}
+
 on_both_databases_without_app!(
     two_workers_deliver_a_thousand_changes_exactly_once,
+    an_outcome_that_cannot_be_written_leaves_only_its_row_in_flight,
     a_new_owner_reaches_treadsoft_once_signed_and_linked,
     a_later_edit_patches_only_the_changed_fields,
     a_contact_treadsoft_has_by_email_is_linked_not_duplicated,

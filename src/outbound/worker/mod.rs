@@ -56,7 +56,7 @@ pub struct Delivery {
 }
 
 /// What sending one row came to.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Attempt {
     Done {
         crm_id: Option<String>,
@@ -220,8 +220,9 @@ impl Delivery {
         Ok(handled)
     }
 
-    /// Records outcomes, each in its own savepoint: one that cannot be written leaves its row in
-    /// flight (its lease expires and it is tried again) without undoing the others.
+    /// Records outcomes, all together in one savepoint; when that fails, each in its own, so one
+    /// that cannot be written leaves its row in flight (its lease expires and it is tried again)
+    /// without undoing the others.
     async fn record_all(
         &self,
         results: Vec<(crm_outbox::Model, Attempt)>,
@@ -235,14 +236,21 @@ impl Delivery {
         self.writer
             .run(move |txn| {
                 Box::pin(async move {
-                    for (row, attempt) in results {
-                        let id = row.id;
+                    let savepoint = txn.begin().await?;
+                    match record(&savepoint, &schedule, &sync, &results, now).await {
+                        Ok(()) => return savepoint.commit().await,
+                        Err(e) => {
+                            savepoint.rollback().await?;
+                            tracing::debug!(error = %e, rows = results.len(), "recording outcomes together failed: one at a time");
+                        }
+                    }
+                    for result in results.chunks(1) {
                         let savepoint = txn.begin().await?;
-                        match record(&savepoint, &schedule, &sync, row, attempt, now).await {
+                        match record(&savepoint, &schedule, &sync, result, now).await {
                             Ok(()) => savepoint.commit().await?,
                             Err(e) => {
                                 savepoint.rollback().await?;
-                                tracing::error!(outbox_id = id, error = %e, "cannot record a delivery outcome");
+                                tracing::error!(outbox_id = result[0].0.id, error = %e, "cannot record a delivery outcome");
                             }
                         }
                     }

@@ -1,4 +1,4 @@
-//! Recording what became of a sent row: the outbox row, the record's sync columns, the request
+//! Recording what became of sent rows: the outbox row, the record's sync columns, the request
 //! id for echo detection, and the sync log.
 
 use super::Attempt;
@@ -10,151 +10,221 @@ use crate::sync::inbox;
 use crate::sync::log::SyncLog;
 use crate::sync::mapping::RecordType;
 use crate::sync::records;
+use crate::sync::records::Local;
 use chrono::{DateTime, Utc};
 use entity::{crm_outbox, crm_requests};
-use sea_orm::{ActiveModelTrait, DatabaseTransaction, DbErr, EntityTrait, QuerySelect, Set};
+use sea_orm::sea_query::{Expr, OnConflict};
+use sea_orm::{ColumnTrait, DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set};
 use serde_json::{Map, Value};
+use std::collections::{BTreeMap, HashMap};
 
-/// Writes what became of one row: the outbox row, the record's sync columns, the request id for
-/// echo detection, and the sync log.
+/// What to write to one outbox row.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct RowUpdate {
+    status: &'static str,
+    last_error: Option<String>,
+    next_attempt_at: Option<DateTime<Utc>>,
+    /// Set when a release gives the attempt back.
+    attempts: Option<i32>,
+}
+
+impl RowUpdate {
+    fn finish(status: &'static str, last_error: Option<String>, next_attempt_at: Option<DateTime<Utc>>) -> Self {
+        Self { status, last_error, next_attempt_at, attempts: None }
+    }
+
+    /// Back to `pending`, due after `wait`, without using up an attempt.
+    fn release(row: &crm_outbox::Model, wait: std::time::Duration, reason: String, now: DateTime<Utc>) -> Self {
+        Self {
+            status: "pending",
+            last_error: Some(reason),
+            next_attempt_at: Some(now + chrono::Duration::from_std(wait).unwrap_or_default()),
+            attempts: Some((row.attempts - 1).max(0)),
+        }
+    }
+}
+
+/// Writes what became of each sent row: the outbox rows, the records' sync columns, the request
+/// ids for echo detection, the sync log, and the release of webhook events that waited for a
+/// record linked here. A few statements per table for all the rows together.
 pub(super) async fn record(
     txn: &DatabaseTransaction,
     schedule: &RetrySchedule,
     sync: &SyncContext,
-    row: crm_outbox::Model,
-    attempt: Attempt,
+    results: &[(crm_outbox::Model, Attempt)],
     now: DateTime<Utc>,
 ) -> Result<(), DbErr> {
     // Only the instance whose lease still holds may record: one that ran past its lease was
     // taken over, and the newer outcome must not be overwritten.
-    let current = crm_outbox::Entity::find_by_id(row.id).lock_exclusive().one(txn).await?;
-    if current.as_ref().is_none_or(|c| c.status != "in_flight" || c.lease_until != row.lease_until) {
-        tracing::warn!(outbox_id = row.id, "the lease was lost before the outcome was recorded");
-        return Ok(());
+    let ids: Vec<i64> = results.iter().map(|(row, _)| row.id).collect();
+    let current: HashMap<i64, crm_outbox::Model> = crm_outbox::Entity::find()
+        .filter(crm_outbox::Column::Id.is_in(ids))
+        .order_by_asc(crm_outbox::Column::Id)
+        .lock_exclusive()
+        .all(txn)
+        .await?
+        .into_iter()
+        .map(|row| (row.id, row))
+        .collect();
+    let held: Vec<&(crm_outbox::Model, Attempt)> = results
+        .iter()
+        .filter(|(row, _)| {
+            let holds =
+                current.get(&row.id).is_some_and(|c| c.status == "in_flight" && c.lease_until == row.lease_until);
+            if !holds {
+                tracing::warn!(outbox_id = row.id, "the lease was lost before the outcome was recorded");
+            }
+            holds
+        })
+        .collect();
+
+    // The records delivered or dead-lettered, with their other undelivered rows.
+    let touched: Vec<(RecordType, String)> = held
+        .iter()
+        .filter(|(_, attempt)| matches!(attempt, Attempt::Done { .. } | Attempt::Failed { .. }))
+        .filter_map(|(row, _)| RecordType::parse(&row.record_type).map(|t| (t, row.record_id.clone())))
+        .collect();
+    let mut locals: HashMap<(RecordType, String), Local> = HashMap::new();
+    for t in RecordType::ALL {
+        let ids: Vec<String> = touched.iter().filter(|(k, _)| *k == t).map(|(_, id)| id.clone()).collect();
+        if !ids.is_empty() {
+            for local in records::find_many(txn, t, &[], &ids, &[]).await? {
+                locals.insert((t, local.id.clone()), local);
+            }
+        }
     }
-    let Some(t) = RecordType::parse(&row.record_type) else {
-        return finish(txn, row, "failed", Some("unknown record type".into()), None).await;
-    };
-    match attempt {
-        Attempt::Done { crm_id, request_id, action, request, response } => {
-            if let Some(local) = records::find_by_id(txn, t, &row.record_id).await? {
-                let mut changes = Map::new();
-                let linked = crm_id.as_ref().filter(|_| action != "delete" && local.crm_id().is_none()).cloned();
-                if let Some(crm_id) = &linked {
-                    changes.insert("crm_id".into(), Value::String(crm_id.clone()));
-                }
-                let status = outbox::sync_status(txn, t, &row.record_id, Some(row.id)).await?;
-                changes.insert("crm_sync_status".into(), Value::String(status.into()));
-                changes.insert("crm_last_synced_at".into(), Value::from(now.timestamp_millis()));
-                records::update(txn, t, &local, changes).await?;
-                if let Some(crm_id) = linked {
-                    // Webhook events that arrived before this record had its TreadSoft id can apply now.
-                    inbox::release_waiting(txn, sync, Some((t, crm_id))).await?;
-                }
-                if let Some(request_id) = &request_id {
-                    let sent: Vec<&String> = request.as_object().map(|o| o.keys().collect()).unwrap_or_default();
-                    crm_requests::Entity::insert(crm_requests::ActiveModel {
-                        request_id: Set(request_id.clone()),
-                        record_type: Set(t.as_str().to_owned()),
-                        record_id: Set(row.record_id.clone()),
-                        fields: Set(serde_json::to_string(&sent).unwrap_or_default()),
-                        created_at: Set(now),
-                    })
-                    .on_conflict_do_nothing_on([crm_requests::Column::RequestId])
-                    .exec_without_returning(txn)
-                    .await?;
-                }
-                SyncLog {
-                    entity_type: t.as_str(),
-                    entity_id: &row.record_id,
-                    crm_id: crm_id.as_deref().or(local.crm_id()),
-                    action,
-                    status: "success",
-                    request_data: Some(request.to_string()),
-                    response_data: Some(response.to_string()),
-                    error_message: None,
-                }
-                .write(txn)
-                .await?;
-            }
-            finish(txn, row, "delivered", None, None).await
-        }
-        Attempt::Skipped(reason) => finish(txn, row, "delivered", Some(format!("skipped: {reason}")), None).await,
-        Attempt::Failed { error: CrmError::NotSent { message }, .. } => {
-            release(txn, row, std::time::Duration::ZERO, format!("released unsent: {message}"), now).await
-        }
-        Attempt::Later(wait, reason) => release(txn, row, wait, reason, now).await,
-        Attempt::Failed { error, action, request } => {
-            let message = error.to_string();
-            SyncLog {
-                entity_type: t.as_str(),
-                entity_id: &row.record_id,
-                crm_id: None,
-                action,
-                status: "failed",
-                request_data: Some(request.to_string()),
-                response_data: None,
-                error_message: Some(message.clone()),
-            }
-            .write(txn)
-            .await?;
-            let retry_after = match &error {
-                CrmError::Transient { retry_after, .. } => *retry_after,
-                _ => None,
-            };
-            let delay = error.is_transient().then(|| schedule.delay(row.attempts.max(0) as u32, retry_after)).flatten();
-            match delay {
-                Some(delay) => {
-                    let next = now + chrono::Duration::from_std(delay).unwrap_or_default();
-                    finish(txn, row, "pending", Some(message), Some(next)).await
-                }
-                None => {
-                    if let Some(local) = records::find_by_id(txn, t, &row.record_id).await? {
-                        let changes = Map::from_iter([("crm_sync_status".to_owned(), Value::String("failed".into()))]);
-                        records::update(txn, t, &local, changes).await?;
+    let undelivered = outbox::undelivered_of(txn, &touched).await?;
+
+    let mut updates: HashMap<RowUpdate, Vec<i64>> = HashMap::new();
+    let mut changed: BTreeMap<(RecordType, String), Map<String, Value>> = BTreeMap::new();
+    let mut linked = Vec::new();
+    let mut requests = Vec::new();
+    let mut logs = Vec::new();
+    for (row, attempt) in held {
+        let Some(t) = RecordType::parse(&row.record_type) else {
+            let update = RowUpdate::finish("failed", Some("unknown record type".into()), None);
+            updates.entry(update).or_default().push(row.id);
+            continue;
+        };
+        let key = (t, row.record_id.clone());
+        let update = match attempt {
+            Attempt::Done { crm_id, request_id, action, request, response } => {
+                if let Some(local) = locals.get(&key) {
+                    let mut changes = Map::new();
+                    let link = crm_id.as_ref().filter(|_| *action != "delete" && local.crm_id().is_none());
+                    if let Some(crm_id) = link {
+                        changes.insert("crm_id".into(), Value::String(crm_id.clone()));
+                        // Webhook events that arrived before this record had its TreadSoft id can apply now.
+                        linked.push((t, crm_id.clone()));
                     }
-                    finish(txn, row, "failed", Some(message), None).await
+                    let others: Vec<crm_outbox::Model> =
+                        undelivered.get(&key).into_iter().flatten().filter(|r| r.id != row.id).cloned().collect();
+                    changes.insert("crm_sync_status".into(), Value::String(outbox::status_of(&others).into()));
+                    changes.insert("crm_last_synced_at".into(), Value::from(now.timestamp_millis()));
+                    changed.entry(key.clone()).or_default().extend(changes);
+                    if let Some(request_id) = request_id {
+                        let sent: Vec<&String> = request.as_object().map(|o| o.keys().collect()).unwrap_or_default();
+                        requests.push(crm_requests::ActiveModel {
+                            request_id: Set(request_id.clone()),
+                            record_type: Set(t.as_str().to_owned()),
+                            record_id: Set(row.record_id.clone()),
+                            fields: Set(serde_json::to_string(&sent).unwrap_or_default()),
+                            created_at: Set(now),
+                        });
+                    }
+                    logs.push(
+                        SyncLog {
+                            entity_type: t.as_str(),
+                            entity_id: &row.record_id,
+                            crm_id: crm_id.as_deref().or(local.crm_id()),
+                            action,
+                            status: "success",
+                            request_data: Some(request.to_string()),
+                            response_data: Some(response.to_string()),
+                            error_message: None,
+                        }
+                        .row(),
+                    );
+                }
+                RowUpdate::finish("delivered", None, None)
+            }
+            Attempt::Skipped(reason) => RowUpdate::finish("delivered", Some(format!("skipped: {reason}")), None),
+            Attempt::Failed { error: CrmError::NotSent { message }, .. } => {
+                RowUpdate::release(row, std::time::Duration::ZERO, format!("released unsent: {message}"), now)
+            }
+            Attempt::Later(wait, reason) => RowUpdate::release(row, *wait, reason.clone(), now),
+            Attempt::Failed { error, action, request } => {
+                let message = error.to_string();
+                logs.push(
+                    SyncLog {
+                        entity_type: t.as_str(),
+                        entity_id: &row.record_id,
+                        crm_id: None,
+                        action,
+                        status: "failed",
+                        request_data: Some(request.to_string()),
+                        response_data: None,
+                        error_message: Some(message.clone()),
+                    }
+                    .row(),
+                );
+                let retry_after = match error {
+                    CrmError::Transient { retry_after, .. } => *retry_after,
+                    _ => None,
+                };
+                let delay =
+                    error.is_transient().then(|| schedule.delay(row.attempts.max(0) as u32, retry_after)).flatten();
+                match delay {
+                    Some(delay) => {
+                        let next = now + chrono::Duration::from_std(delay).unwrap_or_default();
+                        RowUpdate::finish("pending", Some(message), Some(next))
+                    }
+                    None => {
+                        if locals.contains_key(&key) {
+                            changed
+                                .entry(key.clone())
+                                .or_default()
+                                .insert("crm_sync_status".into(), Value::String("failed".into()));
+                        }
+                        RowUpdate::finish("failed", Some(message), None)
+                    }
                 }
             }
+        };
+        updates.entry(update).or_default().push(row.id);
+    }
+
+    // Records: each whole, over itself (read above under lock), a statement per record type.
+    for t in RecordType::ALL {
+        let rows: Vec<Map<String, Value>> = changed
+            .iter()
+            .filter(|((k, _), _)| *k == t)
+            .filter_map(|(key, changes)| {
+                let mut values = locals.get(key)?.values.clone();
+                values.extend(changes.clone());
+                Some(values)
+            })
+            .collect();
+        if !rows.is_empty() {
+            records::overwrite_many(txn, t, rows).await?;
         }
     }
-}
-
-/// Puts a row back to `pending`, due after `wait`, without using up an attempt.
-async fn release(
-    txn: &DatabaseTransaction,
-    row: crm_outbox::Model,
-    wait: std::time::Duration,
-    reason: String,
-    now: DateTime<Utc>,
-) -> Result<(), DbErr> {
-    let mut row: crm_outbox::ActiveModel = row.into();
-    let attempts = row.attempts.take().unwrap_or(1);
-    row.attempts = Set((attempts - 1).max(0));
-    row.status = Set("pending".into());
-    row.lease_until = Set(None);
-    row.last_error = Set(Some(reason));
-    row.next_attempt_at = Set(now + chrono::Duration::from_std(wait).unwrap_or_default());
-    row.updated_at = Set(now);
-    row.update(txn).await?;
-    Ok(())
-}
-
-async fn finish(
-    txn: &DatabaseTransaction,
-    row: crm_outbox::Model,
-    status: &str,
-    last_error: Option<String>,
-    next_attempt_at: Option<DateTime<Utc>>,
-) -> Result<(), DbErr> {
-    let mut row: crm_outbox::ActiveModel = row.into();
-    row.status = Set(status.to_owned());
-    row.lease_until = Set(None);
-    row.last_error = Set(last_error);
-    if let Some(next) = next_attempt_at {
-        row.next_attempt_at = Set(next);
+    let on_conflict = OnConflict::column(crm_requests::Column::RequestId).do_nothing().to_owned();
+    crate::db::insert_all(txn, requests, Some(on_conflict)).await?;
+    crate::db::insert_all(txn, logs, None).await?;
+    for (update, ids) in updates {
+        let mut query = crm_outbox::Entity::update_many()
+            .col_expr(crm_outbox::Column::Status, Expr::value(update.status))
+            .col_expr(crm_outbox::Column::LeaseUntil, Expr::value(Option::<DateTime<Utc>>::None))
+            .col_expr(crm_outbox::Column::LastError, Expr::value(update.last_error))
+            .col_expr(crm_outbox::Column::UpdatedAt, Expr::value(Utc::now()));
+        if let Some(next) = update.next_attempt_at {
+            query = query.col_expr(crm_outbox::Column::NextAttemptAt, Expr::value(next));
+        }
+        if let Some(attempts) = update.attempts {
+            query = query.col_expr(crm_outbox::Column::Attempts, Expr::value(attempts));
+        }
+        query.filter(crm_outbox::Column::Id.is_in(ids)).exec(txn).await?;
     }
-    row.updated_at = Set(Utc::now());
-    row.update(txn).await?;
-    Ok(())
+    inbox::release_waiting(txn, sync, linked).await
 }
