@@ -194,6 +194,7 @@ async fn run(connection: DatabaseConnection, mut queue: mpsc::Receiver<Job>, mut
             sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
             ..Default::default()
         };
+        let started = std::time::Instant::now();
         let began = match connection.begin_with_options(options).await {
             Ok(txn) => crate::db::bound_waits(&txn).await.map(|()| txn),
             Err(e) => Err(e),
@@ -230,7 +231,9 @@ async fn run(connection: DatabaseConnection, mut queue: mpsc::Receiver<Job>, mut
                 }));
             }
         }
+        let applied = started.elapsed();
         let committed = txn.commit().await.map_err(Arc::new);
+        tracing::debug!(jobs = completions.len(), ?applied, total = ?started.elapsed(), "group committed");
         if let Err(e) = &committed {
             tracing::error!(error = %e, jobs = completions.len(), "group commit failed");
         }

@@ -9,6 +9,7 @@
 mod anchor;
 mod load;
 mod payload;
+mod preload;
 mod procfs;
 mod report;
 mod server;
@@ -87,6 +88,10 @@ struct Options {
     /// missing or older than the sources.
     #[arg(long)]
     gateway: Option<PathBuf>,
+    /// Before each gateway run, fill its database with this many users (linked, synced) and as
+    /// many inbox rows, to see whether the cost per event stays flat as data grows.
+    #[arg(long, default_value_t = 0)]
+    preload: u64,
     /// Keep the work directory (databases and logs); it is kept anyway when something failed or
     /// a gateway logged ERROR or WARN lines.
     #[arg(long)]
@@ -422,6 +427,9 @@ fn notes(options: &Options, case: Case, summary: &Summary, runs: usize) -> Strin
         ),
     };
     note.push_str(&format!("; bench CPU/event {client}"));
+    if options.preload > 0 && case.scenario.is_gateway() {
+        note.push_str(&format!("; preloaded {} users + inbox rows", report::thousands(options.preload as f64)));
+    }
     if runs < options.runs {
         note.push_str(&format!("; only {runs} of {} runs succeeded", options.runs));
     }
@@ -494,7 +502,12 @@ async fn run_case(
                 ("CRM_WEBHOOK_SECRET", payload::WEBHOOK_SECRET.to_owned()),
                 ("DATABASE_URL", database_url),
                 ("BIND_ADDR", "127.0.0.1:0".into()),
-                ("RUST_LOG", "warn,crm_gateway::startup=info".into()),
+                (
+                    "RUST_LOG",
+                    // BENCH_GATEWAY_LOG: another filter, e.g. `warn,crm_gateway::startup=info,crm_gateway::writer=debug`
+                    // to see each group commit (it must keep `crm_gateway::startup=info`).
+                    std::env::var("BENCH_GATEWAY_LOG").unwrap_or_else(|_| "warn,crm_gateway::startup=info".into()),
+                ),
                 ("LOG_FORMAT", "human".into()),
                 ("NO_COLOR", "1".into()),
                 // As the site would call it; without a token the gateway serves loopback only and
@@ -515,6 +528,11 @@ async fn run_case(
                 ]);
             } else {
                 env.push(("CRM_ENABLED", "false".into()));
+            }
+            if options.preload > 0 {
+                let url = env.iter().find(|(k, _)| *k == "DATABASE_URL").map(|(_, v)| v.clone()).unwrap_or_default();
+                server::migrate_gateway(&context.gateway, &env, &dir)?;
+                preload::fill(&url, options.preload).await?;
             }
             let started = server::spawn_gateway(&context.gateway, &env, &dir, dir.join("gateway.log"));
             let server = match started {

@@ -141,6 +141,24 @@ pub fn spawn_anchor(kind: AnchorKind, db: &Path, workdir: &Path) -> anyhow::Resu
 
 /// Starts the gateway with `env` (on top of a cleared set of its variables) in `workdir`, and
 /// finds its address in its log line `listening addr=...`. Its log goes to `log_path`.
+/// Runs `crm-gateway migrate` with the environment a run's gateway gets.
+pub fn migrate_gateway(binary: &Path, env: &[(&str, String)], workdir: &Path) -> anyhow::Result<()> {
+    let mut command = Command::new(binary);
+    for variable in GATEWAY_VARIABLES {
+        command.env_remove(variable);
+    }
+    let status = command
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .arg("migrate")
+        .current_dir(workdir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .with_context(|| format!("cannot run {} migrate", binary.display()))?;
+    anyhow::ensure!(status.success(), "{} migrate failed: {status}", binary.display());
+    Ok(())
+}
+
 pub fn spawn_gateway(
     binary: &Path,
     env: &[(&str, String)],
