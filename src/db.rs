@@ -280,6 +280,33 @@ where
     Ok(())
 }
 
+/// Inserts those of `models` whose primary key (`key`) is not stored yet, in as few statements
+/// as [`MAX_PARAMS`] allows; returns the keys of the rows inserted.
+pub async fn insert_absent<A>(
+    c: &impl ConnectionTrait,
+    models: Vec<A>,
+    key: <A::Entity as sea_orm::EntityTrait>::Column,
+) -> Result<Vec<<<A::Entity as sea_orm::EntityTrait>::PrimaryKey as sea_orm::PrimaryKeyTrait>::ValueType>, DbErr>
+where
+    A: sea_orm::ActiveModelTrait + Send,
+    <A::Entity as sea_orm::EntityTrait>::Model: sea_orm::IntoActiveModel<A>,
+{
+    use sea_orm::{EntityTrait, Iterable};
+    let columns = <<A::Entity as EntityTrait>::Column as Iterable>::iter().count();
+    let per = rows_per_statement(columns);
+    let mut inserted = Vec::new();
+    let mut models = models.into_iter().peekable();
+    while models.peek().is_some() {
+        let chunk = <A::Entity as EntityTrait>::insert_many(models.by_ref().take(per));
+        if let sea_orm::TryInsertResult::Inserted(keys) =
+            chunk.on_conflict_do_nothing_on([key]).exec_with_returning_keys(c).await?
+        {
+            inserted.extend(keys);
+        }
+    }
+    Ok(inserted)
+}
+
 /// How long a write transaction on PostgreSQL waits for a lock, and how long one statement may
 /// run, before it gives up: one stuck lock must not stall every write of every instance.
 pub const PG_LOCK_TIMEOUT: Duration = Duration::from_secs(5);

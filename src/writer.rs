@@ -2,12 +2,14 @@
 //! transaction, commits once, then answers every caller.
 //!
 //! Each piece of work runs in its own savepoint, so one that fails is rolled back alone while the
-//! others commit. Webhook deliveries are the exception: all those of a group are applied together,
-//! with a few statements per table for the whole group ([`inbox::receive_all`], which falls back
-//! to one savepoint per delivery and per event when a statement of the group fails). A caller's answer comes only after the commit that holds its work: what it is
+//! others commit. Webhook deliveries and app-event requests are the exception: all those of a
+//! group are applied together, with a few statements per table for the whole group
+//! ([`inbox::receive_all`], [`events::record_all`], which fall back to one savepoint per request
+//! when a statement of the group fails or, for app events, a request is rejected). A caller's answer comes only after the commit that holds its work: what it is
 //! told was written is durably written. This turns N fsyncs into one under load without adding a
 //! waiting window: an idle writer starts a transaction as soon as one piece of work arrives.
 
+use crate::outbound::events::{self, AppEvent};
 use crate::sync::apply::SyncContext;
 use crate::sync::inbox::{self, EventResult, Incoming};
 use futures_util::future::BoxFuture;
@@ -28,6 +30,12 @@ enum Job {
     Each(EachJob),
     /// A webhook delivery's events: every delivery of a group is applied together.
     Events { incoming: Incoming, ctx: Arc<SyncContext>, reply: oneshot::Sender<Result<Vec<EventResult>, WriteError>> },
+    /// An app-event request: every request of a group is applied together.
+    AppEvents {
+        events: Arc<Vec<AppEvent>>,
+        ctx: Arc<SyncContext>,
+        reply: oneshot::Sender<Result<events::Outcome, WriteError>>,
+    },
 }
 
 /// Why a piece of work was not written.
@@ -86,15 +94,31 @@ impl Writer {
         answer.await.map_err(|_| WriteError::Unavailable)?
     }
 
+    /// Records and applies an app-event request (`POST /api/events`) in the next group
+    /// transaction, together with the other requests of that group ([`events::record_all`]), and
+    /// returns what it came to once that has committed; conflicts are run again.
+    pub async fn app_events(
+        &self,
+        ctx: Arc<SyncContext>,
+        events: Arc<Vec<AppEvent>>,
+    ) -> Result<events::Outcome, WriteError> {
+        self.grouped(|reply| Job::AppEvents { events: events.clone(), ctx: ctx.clone(), reply }).await
+    }
+
     /// Records and applies a webhook delivery's events in the next group transaction, together
     /// with the other deliveries of that group ([`inbox::receive_all`]), and returns each event's
     /// result once that has committed. Work that lost a conflict is run again, as
     /// [`Writer::run_retrying`] does.
     pub async fn receive(&self, ctx: Arc<SyncContext>, incoming: Incoming) -> Result<Vec<EventResult>, WriteError> {
+        self.grouped(|reply| Job::Events { incoming: incoming.clone(), ctx: ctx.clone(), reply }).await
+    }
+
+    /// Queues the job `job` makes (with the sender of its answer) and waits for the answer;
+    /// work that lost a conflict is queued again.
+    async fn grouped<T>(&self, job: impl Fn(oneshot::Sender<Result<T, WriteError>>) -> Job) -> Result<T, WriteError> {
         retrying(|| async {
             let (reply, answer) = oneshot::channel();
-            let job = Job::Events { incoming: incoming.clone(), ctx: ctx.clone(), reply };
-            self.jobs.send(job).await.map_err(|_| WriteError::Unavailable)?;
+            self.jobs.send(job(reply)).await.map_err(|_| WriteError::Unavailable)?;
             answer.await.map_err(|_| WriteError::Unavailable)?
         })
         .await
@@ -174,6 +198,20 @@ where
     }
 }
 
+/// Answers `reply` with `outcome` once the group's commit is known.
+fn answer_after_commit<T: Send + 'static>(
+    reply: oneshot::Sender<Result<T, WriteError>>,
+    outcome: Result<T, DbErr>,
+) -> Completion {
+    Box::new(move |committed: Result<(), Arc<DbErr>>| {
+        let result = match committed {
+            Err(e) => Err(WriteError::Transaction(e)),
+            Ok(()) => outcome.map_err(WriteError::Work),
+        };
+        let _ = reply.send(result);
+    })
+}
+
 async fn run(connection: DatabaseConnection, mut queue: mpsc::Receiver<Job>, mut stop: watch::Receiver<bool>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
@@ -210,10 +248,20 @@ async fn run(connection: DatabaseConnection, mut queue: mpsc::Receiver<Job>, mut
         };
         let mut completions: Vec<Completion> = Vec::with_capacity(batch.len());
         let mut deliveries = Vec::new();
+        let mut requests = Vec::new();
         for job in batch.drain(..) {
             match job {
                 Job::Each(job) => completions.push(job(&txn).await),
                 Job::Events { incoming, ctx, reply } => deliveries.push((incoming, ctx, reply)),
+                Job::AppEvents { events, ctx, reply } => requests.push((events, ctx, reply)),
+            }
+        }
+        if let Some((_, ctx, _)) = requests.first() {
+            let ctx = ctx.clone();
+            let all: Vec<Arc<Vec<AppEvent>>> = requests.iter().map(|(events, _, _)| events.clone()).collect();
+            let outcomes = events::record_all(&txn, &ctx, &all).await;
+            for ((_, _, reply), outcome) in requests.into_iter().zip(outcomes) {
+                completions.push(answer_after_commit(reply, outcome));
             }
         }
         if let Some((_, ctx, _)) = deliveries.first() {
@@ -222,13 +270,7 @@ async fn run(connection: DatabaseConnection, mut queue: mpsc::Receiver<Job>, mut
             let incoming: Vec<Incoming> = deliveries.iter().map(|(incoming, _, _)| incoming.clone()).collect();
             let results = inbox::receive_all(&txn, &ctx, &incoming).await;
             for ((_, _, reply), outcome) in deliveries.into_iter().zip(results) {
-                completions.push(Box::new(move |committed: Result<(), Arc<DbErr>>| {
-                    let result = match committed {
-                        Err(e) => Err(WriteError::Transaction(e)),
-                        Ok(()) => outcome.map_err(WriteError::Work),
-                    };
-                    let _ = reply.send(result);
-                }));
+                completions.push(answer_after_commit(reply, outcome));
             }
         }
         let applied = started.elapsed();

@@ -1,16 +1,16 @@
 //! Applying a change the site made: the record is written with fresh version stamps from the
 //! hybrid logical clock and its delivery queued, in one transaction, so nothing acknowledged is lost.
 
-use super::outbox::{self, Operation};
+use super::outbox::Operation;
 use crate::error::ApiError;
 use crate::sync::apply::SyncContext;
 use crate::sync::lww::{Origin, Version};
 use crate::sync::mapping::{Kind, NUL_MESSAGE, RecordType, check_local, nul_at};
-use crate::sync::records::{self, Local};
-use crate::sync::stamps;
+use crate::sync::records;
+use crate::sync::view::{View, Wanted};
 use actix_web::http::StatusCode;
 use chrono::Utc;
-use sea_orm::{ConnectionTrait, DatabaseBackend, DatabaseTransaction, DbErr, Statement};
+use sea_orm::{DatabaseTransaction, DbErr, TransactionTrait};
 use serde_json::{Map, Value};
 
 /// A change to one local record, in the table's column names.
@@ -76,18 +76,46 @@ impl LocalChange {
     }
 }
 
-/// The user other than `except` whose email is `email`, as a rejection.
-async fn email_taken(c: &DatabaseTransaction, email: Option<&Value>, except: &str) -> Result<Option<Rejected>, DbErr> {
-    let Some(email) = email.and_then(Value::as_str) else { return Ok(None) };
-    Ok(records::find_user_by_email(c, email)
-        .await?
-        .filter(|other| other.id != except)
-        .map(|other| Rejected::EmailTaken { existing_id: other.id }))
-}
-
-/// Applies `change` and queues its delivery; `Ok(Err(_))` is a rejection that wrote nothing.
+/// Applies `change` and queues its delivery, in a savepoint of its own; `Ok(Err(_))` is a
+/// rejection that wrote nothing.
 pub async fn apply(
     c: &DatabaseTransaction,
+    ctx: &SyncContext,
+    change: LocalChange,
+    event_id: Option<&str>,
+) -> Result<Result<(), Rejected>, DbErr> {
+    let savepoint = c.begin().await?;
+    let mut view = View::new(&savepoint);
+    let mut applied = apply_in(&mut view, ctx, change, event_id).await?;
+    if applied.is_ok() {
+        match view.flush().await {
+            Ok(()) => {}
+            // A value the model cannot take (the checks before let it through).
+            Err(DbErr::Json(message)) => applied = Err(Rejected::Invalid(message)),
+            Err(e) => return Err(e),
+        }
+    }
+    match applied {
+        Ok(()) => savepoint.commit().await?,
+        Err(_) => savepoint.rollback().await?,
+    }
+    Ok(applied)
+}
+
+/// Notes what applying `change` reads, for [`View::prefetch`].
+pub(crate) fn wanted(change: &LocalChange, wanted: &mut Wanted) {
+    wanted.record(change.record_type, &change.id);
+    if change.record_type == RecordType::Contact
+        && let Some(email) = change.values.get("email").and_then(Value::as_str)
+    {
+        wanted.email(email);
+    }
+}
+
+/// [`apply`] in `view`, which the caller flushes; `Ok(Err(_))` is a rejection, after which the
+/// view holds part of the change and must not be flushed.
+pub(crate) async fn apply_in(
+    view: &mut View<'_, DatabaseTransaction>,
     ctx: &SyncContext,
     change: LocalChange,
     event_id: Option<&str>,
@@ -97,11 +125,13 @@ pub async fn apply(
     }
     let t = change.record_type;
     if t == RecordType::Contact
-        && let Some(taken) = email_taken(c, change.values.get("email"), &change.id).await?
+        && let Some(email) = change.values.get("email").and_then(Value::as_str)
+        && let Some(other) = view.find_user_by_email(email).await?
+        && view.local(other).id != change.id
     {
-        return Ok(Err(taken));
+        return Ok(Err(Rejected::EmailTaken { existing_id: view.local(other).id.clone() }));
     }
-    let existing = records::find_by_id(c, t, &change.id).await?;
+    let existing = view.find_by_id(t, &change.id).await?;
     match existing {
         Some(_) if change.create => Ok(Err(Rejected::Exists(format!(
             "{} {} exists already; send an update to change it",
@@ -109,16 +139,16 @@ pub async fn apply(
             change.id
         )))),
         None if change.delete => Ok(Err(Rejected::NotFound(format!("no {} {}", t.as_str(), change.id)))),
-        None => create(c, ctx, change, event_id).await,
-        Some(local) if local.is_deleted() => {
+        None => create(view, ctx, change, event_id).await,
+        Some(i) if view.local(i).is_deleted() => {
             if change.delete {
                 Ok(Ok(()))
             } else {
                 Ok(Err(Rejected::Invalid(format!("{} {} was deleted", t.as_str(), change.id))))
             }
         }
-        Some(local) if change.delete => delete(c, ctx, t, local, event_id).await.map(Ok),
-        Some(local) => update(c, ctx, t, local, change.values, event_id).await,
+        Some(i) if change.delete => delete(view, ctx, i, event_id).await.map(Ok),
+        Some(i) => update(view, ctx, i, change.values, event_id).await,
     }
 }
 
@@ -152,7 +182,7 @@ fn local_version(ctx: &SyncContext, stored: Option<&Version>, event_id: Option<&
 }
 
 async fn create(
-    c: &DatabaseTransaction,
+    view: &mut View<'_, DatabaseTransaction>,
     ctx: &SyncContext,
     change: LocalChange,
     event_id: Option<&str>,
@@ -183,40 +213,26 @@ async fn create(
     values.insert("crm_id".into(), Value::Null);
     values.insert("crm_sync_status".into(), Value::String("pending".into()));
     values.insert("crm_last_synced_at".into(), Value::Null);
-    let local = match records::insert(c, t, values).await {
-        Ok(local) => local,
-        Err(DbErr::Json(message)) => return Ok(Err(Rejected::Invalid(message))),
-        Err(e) => return Err(e),
-    };
-    if c.get_database_backend() == DatabaseBackend::Postgres && !t.has_text_id() {
-        // The site assigns these ids; keep the identity sequence past them for records the CRM creates.
-        let table = t.table();
-        // Never backwards: a value the sequence handed out already is not handed out again.
-        let sql = format!(
-            r#"SELECT setval(s, GREATEST((SELECT MAX(id) FROM "{table}"), COALESCE(pg_sequence_last_value(s), 1), 1))
-               FROM CAST(pg_get_serial_sequence('"{table}"', 'id') AS regclass) AS s"#
-        );
-        c.execute_raw(Statement::from_string(DatabaseBackend::Postgres, sql)).await?;
-    }
+    let i = view.insert(t, values).await?;
     let fields: Vec<&'static str> = t.fields().iter().map(|f| f.local).collect();
     let version = local_version(ctx, None, event_id);
-    stamps::set_field_versions(c, t, &local.id, &fields, &version).await?;
-    outbox::enqueue(c, t, &local.id, Operation::Upsert, None, event_id).await?;
+    view.set_field_versions(i, &fields, &version);
+    view.enqueue(i, Operation::Upsert, None, event_id).await?;
     Ok(Ok(()))
 }
 
 async fn update(
-    c: &DatabaseTransaction,
+    view: &mut View<'_, DatabaseTransaction>,
     ctx: &SyncContext,
-    t: RecordType,
-    local: Local,
+    i: usize,
     values: Map<String, Value>,
     event_id: Option<&str>,
 ) -> Result<Result<(), Rejected>, DbErr> {
-    let stored = stamps::field_versions(c, t, &local.id).await?;
+    let stored = view.field_versions(i).await?.clone();
+    let local = view.local(i);
     let mut changes = Map::new();
     let mut changed = Vec::new();
-    for field in t.fields() {
+    for field in view.record_type(i).fields() {
         if let Some(value) = values.get(field.local)
             && local.values.get(field.local) != Some(value)
         {
@@ -231,38 +247,35 @@ async fn update(
     let version = local_version(ctx, newest, event_id);
     changes.insert("updated_at".into(), now_json());
     changes.insert("crm_sync_status".into(), Value::String("pending".into()));
-    match records::update(c, t, &local, changes).await {
-        Err(DbErr::Json(message)) => return Ok(Err(Rejected::Invalid(message))),
-        other => other?,
-    }
-    stamps::set_field_versions(c, t, &local.id, &changed, &version).await?;
-    outbox::enqueue(c, t, &local.id, Operation::Upsert, Some(&changed), event_id).await?;
+    view.update(i, changes);
+    view.set_field_versions(i, &changed, &version);
+    view.enqueue(i, Operation::Upsert, Some(&changed), event_id).await?;
     Ok(Ok(()))
 }
 
 async fn delete(
-    c: &DatabaseTransaction,
+    view: &mut View<'_, DatabaseTransaction>,
     ctx: &SyncContext,
-    t: RecordType,
-    local: Local,
+    i: usize,
     event_id: Option<&str>,
 ) -> Result<(), DbErr> {
     let mut changes = Map::new();
     changes.insert("deleted_at".into(), now_json());
     changes.insert("updated_at".into(), now_json());
-    records::update(c, t, &local, changes).await?;
+    view.update(i, changes);
     let version = local_version(ctx, None, event_id);
+    let (t, local) = (view.record_type(i), view.local(i).clone());
     match local.crm_id() {
         Some(crm_id) => {
-            stamps::set_tombstone(c, t, crm_id, Some(&local.id), &version).await?;
-            outbox::enqueue(c, t, &local.id, Operation::Delete, None, event_id).await?;
+            view.set_tombstone(t, crm_id, Some(&local.id), &version);
+            view.enqueue(i, Operation::Delete, None, event_id).await?;
         }
         // Never reached the CRM: its queued create must not go out. If the create is being sent
         // right now, queue the delete behind it (it waits until the create has its crm_id).
         None => {
-            outbox::cancel_pending(c, t, &local.id).await?;
-            if outbox::in_flight(c, t, &local.id).await? {
-                outbox::enqueue(c, t, &local.id, Operation::Delete, None, event_id).await?;
+            view.cancel_pending(i).await?;
+            if view.in_flight(i).await? {
+                view.enqueue(i, Operation::Delete, None, event_id).await?;
             }
         }
     }

@@ -4,16 +4,18 @@
 use super::changes::{self, LocalChange, Rejected};
 use crate::error::{ApiError, resource};
 use crate::startup::AppState;
+use crate::sync::apply::SyncContext;
 use crate::sync::mapping::{NUL_MESSAGE, RecordType, nul_at};
+use crate::sync::view::{View, Wanted};
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::Utc;
 use entity::app_events;
-use futures_util::future::BoxFuture;
-use sea_orm::{DatabaseTransaction, DbErr};
-use sea_orm::{EntityTrait, Set, TransactionTrait};
+use sea_orm::{DatabaseTransaction, DbErr, Set, TransactionTrait};
 use serde::Serialize;
 use serde_json::{Map, Value};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 /// Most events one request may carry.
 pub const MAX_EVENTS: usize = 500;
@@ -31,10 +33,10 @@ pub struct AppEvent {
 }
 
 /// What a request came to: accepted (some may be repeats), or the event that was rejected.
-type Outcome = Result<Accepted, (String, Rejected)>;
+pub type Outcome = Result<Accepted, (String, Rejected)>;
 
-#[derive(Serialize)]
-struct Accepted {
+#[derive(Debug, Serialize)]
+pub struct Accepted {
     accepted: Vec<String>,
     duplicates: Vec<String>,
 }
@@ -52,49 +54,122 @@ async fn post_events(
         .filter(|k| !k.is_empty())
         .map(str::to_owned);
     let events = std::sync::Arc::new(parse(body.into_inner(), key.as_deref())?);
-    let outcome = state
-        .writer
-        .run_retrying(|| {
-            let (events, sync) = (events.clone(), state.sync.clone());
-            move |txn: &DatabaseTransaction| -> BoxFuture<'_, Result<Outcome, DbErr>> {
-                Box::pin(async move {
-                    // All or nothing: a rejected event rolls back the whole request.
-                    let all = txn.begin().await?;
-                    let mut answer = Accepted { accepted: Vec::new(), duplicates: Vec::new() };
-                    for event in events.iter().cloned() {
-                        let seen = app_events::Entity::insert(app_events::ActiveModel {
-                            id: Set(event.id.clone()),
-                            event_type: Set(event.event_type.clone()),
-                            record_type: Set(event.change.record_type.as_str().to_owned()),
-                            record_id: Set(event.change.id.clone()),
-                            received_at: Set(Utc::now()),
-                        })
-                        .on_conflict_do_nothing_on([app_events::Column::Id])
-                        .exec_without_returning(&all)
-                        .await?;
-                        if !matches!(seen, sea_orm::TryInsertResult::Inserted(n) if n > 0) {
-                            answer.duplicates.push(event.id);
-                            continue;
-                        }
-                        if let Err(rejected) = changes::apply(&all, &sync, event.change, Some(&event.id)).await? {
-                            all.rollback().await?;
-                            return Ok(Err((event.id, rejected)));
-                        }
-                        answer.accepted.push(event.id);
-                    }
-                    all.commit().await?;
-                    Ok(Ok(answer))
-                })
-            }
-        })
-        .await
-        .map_err(|e| crate::error::write_failed(&e))?;
+    let outcome =
+        state.writer.app_events(state.sync.clone(), events).await.map_err(|e| crate::error::write_failed(&e))?;
     match outcome {
         Ok(answer) => {
             state.delivery.wake.notify_one();
             Ok(HttpResponse::Accepted().json(answer))
         }
         Err((id, rejected)) => Err(rejected.to_api_error(Some(&format!("event {id}")))),
+    }
+}
+
+/// Records and applies the app-event requests of a writer group together, with a fixed number of
+/// statements per table for the group (one [`View`]), each request all or nothing. When a request
+/// is rejected or a statement fails, the group is rolled back and each request is done again
+/// alone, in a savepoint of its own, so that it fails alone.
+pub async fn record_all(
+    c: &DatabaseTransaction,
+    ctx: &SyncContext,
+    requests: &[Arc<Vec<AppEvent>>],
+) -> Vec<Result<Outcome, DbErr>> {
+    let together = async {
+        let savepoint = c.begin().await?;
+        match record_set(&savepoint, ctx, requests).await {
+            Ok(Some(outcomes)) => savepoint.commit().await.map(|()| Some(outcomes)),
+            Ok(None) => savepoint.rollback().await.map(|()| None),
+            Err(e) => {
+                tracing::debug!(error = %e, requests = requests.len(), "a group of app events failed: one at a time");
+                savepoint.rollback().await.map(|()| None)
+            }
+        }
+    };
+    if let Ok(Some(outcomes)) = together.await {
+        return outcomes.into_iter().map(Ok).collect();
+    }
+    let mut out = Vec::with_capacity(requests.len());
+    for events in requests {
+        out.push(record_one(c, ctx, events).await);
+    }
+    out
+}
+
+/// The whole group in one view; `None` when a request was rejected.
+async fn record_set(
+    c: &DatabaseTransaction,
+    ctx: &SyncContext,
+    requests: &[Arc<Vec<AppEvent>>],
+) -> Result<Option<Vec<Outcome>>, DbErr> {
+    // The first event of each id in the group; a later one is its repeat.
+    let mut first: HashMap<&str, (usize, usize)> = HashMap::new();
+    let mut rows = Vec::new();
+    for (r, events) in requests.iter().enumerate() {
+        for (e, event) in events.iter().enumerate() {
+            if let std::collections::hash_map::Entry::Vacant(slot) = first.entry(event.id.as_str()) {
+                slot.insert((r, e));
+                rows.push(seen_row(event));
+            }
+        }
+    }
+    rows.sort_by(|a, b| a.id.as_ref().cmp(b.id.as_ref()));
+    let new: HashSet<String> = crate::db::insert_absent(c, rows, app_events::Column::Id).await?.into_iter().collect();
+    let is_new =
+        |r: usize, e: usize, event: &AppEvent| first.get(event.id.as_str()) == Some(&(r, e)) && new.contains(&event.id);
+    let mut wanted = Wanted::default();
+    for (r, events) in requests.iter().enumerate() {
+        for (_, event) in events.iter().enumerate().filter(|(e, event)| is_new(r, *e, event)) {
+            changes::wanted(&event.change, &mut wanted);
+        }
+    }
+    let mut view = View::new(c);
+    view.prefetch(wanted).await?;
+    let mut outcomes = Vec::with_capacity(requests.len());
+    for (r, events) in requests.iter().enumerate() {
+        let mut answer = Accepted { accepted: Vec::new(), duplicates: Vec::new() };
+        for (e, event) in events.iter().enumerate() {
+            if !is_new(r, e, event) {
+                answer.duplicates.push(event.id.clone());
+                continue;
+            }
+            if changes::apply_in(&mut view, ctx, event.change.clone(), Some(&event.id)).await?.is_err() {
+                return Ok(None);
+            }
+            answer.accepted.push(event.id.clone());
+        }
+        outcomes.push(Ok(answer));
+    }
+    view.flush().await?;
+    Ok(Some(outcomes))
+}
+
+/// One request alone, all or nothing: a rejected event rolls the whole request back.
+async fn record_one(c: &DatabaseTransaction, ctx: &SyncContext, events: &[AppEvent]) -> Result<Outcome, DbErr> {
+    let all = c.begin().await?;
+    let mut answer = Accepted { accepted: Vec::new(), duplicates: Vec::new() };
+    for event in events.iter().cloned() {
+        if crate::db::insert_absent(&all, vec![seen_row(&event)], app_events::Column::Id).await?.is_empty() {
+            answer.duplicates.push(event.id);
+            continue;
+        }
+        if let Err(rejected) = changes::apply(&all, ctx, event.change, Some(&event.id)).await? {
+            all.rollback().await?;
+            return Ok(Err((event.id, rejected)));
+        }
+        answer.accepted.push(event.id);
+    }
+    all.commit().await?;
+    Ok(Ok(answer))
+}
+
+/// The row that marks app event `event` as seen.
+fn seen_row(event: &AppEvent) -> app_events::ActiveModel {
+    app_events::ActiveModel {
+        id: Set(event.id.clone()),
+        event_type: Set(event.event_type.clone()),
+        record_type: Set(event.change.record_type.as_str().to_owned()),
+        record_id: Set(event.change.id.clone()),
+        received_at: Set(Utc::now()),
     }
 }
 

@@ -7,7 +7,8 @@ use chrono::Utc;
 use entity::crm_outbox;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set,
 };
 use std::collections::{BTreeSet, HashMap};
 
@@ -48,11 +49,7 @@ pub async fn enqueue(
         .one(c)
         .await?;
     if let Some(row) = pending {
-        let merged = match (operation, row.operation.as_str()) {
-            (Operation::Delete, _) => (Operation::Delete, None),
-            (Operation::Upsert, "delete") => (Operation::Delete, None),
-            (Operation::Upsert, _) => (Operation::Upsert, merge_fields(row.fields.as_deref(), fields)),
-        };
+        let merged = merged(operation, &row, fields);
         let id = row.id;
         let mut row: crm_outbox::ActiveModel = row.into();
         row.operation = Set(merged.0.as_str().to_owned());
@@ -65,7 +62,30 @@ pub async fn enqueue(
         row.update(c).await?;
         return Ok(id);
     }
-    let row = crm_outbox::ActiveModel {
+    let row = pending_row(t, record_id, operation, fields, event_id).insert(c).await?;
+    Ok(row.id)
+}
+
+/// What pending row `row` becomes when a change `operation` of `fields` is merged into it: a
+/// delete absorbs anything; upserts join their field lists.
+pub fn merged(operation: Operation, row: &crm_outbox::Model, fields: Option<&[&str]>) -> (Operation, Option<String>) {
+    match (operation, row.operation.as_str()) {
+        (Operation::Delete, _) => (Operation::Delete, None),
+        (Operation::Upsert, "delete") => (Operation::Delete, None),
+        (Operation::Upsert, _) => (Operation::Upsert, merge_fields(row.fields.as_deref(), fields)),
+    }
+}
+
+/// A new pending row for a change `operation` of `fields` of record `record_id`.
+pub fn pending_row(
+    t: RecordType,
+    record_id: &str,
+    operation: Operation,
+    fields: Option<&[&str]>,
+    event_id: Option<&str>,
+) -> crm_outbox::ActiveModel {
+    let now = Utc::now();
+    crm_outbox::ActiveModel {
         record_type: Set(t.as_str().to_owned()),
         record_id: Set(record_id.to_owned()),
         operation: Set(operation.as_str().to_owned()),
@@ -81,9 +101,6 @@ pub async fn enqueue(
         updated_at: Set(now),
         ..Default::default()
     }
-    .insert(c)
-    .await?;
-    Ok(row.id)
 }
 
 /// The record's deliveries that are not done (pending, in flight or failed), links aside.
@@ -148,7 +165,8 @@ pub fn unconfirmed_of(undelivered: &[crm_outbox::Model]) -> Option<BTreeSet<Stri
     Some(fields)
 }
 
-/// The undelivered rows (as [`undelivered`]) of every record in `records`, by record.
+/// The undelivered rows (as [`undelivered`]) of every record in `records`, by record, locked (a
+/// pending row may be merged into; the claim skips locked rows).
 pub async fn undelivered_of(
     c: &impl ConnectionTrait,
     records: &[(RecordType, String)],
@@ -159,6 +177,8 @@ pub async fn undelivered_of(
             .filter(crate::sync::stamps::by_type(chunk, crm_outbox::Column::RecordType, crm_outbox::Column::RecordId))
             .filter(crm_outbox::Column::Status.is_in(["pending", "in_flight", "failed"]))
             .filter(crm_outbox::Column::Operation.ne("link"))
+            .order_by_asc(crm_outbox::Column::Id)
+            .lock_exclusive()
             .all(c)
             .await?;
         for row in rows {

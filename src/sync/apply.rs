@@ -396,28 +396,7 @@ async fn link_and_delete(
         ("crm_sync_status".to_owned(), Value::String("pending".into())),
     ]);
     v.update(i, changes);
-    // Rare: queued at once (it merges into the record's pending row, read here).
-    let id = outbox::enqueue(v.c, t, &local_id, outbox::Operation::Delete, None, None).await?;
-    let now = Utc::now();
-    v.queued(
-        i,
-        crm_outbox::Model {
-            id,
-            record_type: t.as_str().to_owned(),
-            record_id: local_id.clone(),
-            operation: outbox::Operation::Delete.as_str().to_owned(),
-            fields: None,
-            event_id: None,
-            status: "pending".to_owned(),
-            attempts: 0,
-            next_attempt_at: now,
-            lease_until: None,
-            last_error: None,
-            idempotency_key: String::new(),
-            created_at: now,
-            updated_at: now,
-        },
-    );
+    v.enqueue(i, outbox::Operation::Delete, None, None).await?;
     log_applied(v, t, &local_id, crm_id, "link", raw);
     Ok(Decision::new(
         Outcome::Applied,

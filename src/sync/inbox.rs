@@ -202,18 +202,8 @@ async fn insert_new<'r>(
 ) -> Result<HashSet<String>, DbErr> {
     let mut rows: Vec<&crm_inbox::Model> = rows.into_iter().collect();
     rows.sort_by(|a, b| a.event_id.cmp(&b.event_id));
-    let mut new = HashSet::new();
-    for chunk in rows.chunks(crate::db::rows_per_statement(12)) {
-        let models = chunk.iter().map(|row| crm_inbox::ActiveModel::from((*row).clone()).reset_all());
-        let inserted = crm_inbox::Entity::insert_many(models)
-            .on_conflict_do_nothing_on([crm_inbox::Column::EventId])
-            .exec_with_returning_keys(c)
-            .await?;
-        if let sea_orm::TryInsertResult::Inserted(keys) = inserted {
-            new.extend(keys);
-        }
-    }
-    Ok(new)
+    let models = rows.into_iter().map(|row| crm_inbox::ActiveModel::from(row.clone()).reset_all()).collect();
+    Ok(crate::db::insert_absent(c, models, crm_inbox::Column::EventId).await?.into_iter().collect())
 }
 
 /// Applies stored events `rows` (with their payloads) against one [`View`] of the group, then

@@ -9,4 +9,4 @@ pub mod lww;
 pub mod mapping;
 pub mod records;
 pub mod stamps;
-mod view;
+pub(crate) mod view;

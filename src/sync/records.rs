@@ -226,3 +226,18 @@ pub async fn overwrite_many(
         crate::db::insert_all(c, models, Some(on_conflict)).await
     })
 }
+
+/// On PostgreSQL, moves the id sequence of `t`'s table past the largest id stored (the site
+/// assigns ids too), never backwards: a value the sequence handed out is not handed out again.
+pub async fn sequence_past_max(c: &impl ConnectionTrait, t: RecordType) -> Result<(), DbErr> {
+    if c.get_database_backend() != sea_orm::DatabaseBackend::Postgres || t.has_text_id() {
+        return Ok(());
+    }
+    let table = t.table();
+    let sql = format!(
+        r#"SELECT setval(s, GREATEST((SELECT MAX(id) FROM "{table}"), COALESCE(pg_sequence_last_value(s), 1), 1))
+           FROM CAST(pg_get_serial_sequence('"{table}"', 'id') AS regclass) AS s"#
+    );
+    c.execute_raw(sea_orm::Statement::from_string(sea_orm::DatabaseBackend::Postgres, sql)).await?;
+    Ok(())
+}

@@ -18,9 +18,9 @@ use super::records::{self, Local};
 use super::stamps::{self, Key};
 use crate::outbound::outbox;
 use entity::{crm_inbox, crm_outbox, crm_requests, crm_sync_logs, user};
-use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter};
+use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, TryIntoModel};
 use serde_json::{Map, Value};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -39,8 +39,8 @@ struct Slot {
 }
 
 /// A group's records and sync state, read once and written once. See the module documentation.
-pub(super) struct View<'c, C> {
-    pub(super) c: &'c C,
+pub(crate) struct View<'c, C> {
+    pub(crate) c: &'c C,
     slots: Vec<Slot>,
     by_id: HashMap<Key, usize>,
     /// `None`: known not to exist.
@@ -58,11 +58,18 @@ pub(super) struct View<'c, C> {
     waiting_loaded: HashSet<String>,
     link_backs: Vec<crm_outbox::ActiveModel>,
     logs: Vec<crm_sync_logs::ActiveModel>,
+    /// Outbox rows queued or merged into here (by id; new ones have negative ids until written).
+    outbox_changed: BTreeSet<i64>,
+    next_new_row: i64,
+    /// Records whose pending deliveries are dropped.
+    cancelled: Vec<Key>,
+    /// Tables given ids by the site here: PostgreSQL's sequence is moved past them.
+    ids_given: BTreeSet<RecordType>,
 }
 
 /// What [`View::prefetch`] reads, taken from the events about to be applied.
 #[derive(Default)]
-pub(super) struct Wanted {
+pub(crate) struct Wanted {
     crm_ids: BTreeMap<RecordType, Vec<String>>,
     ids: BTreeMap<RecordType, Vec<String>>,
     email_keys: Vec<String>,
@@ -73,7 +80,7 @@ pub(super) struct Wanted {
 
 impl Wanted {
     /// Notes what applying TreadSoft event `raw` reads.
-    pub(super) fn event(&mut self, raw: &Value) {
+    pub(crate) fn event(&mut self, raw: &Value) {
         if super::mapping::nul_at(raw).is_some() {
             return; // it fails before it reads anything
         }
@@ -104,19 +111,29 @@ impl Wanted {
         }
     }
 
+    /// Notes that record `id` of `t` will be read.
+    pub(crate) fn record(&mut self, t: RecordType, id: &str) {
+        self.ids.entry(t).or_default().push(id.to_owned());
+    }
+
+    /// Notes that the user with `email` will be looked for.
+    pub(crate) fn email(&mut self, email: &str) {
+        self.email_keys.push(user::email_key(email));
+    }
+
     /// Nothing waiting will be released: no waiting events are read.
-    pub(super) fn no_release(&mut self) {
+    pub(crate) fn no_release(&mut self) {
         self.waiting.clear();
     }
 
     /// Notes that the events waiting for `key` may be released.
-    pub(super) fn waiting_for(&mut self, key: String) {
+    pub(crate) fn waiting_for(&mut self, key: String) {
         self.waiting.push(key);
     }
 }
 
 impl<'c, C: ConnectionTrait> View<'c, C> {
-    pub(super) fn new(c: &'c C) -> Self {
+    pub(crate) fn new(c: &'c C) -> Self {
         Self {
             c,
             slots: Vec::new(),
@@ -134,12 +151,16 @@ impl<'c, C: ConnectionTrait> View<'c, C> {
             waiting_loaded: HashSet::new(),
             link_backs: Vec::new(),
             logs: Vec::new(),
+            outbox_changed: BTreeSet::new(),
+            next_new_row: -1,
+            cancelled: Vec::new(),
+            ids_given: BTreeSet::new(),
         }
     }
 
     /// Loads, with a few set queries, what `wanted` names and is not loaded yet: records and
     /// their stamps and undelivered changes, tombstones, requests, and stored waiting events.
-    pub(super) async fn prefetch(&mut self, wanted: Wanted) -> Result<(), DbErr> {
+    pub(crate) async fn prefetch(&mut self, wanted: Wanted) -> Result<(), DbErr> {
         // Waiting keys first: the advisory locks, then the rows (see `waiting_for`).
         let waiting: Vec<String> = unique(wanted.waiting.into_iter().filter(|k| !self.waiting_loaded.contains(k)));
         if !waiting.is_empty() {
@@ -254,12 +275,16 @@ impl<'c, C: ConnectionTrait> View<'c, C> {
         i
     }
 
-    pub(super) fn local(&self, i: usize) -> &Local {
+    pub(crate) fn record_type(&self, i: usize) -> RecordType {
+        self.slots[i].t
+    }
+
+    pub(crate) fn local(&self, i: usize) -> &Local {
         &self.slots[i].local
     }
 
     /// The record TreadSoft knows as `crm_id`, deleted or not.
-    pub(super) async fn find_by_crm_id(&mut self, t: RecordType, crm_id: &str) -> Result<Option<usize>, DbErr> {
+    pub(crate) async fn find_by_crm_id(&mut self, t: RecordType, crm_id: &str) -> Result<Option<usize>, DbErr> {
         let key = (t, crm_id.to_owned());
         if let Some(found) = self.by_crm_id.get(&key) {
             return Ok(*found);
@@ -274,7 +299,7 @@ impl<'c, C: ConnectionTrait> View<'c, C> {
 
     /// [`Self::find_by_crm_id`], read again from the database when not found (after a lock that
     /// another transaction may have released with the record committed).
-    pub(super) async fn find_by_crm_id_again(&mut self, t: RecordType, crm_id: &str) -> Result<Option<usize>, DbErr> {
+    pub(crate) async fn find_by_crm_id_again(&mut self, t: RecordType, crm_id: &str) -> Result<Option<usize>, DbErr> {
         if let Some(Some(i)) = self.by_crm_id.get(&(t, crm_id.to_owned())) {
             return Ok(Some(*i));
         }
@@ -283,7 +308,7 @@ impl<'c, C: ConnectionTrait> View<'c, C> {
     }
 
     /// The record with local primary key `id`, deleted or not.
-    pub(super) async fn find_by_id(&mut self, t: RecordType, id: &str) -> Result<Option<usize>, DbErr> {
+    pub(crate) async fn find_by_id(&mut self, t: RecordType, id: &str) -> Result<Option<usize>, DbErr> {
         let key = (t, id.to_owned());
         if let Some(&i) = self.by_id.get(&key) {
             return Ok(Some(i));
@@ -300,7 +325,7 @@ impl<'c, C: ConnectionTrait> View<'c, C> {
     }
 
     /// The user whose email is `email`, compared by [`user::email_key`].
-    pub(super) async fn find_user_by_email(&mut self, email: &str) -> Result<Option<usize>, DbErr> {
+    pub(crate) async fn find_user_by_email(&mut self, email: &str) -> Result<Option<usize>, DbErr> {
         let email_key = user::email_key(email);
         if let Some(found) = self.by_email_key.get(&email_key) {
             return Ok(*found);
@@ -314,12 +339,19 @@ impl<'c, C: ConnectionTrait> View<'c, C> {
         Ok(found)
     }
 
-    /// Creates a record from its column values. Records with a text key are written at
-    /// [`Self::flush`]; the others are inserted now, since the database numbers them.
-    pub(super) async fn insert(&mut self, t: RecordType, mut values: Map<String, Value>) -> Result<usize, DbErr> {
+    /// Creates a record from its column values. A record whose key is given (text keys, and the
+    /// ids the site assigns) is written at [`Self::flush`]; one the database numbers is inserted now.
+    pub(crate) async fn insert(&mut self, t: RecordType, mut values: Map<String, Value>) -> Result<usize, DbErr> {
         with_email_key(t, &mut values);
-        if t.has_text_id() {
-            let id = values.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let given = match values.get("id") {
+            Some(Value::String(id)) => Some(id.clone()),
+            Some(Value::Number(id)) => Some(id.to_string()),
+            _ => None,
+        };
+        if let Some(id) = given {
+            if !t.has_text_id() {
+                self.ids_given.insert(t);
+            }
             let i = self.slots.len();
             self.slots.push(Slot { t, local: Local { id: id.clone(), values: Map::new() }, state: State::New });
             self.by_id.insert((t, id.clone()), i);
@@ -340,7 +372,7 @@ impl<'c, C: ConnectionTrait> View<'c, C> {
     }
 
     /// Sets the columns in `changes` of the record in slot `i`.
-    pub(super) fn update(&mut self, i: usize, changes: Map<String, Value>) {
+    pub(crate) fn update(&mut self, i: usize, changes: Map<String, Value>) {
         let mut values = self.slots[i].local.values.clone();
         values.extend(changes);
         with_email_key(self.slots[i].t, &mut values);
@@ -378,7 +410,7 @@ impl<'c, C: ConnectionTrait> View<'c, C> {
     }
 
     /// The delete stamp of TreadSoft record `crm_id`, if it was deleted.
-    pub(super) async fn tombstone(&mut self, t: RecordType, crm_id: &str) -> Result<Option<Version>, DbErr> {
+    pub(crate) async fn tombstone(&mut self, t: RecordType, crm_id: &str) -> Result<Option<Version>, DbErr> {
         let key = (t, crm_id.to_owned());
         if let Some(stamp) = self.tombstones.get(&key) {
             return Ok(stamp.clone());
@@ -388,14 +420,14 @@ impl<'c, C: ConnectionTrait> View<'c, C> {
         Ok(stamp)
     }
 
-    pub(super) fn set_tombstone(&mut self, t: RecordType, crm_id: &str, local_id: Option<&str>, v: &Version) {
+    pub(crate) fn set_tombstone(&mut self, t: RecordType, crm_id: &str, local_id: Option<&str>, v: &Version) {
         let key = (t, crm_id.to_owned());
         self.tombstones.insert(key.clone(), Some(v.clone()));
         self.new_tombstones.insert(key, (local_id.map(str::to_owned), v.clone()));
     }
 
     /// The stamps of the fields of the record in slot `i`, by local field name.
-    pub(super) async fn field_versions(&mut self, i: usize) -> Result<&HashMap<String, Version>, DbErr> {
+    pub(crate) async fn field_versions(&mut self, i: usize) -> Result<&HashMap<String, Version>, DbErr> {
         let key = (self.slots[i].t, self.slots[i].local.id.clone());
         if !self.versions.contains_key(&key) {
             let stored = stamps::field_versions(self.c, key.0, &key.1).await?;
@@ -404,7 +436,7 @@ impl<'c, C: ConnectionTrait> View<'c, C> {
         Ok(&self.versions[&key])
     }
 
-    pub(super) fn set_field_versions(&mut self, i: usize, fields: &[&str], v: &Version) {
+    pub(crate) fn set_field_versions(&mut self, i: usize, fields: &[&str], v: &Version) {
         let (t, id) = (self.slots[i].t, self.slots[i].local.id.clone());
         let stored = self.versions.entry((t, id.clone())).or_default();
         for field in fields {
@@ -414,7 +446,7 @@ impl<'c, C: ConnectionTrait> View<'c, C> {
     }
 
     /// The TreadSoft fields request `request_id` of the gateway set, if it is one of its own.
-    pub(super) async fn own_request(&mut self, request_id: &str) -> Result<Option<Vec<String>>, DbErr> {
+    pub(crate) async fn own_request(&mut self, request_id: &str) -> Result<Option<Vec<String>>, DbErr> {
         if let Some(fields) = self.requests.get(request_id) {
             return Ok(fields.clone());
         }
@@ -425,7 +457,7 @@ impl<'c, C: ConnectionTrait> View<'c, C> {
     }
 
     /// The undelivered changes of the record in slot `i`.
-    pub(super) async fn undelivered(&mut self, i: usize) -> Result<&[crm_outbox::Model], DbErr> {
+    pub(crate) async fn undelivered(&mut self, i: usize) -> Result<&[crm_outbox::Model], DbErr> {
         let key = (self.slots[i].t, self.slots[i].local.id.clone());
         if !self.undelivered.contains_key(&key) {
             let rows = outbox::undelivered_of(self.c, std::slice::from_ref(&key)).await?.remove(&key);
@@ -434,17 +466,66 @@ impl<'c, C: ConnectionTrait> View<'c, C> {
         Ok(&self.undelivered[&key])
     }
 
-    /// Notes a change queued for the record in slot `i` outside the view (its undelivered list).
-    pub(super) fn queued(&mut self, i: usize, row: crm_outbox::Model) {
-        let key = (self.slots[i].t, self.slots[i].local.id.clone());
-        self.undelivered.entry(key).or_default().push(row);
+    /// Queues a delivery of `fields` (`None`: all) of the record in slot `i`, merged into its
+    /// pending row if it has one (see [`outbox::enqueue`]).
+    pub(crate) async fn enqueue(
+        &mut self,
+        i: usize,
+        operation: outbox::Operation,
+        fields: Option<&[&str]>,
+        event_id: Option<&str>,
+    ) -> Result<(), DbErr> {
+        self.undelivered(i).await?;
+        let (t, id) = (self.slots[i].t, self.slots[i].local.id.clone());
+        let now = chrono::Utc::now();
+        let rows = self.undelivered.entry((t, id.clone())).or_default();
+        if let Some(row) = rows.iter_mut().find(|r| r.status == "pending") {
+            let (operation, fields) = outbox::merged(operation, row, fields);
+            row.operation = operation.as_str().to_owned();
+            row.fields = fields;
+            row.event_id = event_id.map(str::to_owned);
+            // A new change deserves a fresh try, not the backoff of the failures before it.
+            row.attempts = 0;
+            row.next_attempt_at = now;
+            row.updated_at = now;
+            self.outbox_changed.insert(row.id);
+            return Ok(());
+        }
+        let mut row = outbox::pending_row(t, &id, operation, fields, event_id);
+        row.id = sea_orm::Set(self.next_new_row);
+        self.next_new_row -= 1;
+        let row: crm_outbox::Model = row.try_into_model()?;
+        self.outbox_changed.insert(row.id);
+        rows.push(row);
+        Ok(())
     }
 
-    pub(super) fn queue_link_back(&mut self, row: crm_outbox::ActiveModel) {
+    /// Drops the pending deliveries of the record in slot `i` (deleted before it reached the CRM).
+    pub(crate) async fn cancel_pending(&mut self, i: usize) -> Result<(), DbErr> {
+        self.undelivered(i).await?;
+        let key = (self.slots[i].t, self.slots[i].local.id.clone());
+        let changed = &mut self.outbox_changed;
+        self.undelivered.entry(key.clone()).or_default().retain(|r| {
+            let pending = r.status == "pending";
+            if pending {
+                changed.remove(&r.id);
+            }
+            !pending
+        });
+        self.cancelled.push(key);
+        Ok(())
+    }
+
+    /// Whether a delivery of the record in slot `i` is being sent right now.
+    pub(crate) async fn in_flight(&mut self, i: usize) -> Result<bool, DbErr> {
+        Ok(self.undelivered(i).await?.iter().any(|r| r.status == "in_flight"))
+    }
+
+    pub(crate) fn queue_link_back(&mut self, row: crm_outbox::ActiveModel) {
         self.link_backs.push(row);
     }
 
-    pub(super) fn log(&mut self, row: crm_sync_logs::ActiveModel) {
+    pub(crate) fn log(&mut self, row: crm_sync_logs::ActiveModel) {
         self.logs.push(row);
     }
 
@@ -466,14 +547,14 @@ impl<'c, C: ConnectionTrait> View<'c, C> {
     }
 
     /// Notes event `row` waiting for `key` (applied in this group, not written yet).
-    pub(super) fn wait(&mut self, key: String, row: crm_inbox::Model) {
+    pub(crate) fn wait(&mut self, key: String, row: crm_inbox::Model) {
         self.waiting.entry(key).or_default().push(row);
     }
 
     /// Takes the events waiting for `key`, stored or noted in this group. The key's advisory lock
     /// is taken first (see [`super::apply`]: whichever of a waiting event and its parent's
     /// release comes second sees what the first one committed).
-    pub(super) async fn take_waiting(&mut self, key: &str) -> Result<Vec<crm_inbox::Model>, DbErr> {
+    pub(crate) async fn take_waiting(&mut self, key: &str) -> Result<Vec<crm_inbox::Model>, DbErr> {
         if !self.waiting_loaded.contains(key) {
             crate::db::lock_named(self.c, key).await?;
             let noted = self.waiting.remove(key).unwrap_or_default();
@@ -513,7 +594,7 @@ impl<'c, C: ConnectionTrait> View<'c, C> {
 
     /// Writes everything changed in the view: records (parents first), stamps, tombstones,
     /// link-backs and log rows, a few multi-row statements for each table.
-    pub(super) async fn flush(&mut self) -> Result<(), DbErr> {
+    pub(crate) async fn flush(&mut self) -> Result<(), DbErr> {
         self.flush_records().await?;
         let versions = std::mem::take(&mut self.new_versions);
         stamps::write_field_versions(self.c, versions.iter().map(|((t, id, f), v)| (*t, id.as_str(), f.as_str(), v)))
@@ -526,7 +607,46 @@ impl<'c, C: ConnectionTrait> View<'c, C> {
         .await?;
         crate::db::insert_all(self.c, std::mem::take(&mut self.link_backs), None).await?;
         crate::db::insert_all(self.c, std::mem::take(&mut self.logs), None).await?;
+        self.flush_outbox().await?;
+        for t in std::mem::take(&mut self.ids_given) {
+            records::sequence_past_max(self.c, t).await?;
+        }
         Ok(())
+    }
+
+    /// Writes the outbox rows dropped, queued and merged into here.
+    async fn flush_outbox(&mut self) -> Result<(), DbErr> {
+        let cancelled = std::mem::take(&mut self.cancelled);
+        if !cancelled.is_empty() {
+            crm_outbox::Entity::delete_many()
+                .filter(stamps::by_type(&cancelled, crm_outbox::Column::RecordType, crm_outbox::Column::RecordId))
+                .filter(crm_outbox::Column::Status.eq("pending"))
+                .exec(self.c)
+                .await?;
+        }
+        let changed = std::mem::take(&mut self.outbox_changed);
+        let (mut new, mut merged) = (Vec::new(), Vec::new());
+        for row in self.undelivered.values().flatten().filter(|r| changed.contains(&r.id)) {
+            let mut model = crm_outbox::ActiveModel::from(row.clone()).reset_all();
+            if row.id < 0 {
+                model.id = sea_orm::NotSet;
+                new.push(model);
+            } else {
+                merged.push(model);
+            }
+        }
+        crate::db::insert_all(self.c, new, None).await?;
+        let columns = [
+            crm_outbox::Column::Operation,
+            crm_outbox::Column::Fields,
+            crm_outbox::Column::EventId,
+            crm_outbox::Column::Attempts,
+            crm_outbox::Column::NextAttemptAt,
+            crm_outbox::Column::UpdatedAt,
+        ];
+        let on_conflict =
+            sea_orm::sea_query::OnConflict::column(crm_outbox::Column::Id).update_columns(columns).to_owned();
+        crate::db::insert_all(self.c, merged, Some(on_conflict)).await
     }
 }
 

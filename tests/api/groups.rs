@@ -36,7 +36,7 @@ fn property(id: &str, crm_id: &str, owner_crm_id: &str) -> Value {
 /// Holds the writer, queues `deliveries` behind it one after another (each is sent once the one
 /// before it is queued, so the group holds them in this order), then lets the group run; returns
 /// their answers in order.
-async fn in_one_group<F: Future<Output = Vec<String>>>(app: &TestApp, deliveries: Vec<F>) -> Vec<Vec<String>> {
+async fn in_one_group<T, F: Future<Output = T>>(app: &TestApp, deliveries: Vec<F>) -> Vec<T> {
     let (release, hold) = tokio::sync::oneshot::channel::<()>();
     let (held, holding) = tokio::sync::oneshot::channel::<()>();
     let writer = app.writer.clone();
@@ -125,24 +125,73 @@ async fn a_delivery_the_database_refuses_fails_alone_in_its_group(app: TestApp) 
     assert!(failed.reason.as_deref().unwrap().starts_with("database error"), "{:?}", failed.reason);
 }
 
+fn owner(event_id: &str, kind: &str, user_id: &str, email: &str, phone: &str) -> Value {
+    json!({"id": event_id, "type": kind, "data": {"id": user_id, "name": "Ada Lovelace", "email": email,
+        "phone": phone, "companyName": null, "role": "owner", "membershipStatus": "pending"}})
+}
+
+/// Posts app events and returns the status and the body.
+async fn post(app: &TestApp, body: Value) -> (u16, Value) {
+    let response = app.post_events(&body).await;
+    (response.status().as_u16(), response.json().await.unwrap_or_default())
+}
+
+async fn app_event_requests_queued_together_answer_as_each_would_alone(app: TestApp) {
+    let answers = in_one_group(
+        &app,
+        vec![
+            post(&app, owner("ev_1", "owner.registered", "user_1", "ada@example.com", "+44 1")),
+            // Another user with the same email: refused alone, whole (its first event included).
+            post(
+                &app,
+                json!({"events": [owner("ev_2", "owner.registered", "user_2", "bob@example.com", "+44 2"),
+                    owner("ev_3", "owner.registered", "user_3", "ADA@example.com", "+44 3")]}),
+            ),
+            post(&app, owner("ev_4", "owner.updated", "user_1", "ada@example.com", "+44 4")),
+            post(&app, owner("ev_1", "owner.registered", "user_1", "ada@example.com", "+44 1")),
+        ],
+    )
+    .await;
+
+    let statuses: Vec<u16> = answers.iter().map(|(status, _)| *status).collect();
+    assert_eq!(statuses, [202, 409, 202, 202], "{answers:?}");
+    assert_eq!(answers[1].1["error"]["code"], "email_taken");
+    assert_eq!(answers[3].1["duplicates"], json!(["ev_1"]));
+    let ada = user::Entity::find_by_id("user_1").one(app.db.reader()).await.unwrap().unwrap();
+    assert_eq!(ada.phone.as_deref(), Some("+44 4"));
+    assert!(user::Entity::find_by_id("user_2").one(app.db.reader()).await.unwrap().is_none(), "nothing of it written");
+    let queued = entity::crm_outbox::Entity::find().all(app.db.reader()).await.unwrap();
+    assert_eq!(queued.len(), 1, "the update merged into the registration's pending delivery: {queued:?}");
+    assert_eq!((queued[0].operation.as_str(), queued[0].fields.as_deref()), ("upsert", None));
+}
+
 on_both_databases!(
     deliveries_queued_together_answer_as_each_would_alone,
     a_delivery_the_database_refuses_fails_alone_in_its_group,
+    app_event_requests_queued_together_answer_as_each_would_alone,
 );
+
+/// A migrated database and the count of statements run through its writer connection.
+async fn counting_statements(
+    database: &TestDatabase,
+) -> (crm_gateway::db::Db, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let mut db = database.migrated().await;
+    let statements = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = statements.clone();
+    db.on_write_statement(move |_| {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    });
+    (db, statements)
+}
 
 /// The point of the set-based apply: a group's statements do not grow with its deliveries.
 async fn fifty_deliveries_in_one_group_take_as_many_statements_as_one(database: TestDatabase) {
     use crm_gateway::sync::inbox::{Incoming, receive_all};
     use sea_orm::TransactionTrait;
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::Ordering;
 
-    let mut db = database.migrated().await;
-    let statements = Arc::new(AtomicUsize::new(0));
-    let counter = statements.clone();
-    db.on_write_statement(move |_| {
-        counter.fetch_add(1, Ordering::SeqCst);
-    });
+    let (db, statements) = counting_statements(&database).await;
     let ctx = SyncContext { precedence: Origin::Crm, hlc: Hlc::starting_after(Stamp::default()) };
     let group = |kind: &'static str, version: i64, from: usize, n: usize| -> Vec<Incoming> {
         (from..from + n)
@@ -185,4 +234,50 @@ async fn fifty_deliveries_in_one_group_take_as_many_statements_as_one(database: 
     assert_eq!(user::Entity::find().count(db.reader()).await.unwrap(), 51);
 }
 
-on_both_databases_without_app!(fifty_deliveries_in_one_group_take_as_many_statements_as_one);
+/// The same for the site's changes: 50 registrations (then 50 profile updates) in one group.
+async fn fifty_app_event_requests_in_one_group_take_as_many_statements_as_one(database: TestDatabase) {
+    use crm_gateway::outbound::events::{AppEvent, parse, record_all};
+    use sea_orm::TransactionTrait;
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+
+    let (db, statements) = counting_statements(&database).await;
+    let ctx = SyncContext { precedence: Origin::Crm, hlc: Hlc::starting_after(Stamp::default()) };
+    let group = |kind: &str, from: usize, n: usize| -> Vec<Arc<Vec<AppEvent>>> {
+        (from..from + n)
+            .map(|i| {
+                let event =
+                    owner(&format!("ev_{kind}_{i}"), kind, &format!("user_{i}"), &format!("u{i}@example.com"), kind);
+                Arc::new(parse(event, None).unwrap())
+            })
+            .collect()
+    };
+    let run = |requests: Vec<Arc<Vec<AppEvent>>>| {
+        let (db, ctx, statements) = (&db, &ctx, &statements);
+        async move {
+            let before = statements.load(Ordering::SeqCst);
+            let txn = db.writer().begin().await.unwrap();
+            let outcomes = record_all(&txn, ctx, &requests).await;
+            txn.commit().await.unwrap();
+            assert!(outcomes.iter().all(|o| matches!(o, Ok(Ok(_)))), "{outcomes:?}");
+            statements.load(Ordering::SeqCst) - before
+        }
+    };
+
+    let one_registration = run(group("owner.registered", 0, 1)).await;
+    let fifty_registrations = run(group("owner.registered", 1, 50)).await;
+    let one_update = run(group("owner.updated", 0, 1)).await;
+    let fifty_updates = run(group("owner.updated", 1, 50)).await;
+
+    assert_eq!(fifty_registrations, one_registration, "statements for 50 registrations vs 1");
+    assert_eq!(fifty_updates, one_update, "statements for 50 profile updates vs 1");
+    assert!(one_registration < 15 && one_update < 15, "{one_registration} and {one_update} statements");
+    assert_eq!(user::Entity::find().count(db.reader()).await.unwrap(), 51);
+    let merged = entity::crm_outbox::Entity::find().count(db.reader()).await.unwrap();
+    assert_eq!(merged, 51, "each update merged into its user's pending delivery");
+}
+
+on_both_databases_without_app!(
+    fifty_deliveries_in_one_group_take_as_many_statements_as_one,
+    fifty_app_event_requests_in_one_group_take_as_many_statements_as_one,
+);
