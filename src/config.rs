@@ -53,7 +53,8 @@ pub struct Settings {
     /// Seconds a TreadSoft request may take before it counts as failed (and is retried). Default 10.
     #[arg(long, env = "CRM_REQUEST_TIMEOUT_SECS", global = true)]
     pub crm_request_timeout_secs: Option<String>,
-    /// Delivery tasks sending the outbox to the CRM. Default 1; 0 turns delivery off.
+    /// Delivery tasks sending the outbox to the CRM. Default 2 (one sends while the other claims and
+    /// records); 0 turns delivery off.
     #[arg(long, env = "CRM_DELIVERY_WORKERS", global = true)]
     pub crm_delivery_workers: Option<String>,
     /// Seconds a claimed delivery stays reserved before another instance may take it over. Default 60.
@@ -341,7 +342,7 @@ impl Settings {
             10,
             parse_positive,
         ));
-        let delivery_workers = problems.parse("CRM_DELIVERY_WORKERS", self.crm_delivery_workers.as_deref(), 1, |v| {
+        let delivery_workers = problems.parse("CRM_DELIVERY_WORKERS", self.crm_delivery_workers.as_deref(), 2, |v| {
             v.parse::<usize>().map_err(|_| format!("expected a whole number, got {v:?}"))
         });
         let delivery_lease = Duration::from_secs(problems.parse(

@@ -88,6 +88,9 @@ struct Options {
     /// missing or older than the sources.
     #[arg(long)]
     gateway: Option<PathBuf>,
+    /// `CRM_DELIVERY_WORKERS` for the outbound scenario (default: the gateway's own default).
+    #[arg(long)]
+    delivery_workers: Option<usize>,
     /// Before each gateway run, fill its database with this many users (linked, synced) and as
     /// many inbox rows, to see whether the cost per event stays flat as data grows.
     #[arg(long, default_value_t = 0)]
@@ -526,6 +529,9 @@ async fn run_case(
                     ("CRM_API_SECRET", "s".into()),
                     ("CRM_RATE_LIMIT", "1000000/1s".into()),
                 ]);
+                if let Some(workers) = options.delivery_workers {
+                    env.push(("CRM_DELIVERY_WORKERS", workers.to_string()));
+                }
             } else {
                 env.push(("CRM_ENABLED", "false".into()));
             }
