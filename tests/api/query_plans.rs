@@ -1,6 +1,8 @@
 //! The hot queries use an index on both databases, so their cost does not grow with the tables:
 //! each is planned with `EXPLAIN` (SQLite: `EXPLAIN QUERY PLAN`; PostgreSQL: with sequential scans
-//! priced out, which leaves a sequential scan only where no index can serve).
+//! priced out, which leaves a sequential scan only where no index can serve). Two sets: a list of
+//! the lookups by hand, and every statement a group of webhook deliveries and app events really
+//! runs (the set-based `IN`-list reads included), caught through the writer connection.
 
 use crate::helpers::{Backend, TestDatabase};
 use crate::on_both_databases_without_app;
@@ -48,10 +50,10 @@ fn hot_queries() -> Vec<(&'static str, String)> {
 
 async fn every_hot_query_uses_an_index(database: TestDatabase) {
     let db = database.migrated().await;
-    let c = db.writer();
+    let c = sea_orm::TransactionTrait::begin(db.writer()).await.unwrap();
     let backend = c.get_database_backend();
     if backend == DatabaseBackend::Postgres {
-        c.execute_unprepared("SET enable_seqscan = off").await.unwrap();
+        c.execute_unprepared("SET LOCAL enable_seqscan = off").await.unwrap();
     }
     let mut full_scans = Vec::new();
     for (name, sql) in hot_queries() {
@@ -78,4 +80,132 @@ async fn every_hot_query_uses_an_index(database: TestDatabase) {
     assert!(full_scans.is_empty(), "queries that scan a whole table:\n{}", full_scans.join("\n"));
 }
 
-on_both_databases_without_app!(every_hot_query_uses_an_index);
+/// Whole-table scans in the plan of `sql` (with its bound `values`).
+async fn full_scans(c: &impl ConnectionTrait, statement: &Statement) -> Vec<String> {
+    let backend = c.get_database_backend();
+    let explain = match backend {
+        DatabaseBackend::Postgres => format!("EXPLAIN (FORMAT JSON) {}", statement.sql),
+        _ => format!("EXPLAIN QUERY PLAN {}", statement.sql),
+    };
+    let explain = Statement { sql: explain, values: statement.values.clone(), db_backend: backend };
+    let rows = c.query_all_raw(explain).await.unwrap_or_else(|e| panic!("EXPLAIN {}: {e}", statement.sql));
+    if backend != DatabaseBackend::Postgres {
+        return rows
+            .iter()
+            .map(|row| row.try_get::<String>("", "detail").unwrap())
+            .filter(|line| line.starts_with("SCAN ") && line != "SCAN CONSTANT ROW")
+            .collect();
+    }
+    let plan: serde_json::Value = rows[0].try_get("", "QUERY PLAN").unwrap();
+    let mut scans = Vec::new();
+    let mut nodes = vec![plan[0]["Plan"].clone()];
+    while let Some(node) = nodes.pop() {
+        let kind = node["Node Type"].as_str().unwrap_or_default();
+        // A sequential scan, or an index walked from end to end (no condition on its key).
+        let whole = kind == "Seq Scan"
+            || (matches!(kind, "Index Scan" | "Index Only Scan") && node.get("Index Cond").is_none());
+        if whole {
+            scans.push(format!("{kind} on {}", node["Relation Name"]));
+        }
+        nodes.extend(node["Plans"].as_array().cloned().unwrap_or_default());
+    }
+    scans
+}
+
+/// Every read, update and delete a group of webhook deliveries and of app events runs.
+async fn every_statement_of_a_group_uses_an_index(database: TestDatabase) {
+    use crm_gateway::outbound::events::{parse, record_all};
+    use crm_gateway::sync::apply::SyncContext;
+    use crm_gateway::sync::hlc::{Hlc, Stamp};
+    use crm_gateway::sync::inbox::{Incoming, receive_all};
+    use crm_gateway::sync::lww::Origin;
+    use sea_orm::TransactionTrait;
+    use serde_json::json;
+    use std::sync::{Arc, Mutex};
+
+    let mut db = database.migrated().await;
+    let seen: Arc<Mutex<Vec<Statement>>> = Arc::default();
+    let record = seen.clone();
+    db.on_write_statement(move |info| record.lock().unwrap().push(info.statement.clone()));
+    let ctx = SyncContext { precedence: Origin::Crm, hlc: Hlc::starting_after(Stamp::default()) };
+    let contact = |id: &str, kind: &str, crm_id: &str, version: i64, external: Option<&str>| {
+        json!({"id": id, "type": format!("contact.{kind}"), "changeSource": "api", "requestId": "req_1",
+            "changedFields": ["phone"], "object": {"type": "contact", "id": crm_id, "externalId": external,
+            "version": version, "updatedAt": "2025-01-05T10:00:00.000Z", "deletedAt": null,
+            "data": {"firstName": "Ada", "lastName": "L", "email": format!("{crm_id}@example.com"), "phone": "1",
+                "companyName": null, "role": "owner", "membershipStatus": "active"}}})
+    };
+    let property = json!({"id": "evt_p", "type": "property.created", "changeSource": "ui", "changedFields": [],
+        "object": {"type": "property", "id": "crm_p", "externalId": null, "version": 1,
+            "updatedAt": "2025-01-05T10:00:00.000Z", "data": {"title": "Hall", "location": "Haworth", "bedrooms": 2,
+            "pricePerNight": 100, "currency": "GBP", "status": "active", "ownerContactId": "crm_b"}}});
+    let owner = |id: &str, kind: &str, user: &str| {
+        parse(
+            json!({"id": id, "type": kind, "data": {"id": user, "name": "Ada L", "email": format!("{user}@example.com"),
+            "phone": "2", "companyName": null, "role": "owner", "membershipStatus": "pending"}}),
+            None,
+        )
+        .unwrap()
+    };
+    let txn = db.writer().begin().await.unwrap();
+    let hall = |id: &str, kind: &str| {
+        parse(
+            json!({"id": id, "type": kind, "data": {"id": 7, "ownerId": "user_1", "title": "Hall",
+            "location": "Haworth", "bedrooms": 2, "pricePerNight": 100, "currency": "GBP", "status": "draft"}}),
+            None,
+        )
+        .unwrap()
+    };
+    let registered = record_all(
+        &txn,
+        &ctx,
+        &[Arc::new(owner("ev_1", "owner.registered", "user_1")), Arc::new(hall("ev_h", "property.created"))],
+    )
+    .await;
+    assert!(registered.iter().all(|r| matches!(r, Ok(Ok(_)))));
+    let deliveries: Vec<Incoming> = [
+        vec![property],
+        vec![contact("evt_a", "created", "crm_a", 1, None), contact("evt_a2", "updated", "crm_a", 2, None)],
+        vec![contact("evt_b", "created", "crm_b", 1, None)],
+        vec![contact("evt_u", "created", "crm_u", 1, Some("user_1"))],
+        vec![contact("evt_d", "deleted", "crm_a", 3, None)],
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, events)| Incoming { delivery_id: format!("dlv_{i}"), events: Arc::new(events) })
+    .collect();
+    for result in receive_all(&txn, &ctx, &deliveries).await {
+        result.unwrap();
+    }
+    let changed = record_all(
+        &txn,
+        &ctx,
+        &[Arc::new(owner("ev_2", "owner.updated", "user_1")), Arc::new(hall("ev_3", "property.deleted"))],
+    )
+    .await;
+    assert!(changed.iter().all(|r| matches!(r, Ok(Ok(_)))), "{changed:?}");
+    txn.commit().await.unwrap();
+
+    let statements: Vec<Statement> = seen.lock().unwrap().clone();
+    // One connection (a transaction), so that the setting holds for every EXPLAIN.
+    let c = db.writer().begin().await.unwrap();
+    if c.get_database_backend() == DatabaseBackend::Postgres {
+        c.execute_unprepared("SET LOCAL enable_seqscan = off").await.unwrap();
+    }
+    let (mut checked, mut scanning) = (0, Vec::new());
+    for statement in &statements {
+        let verb = statement.sql.split_whitespace().next().unwrap_or_default().to_ascii_uppercase();
+        if !matches!(verb.as_str(), "SELECT" | "UPDATE" | "DELETE") || statement.sql.contains("pg_advisory") {
+            continue;
+        }
+        checked += 1;
+        let scans = full_scans(&c, statement).await;
+        if !scans.is_empty() {
+            scanning.push(format!("{}\n    {}", statement.sql, scans.join("\n    ")));
+        }
+    }
+    assert!(checked >= 10, "only {checked} statements were caught");
+    assert!(scanning.is_empty(), "statements that scan a whole table:\n{}", scanning.join("\n"));
+}
+
+on_both_databases_without_app!(every_hot_query_uses_an_index, every_statement_of_a_group_uses_an_index);
