@@ -165,22 +165,29 @@ pub fn unconfirmed_of(undelivered: &[crm_outbox::Model]) -> Option<BTreeSet<Stri
     Some(fields)
 }
 
-/// The undelivered rows (as [`undelivered`]) of every record in `records`, by record, locked (a
-/// pending row may be merged into; the claim skips locked rows).
+/// The undelivered rows (as [`undelivered`]) of every record in `records`, by record. Pending
+/// rows are locked (a change may be merged into one; the claim skips locked rows); rows in flight
+/// or failed are only read, so that recording a delivery's outcome (which locks its row, then the
+/// record) never waits in a cycle with an apply (which locks the record, then reads these).
 pub async fn undelivered_of(
     c: &impl ConnectionTrait,
     records: &[(RecordType, String)],
 ) -> Result<HashMap<(RecordType, String), Vec<crm_outbox::Model>>, DbErr> {
     let mut out: HashMap<(RecordType, String), Vec<crm_outbox::Model>> = HashMap::new();
     for chunk in records.chunks(crate::db::MAX_PARAMS / 2) {
-        let rows = crm_outbox::Entity::find()
-            .filter(crate::sync::stamps::by_type(chunk, crm_outbox::Column::RecordType, crm_outbox::Column::RecordId))
-            .filter(crm_outbox::Column::Status.is_in(["pending", "in_flight", "failed"]))
-            .filter(crm_outbox::Column::Operation.ne("link"))
-            .order_by_asc(crm_outbox::Column::Id)
-            .lock_exclusive()
-            .all(c)
-            .await?;
+        let of = |statuses: &[&str]| {
+            crm_outbox::Entity::find()
+                .filter(crate::sync::stamps::by_type(
+                    chunk,
+                    crm_outbox::Column::RecordType,
+                    crm_outbox::Column::RecordId,
+                ))
+                .filter(crm_outbox::Column::Status.is_in(statuses.iter().copied()))
+                .filter(crm_outbox::Column::Operation.ne("link"))
+                .order_by_asc(crm_outbox::Column::Id)
+        };
+        let mut rows = of(&["pending"]).lock_exclusive().all(c).await?;
+        rows.extend(of(&["in_flight", "failed"]).all(c).await?);
         for row in rows {
             if let Some(t) = RecordType::parse(&row.record_type) {
                 out.entry((t, row.record_id.clone())).or_default().push(row);

@@ -224,12 +224,6 @@ async fn apply_rows(
     for (_, raw) in &rows {
         wanted.event(raw);
     }
-    for (t, crm_id) in &linked {
-        wanted.waiting_for(waiting_key(*t, crm_id));
-    }
-    if !release {
-        wanted.no_release();
-    }
     view.prefetch(wanted).await?;
     let mut outcomes = Outcomes::default();
     let mut results = Vec::with_capacity(rows.len());
@@ -243,9 +237,6 @@ async fn apply_rows(
         });
         queue.extend(decision.linked.clone());
         outcomes.record(&mut view, row, &decision, again);
-        if release {
-            release_in(&mut view, ctx, &mut outcomes, &mut queue).await?;
-        }
     }
     if release {
         release_in(&mut view, ctx, &mut outcomes, &mut queue).await?;
@@ -256,19 +247,25 @@ async fn apply_rows(
 }
 
 /// Applies, in the view, the events waiting for each record in `queue`, and those waiting for
-/// the records they link in turn.
+/// the records they link in turn: a round at a time, each round's waiting events read (after
+/// their advisory locks, taken together and in order) with one query.
 async fn release_in(
     view: &mut View<'_, DatabaseTransaction>,
     ctx: &SyncContext,
     outcomes: &mut Outcomes,
     queue: &mut VecDeque<Key>,
 ) -> Result<(), DbErr> {
-    while let Some((t, crm_id)) = queue.pop_front() {
-        let rows = view.take_waiting(&waiting_key(t, &crm_id)).await?;
-        let rows: Vec<(crm_inbox::Model, Value)> = rows
-            .into_iter()
-            .filter_map(|row| serde_json::from_str(&row.payload).ok().map(|raw| (outcomes.latest(row), raw)))
-            .collect();
+    while !queue.is_empty() {
+        let keys: Vec<String> = queue.drain(..).map(|(t, crm_id)| waiting_key(t, &crm_id)).collect();
+        view.load_waiting_for(&keys).await?;
+        let mut rows: Vec<(crm_inbox::Model, Value)> = Vec::new();
+        for key in &keys {
+            for row in view.take_waiting(key).await? {
+                if let Ok(raw) = serde_json::from_str(&row.payload) {
+                    rows.push((outcomes.latest(row), raw));
+                }
+            }
+        }
         let mut wanted = Wanted::default();
         rows.iter().for_each(|(_, raw)| wanted.event(raw));
         view.prefetch(wanted).await?;

@@ -75,7 +75,6 @@ pub(crate) struct Wanted {
     email_keys: Vec<String>,
     tombstones: Vec<Key>,
     requests: Vec<String>,
-    waiting: Vec<String>,
 }
 
 impl Wanted {
@@ -89,7 +88,6 @@ impl Wanted {
         if let Some(crm_id) = text("/object/id") {
             self.crm_ids.entry(t).or_default().push(crm_id.to_owned());
             self.tombstones.push((t, crm_id.to_owned()));
-            self.waiting.push(super::inbox::waiting_key(t, crm_id));
         }
         if let Some(id) = text("/object/externalId") {
             self.ids.entry(t).or_default().push(id.to_owned());
@@ -120,16 +118,6 @@ impl Wanted {
     pub(crate) fn email(&mut self, email: &str) {
         self.email_keys.push(user::email_key(email));
     }
-
-    /// Nothing waiting will be released: no waiting events are read.
-    pub(crate) fn no_release(&mut self) {
-        self.waiting.clear();
-    }
-
-    /// Notes that the events waiting for `key` may be released.
-    pub(crate) fn waiting_for(&mut self, key: String) {
-        self.waiting.push(key);
-    }
 }
 
 impl<'c, C: ConnectionTrait> View<'c, C> {
@@ -159,14 +147,8 @@ impl<'c, C: ConnectionTrait> View<'c, C> {
     }
 
     /// Loads, with a few set queries, what `wanted` names and is not loaded yet: records and
-    /// their stamps and undelivered changes, tombstones, requests, and stored waiting events.
+    /// their stamps and undelivered changes, tombstones and requests.
     pub(crate) async fn prefetch(&mut self, wanted: Wanted) -> Result<(), DbErr> {
-        // Waiting keys first: the advisory locks, then the rows (see `waiting_for`).
-        let waiting: Vec<String> = unique(wanted.waiting.into_iter().filter(|k| !self.waiting_loaded.contains(k)));
-        if !waiting.is_empty() {
-            crate::db::lock_names(self.c, &waiting).await?;
-            self.load_waiting(&waiting).await?;
-        }
         let mut email_keys = unique(wanted.email_keys.into_iter().filter(|k| !self.by_email_key.contains_key(k)));
         for t in RecordType::ALL {
             let crm_ids = unique(
@@ -265,11 +247,15 @@ impl<'c, C: ConnectionTrait> View<'c, C> {
         let i = self.slots.len();
         self.absent_ids.remove(&key);
         self.by_id.insert(key, i);
+        // A key looked for before and not found (`None`) is this record's now: it was just
+        // inserted (a record the database numbers), or committed meanwhile by another instance.
         if let Some(crm_id) = local.crm_id() {
-            self.by_crm_id.entry((t, crm_id.to_owned())).or_insert(Some(i));
+            let entry = self.by_crm_id.entry((t, crm_id.to_owned())).or_insert(None);
+            entry.get_or_insert(i);
         }
         if let Some(email_key) = local.values.get("email_key").and_then(Value::as_str) {
-            self.by_email_key.entry(email_key.to_owned()).or_insert(Some(i));
+            let entry = self.by_email_key.entry(email_key.to_owned()).or_insert(None);
+            entry.get_or_insert(i);
         }
         self.slots.push(Slot { t, local, state: State::Clean });
         i
@@ -551,6 +537,25 @@ impl<'c, C: ConnectionTrait> View<'c, C> {
         self.waiting.entry(key).or_default().push(row);
     }
 
+    /// Loads the stored events waiting for each of `keys` not loaded yet, after taking their
+    /// advisory locks in one statement, keeping the ones noted in this group.
+    pub(crate) async fn load_waiting_for(&mut self, keys: &[String]) -> Result<(), DbErr> {
+        let keys: Vec<String> = unique(keys.iter().filter(|k| !self.waiting_loaded.contains(*k)).cloned());
+        if keys.is_empty() {
+            return Ok(());
+        }
+        crate::db::lock_names(self.c, &keys).await?;
+        let noted: Vec<(String, Vec<crm_inbox::Model>)> =
+            keys.iter().filter_map(|k| self.waiting.remove(k).map(|rows| (k.clone(), rows))).collect();
+        self.load_waiting(&keys).await?;
+        for (key, noted) in noted {
+            let stored = self.waiting.entry(key).or_default();
+            stored.retain(|row| !noted.iter().any(|n| n.event_id == row.event_id));
+            stored.extend(noted);
+        }
+        Ok(())
+    }
+
     /// Takes the events waiting for `key`, stored or noted in this group. The key's advisory lock
     /// is taken first (see [`super::apply`]: whichever of a waiting event and its parent's
     /// release comes second sees what the first one committed).
@@ -617,16 +622,20 @@ impl<'c, C: ConnectionTrait> View<'c, C> {
     /// Writes the outbox rows dropped, queued and merged into here.
     async fn flush_outbox(&mut self) -> Result<(), DbErr> {
         let cancelled = std::mem::take(&mut self.cancelled);
-        if !cancelled.is_empty() {
+        for chunk in cancelled.chunks(crate::db::MAX_PARAMS / 2) {
             crm_outbox::Entity::delete_many()
-                .filter(stamps::by_type(&cancelled, crm_outbox::Column::RecordType, crm_outbox::Column::RecordId))
+                .filter(stamps::by_type(chunk, crm_outbox::Column::RecordType, crm_outbox::Column::RecordId))
                 .filter(crm_outbox::Column::Status.eq("pending"))
                 .exec(self.c)
                 .await?;
         }
         let changed = std::mem::take(&mut self.outbox_changed);
         let (mut new, mut merged) = (Vec::new(), Vec::new());
-        for row in self.undelivered.values().flatten().filter(|r| changed.contains(&r.id)) {
+        let mut rows: Vec<&crm_outbox::Model> =
+            self.undelivered.values().flatten().filter(|r| changed.contains(&r.id)).collect();
+        // New rows (-1, -2, ...) get their ids in the order they were queued.
+        rows.sort_by_key(|r| std::cmp::Reverse(r.id));
+        for row in rows {
             let mut model = crm_outbox::ActiveModel::from(row.clone()).reset_all();
             if row.id < 0 {
                 model.id = sea_orm::NotSet;

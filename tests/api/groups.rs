@@ -125,6 +125,55 @@ async fn a_delivery_the_database_refuses_fails_alone_in_its_group(app: TestApp) 
     assert!(failed.reason.as_deref().unwrap().starts_with("database error"), "{:?}", failed.reason);
 }
 
+/// `property(...)` as another action and version of the same record.
+fn property_again(id: &str, crm_id: &str, kind: &str, version: i64, title: &str) -> Value {
+    let mut event = property(id, crm_id, "crm_o");
+    event["type"] = json!(format!("property.{kind}"));
+    event["changedFields"] = json!(["title"]);
+    event["object"]["version"] = json!(version);
+    event["object"]["updatedAt"] = json!(at(version));
+    event["object"]["data"]["title"] = json!(title);
+    if kind == "deleted" {
+        event["object"]["deletedAt"] = json!(at(version));
+    }
+    event
+}
+
+/// Properties are numbered by the database, so they are written at once, not at the end of the
+/// group: a later event of the same group must still find them by their TreadSoft id.
+async fn a_record_created_then_changed_or_deleted_in_one_group_is_found(app: TestApp) {
+    assert_eq!(app.deliver(&[contact("evt_o", "created", "crm_o", 1, "o@example.com", "+44 1")]).await, ["applied"]);
+
+    let deleted = in_one_group(
+        &app,
+        vec![
+            app.deliver(&[property("evt_3", "crm_p2", "crm_o")]),
+            app.deliver(&[property_again("evt_4", "crm_p2", "deleted", 2, "Haworth Hall")]),
+        ],
+    )
+    .await;
+    let updated = in_one_group(
+        &app,
+        vec![
+            app.deliver(&[property("evt_1", "crm_p1", "crm_o")]),
+            app.deliver(&[property_again("evt_2", "crm_p1", "updated", 2, "Renamed Hall")]),
+        ],
+    )
+    .await;
+
+    assert_eq!(deleted, [["applied"], ["applied"]]);
+    assert_eq!(updated, [["applied"], ["applied"]]);
+    let find = |crm_id: &'static str| {
+        let db = app.db.reader().clone();
+        async move {
+            properties::Entity::find().filter(properties::Column::CrmId.eq(crm_id)).one(&db).await.unwrap().unwrap()
+        }
+    };
+    assert_eq!(find("crm_p1").await.title, "Renamed Hall");
+    assert!(find("crm_p2").await.deleted_at.is_some(), "deleted here too");
+    assert_eq!(properties::Entity::find().count(app.db.reader()).await.unwrap(), 2);
+}
+
 fn owner(event_id: &str, kind: &str, user_id: &str, email: &str, phone: &str) -> Value {
     json!({"id": event_id, "type": kind, "data": {"id": user_id, "name": "Ada Lovelace", "email": email,
         "phone": phone, "companyName": null, "role": "owner", "membershipStatus": "pending"}})
@@ -169,6 +218,7 @@ on_both_databases!(
     deliveries_queued_together_answer_as_each_would_alone,
     a_delivery_the_database_refuses_fails_alone_in_its_group,
     app_event_requests_queued_together_answer_as_each_would_alone,
+    a_record_created_then_changed_or_deleted_in_one_group_is_found,
 );
 
 /// A migrated database and the count of statements run through its writer connection.
