@@ -161,7 +161,11 @@ async fn connect_sqlite(config: &DatabaseConfig, role: Role) -> Result<DatabaseC
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(synchronous)
                 .foreign_keys(true)
-                .busy_timeout(SQLITE_BUSY_TIMEOUT);
+                .busy_timeout(SQLITE_BUSY_TIMEOUT)
+                // The group's IN lists and RETURNING clauses use SQLite's temporary tables; in
+                // a file (the default) each one created, written and unlinked a file in
+                // /var/tmp. In memory: 8-12 % less CPU per event, the same RSS (BENCHMARKS.md).
+                .pragma("temp_store", "memory");
             match role {
                 Role::Writer => o.create_if_missing(true),
                 Role::Reader => o.read_only(true),

@@ -217,6 +217,7 @@ async fn sqlite_runs_durable_wal_with_foreign_keys(database: TestDatabase) {
     assert_eq!(pragma("synchronous").await, "2", "synchronous=FULL");
     assert_eq!(pragma("foreign_keys").await, "1");
     assert_eq!(pragma("busy_timeout").await, "10000");
+    assert_eq!(pragma("temp_store").await, "2", "temporary tables in memory, no file per statement");
 }
 
 on_both_databases_without_app!(
