@@ -9,7 +9,7 @@
 //! A bearer token is never sent by a browser on its own, so with one neither check is needed.
 
 use crate::error::ApiError;
-use crate::startup::AppState;
+use crate::state::AppState;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::{StatusCode, header};

@@ -166,23 +166,45 @@ pub fn json_error_responses<B>(res: ServiceResponse<B>) -> actix_web::Result<Err
     Ok(ErrorHandlerResponse::Response(res))
 }
 
-/// The answer when work could not be written: `503` when trying again can help (the database is
-/// unreachable, or the work lost a conflict with another instance), `500` otherwise.
-pub fn write_failed(e: &crate::writer::WriteError) -> ApiError {
-    use crate::writer::WriteError;
-    match e {
-        WriteError::Work(cause) if crate::db::is_unique_violation(cause) => {
-            tracing::warn!(error = %ErrorChain(e), "a write broke a uniqueness rule");
-            ApiError::new(StatusCode::CONFLICT, "conflict", "a record with the same key was written at the same time")
-        }
-        WriteError::Work(cause) if !crate::db::is_conflict(cause) => ApiError::internal(e),
-        _ => {
-            tracing::error!(error = %ErrorChain(e), "a write could not be done");
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "storage_unavailable",
-                "the change could not be stored; nothing of it was written, send it again",
-            )
+/// The answer when work could not be written: `409` when it broke a uniqueness rule another
+/// write won, `503` when trying again can help (the database is unreachable, or the work lost a
+/// conflict with another instance), `500` otherwise.
+impl From<crate::writer::WriteError> for ApiError {
+    fn from(e: crate::writer::WriteError) -> Self {
+        use crate::writer::WriteError;
+        match &e {
+            WriteError::Work(cause) if crate::db::is_unique_violation(cause) => {
+                tracing::warn!(error = %ErrorChain(&e), "a write broke a uniqueness rule");
+                ApiError::new(
+                    StatusCode::CONFLICT,
+                    "conflict",
+                    "a record with the same key was written at the same time",
+                )
+            }
+            WriteError::Work(cause) if !crate::db::is_conflict(cause) => ApiError::internal(&e),
+            _ => storage_unavailable(&e),
         }
     }
+}
+
+/// A read that failed: `503` when the database could not be reached or the read lost a
+/// conflict (trying again can help), `500` otherwise, the same as for writes.
+impl From<sea_orm::DbErr> for ApiError {
+    fn from(e: sea_orm::DbErr) -> Self {
+        use sea_orm::DbErr;
+        match &e {
+            DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => storage_unavailable(&e),
+            cause if crate::db::is_conflict(cause) => storage_unavailable(&e),
+            _ => ApiError::internal(&e),
+        }
+    }
+}
+
+fn storage_unavailable(e: &dyn std::error::Error) -> ApiError {
+    tracing::error!(error = %ErrorChain(e), "the database could not do the work");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "storage_unavailable",
+        "the database could not do the work; nothing of it was written, send it again",
+    )
 }

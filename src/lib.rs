@@ -2,7 +2,7 @@
 //!
 //! - [`config`]: every setting, its default and validation
 //! - [`db`]: connecting (SQLite pragmas, PostgreSQL pool) and migrating
-//! - [`startup`]: the HTTP application and its lifecycle
+//! - [`startup`]: the HTTP application and its lifecycle; [`state`]: what its handlers reach
 //! - [`error`]: the JSON error shape
 //! - [`ops`]: health and readiness
 //! - [`cli`], [`telemetry`]: the command line and logging
@@ -17,6 +17,7 @@ pub mod inbound;
 pub mod ops;
 pub mod outbound;
 pub mod startup;
+pub mod state;
 pub mod sync;
 pub mod telemetry;
 pub mod writer;

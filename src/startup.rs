@@ -10,6 +10,7 @@ use crate::ops::health;
 use crate::ops::maintenance;
 use crate::outbound;
 use crate::outbound::worker::Delivery;
+use crate::state::AppState;
 use crate::sync::apply::SyncContext;
 use crate::sync::hlc::Hlc;
 use crate::sync::stamps;
@@ -27,17 +28,6 @@ use tracing_actix_web::{RequestId, TracingLogger};
 
 /// Largest JSON body the app-facing routes accept.
 pub const JSON_BODY_LIMIT: usize = 1024 * 1024;
-
-/// What every handler can reach.
-pub struct AppState {
-    pub config: Config,
-    pub db: Db,
-    /// The group-commit writer: every write goes through it.
-    pub writer: Writer,
-    pub sync: Arc<SyncContext>,
-    /// Sends the outbox to the CRM; `wake` it after queuing a change.
-    pub delivery: Arc<Delivery>,
-}
 
 /// A built server, bound to its port, not yet running.
 pub struct Application {

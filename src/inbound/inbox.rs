@@ -1,7 +1,7 @@
 //! Operating the inbox: replaying a stored event (`POST /api/crm/inbox/{eventId}/replay`).
 
 use crate::error::{ApiError, resource};
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::sync::apply::SyncContext;
 use crate::sync::inbox::{self as sync_inbox, EventResult};
 use crate::writer::{WriteError, Writer};
@@ -26,6 +26,6 @@ async fn replay_route(path: web::Path<String>, state: web::Data<AppState>) -> Re
     match replay(&state.writer, state.sync.clone(), event_id.clone()).await {
         Ok(Some(result)) => Ok(HttpResponse::Ok().json(result)),
         Ok(None) => Err(ApiError::not_found(format!("the inbox has no event {event_id}"))),
-        Err(e) => Err(ApiError::internal(&e)),
+        Err(e) => Err(e.into()),
     }
 }

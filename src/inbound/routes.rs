@@ -2,7 +2,7 @@
 
 use super::verify::{self, SignedHeaders, VerifyError};
 use crate::error::{ApiError, resource};
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::sync::inbox::{EventResult, Incoming};
 use crate::writer::WriteError;
 use actix_web::http::StatusCode;

@@ -2,7 +2,7 @@
 //! the CRM circuit breaker's state is shown too).
 
 use crate::error::resource;
-use crate::startup::AppState;
+use crate::state::AppState;
 use actix_web::{HttpResponse, web};
 use serde_json::json;
 use std::time::Instant;

@@ -2,7 +2,7 @@
 
 use super::outbox;
 use crate::error::{ApiError, resource};
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::sync::mapping::RecordType;
 use crate::writer::{WriteError, Writer};
 use actix_web::http::StatusCode;
@@ -66,7 +66,7 @@ pub async fn retry_failed(writer: &Writer, record_type: Option<RecordType>) -> R
 async fn retry_route(path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let raw = path.into_inner();
     let id: i64 = raw.parse().map_err(|_| ApiError::not_found(format!("no outbox row {raw}")))?;
-    match retry_one(&state.writer, id).await.map_err(|e| ApiError::internal(&e))? {
+    match retry_one(&state.writer, id).await? {
         RetryOne::Queued => {
             state.delivery.wake.notify_one();
             Ok(HttpResponse::Ok().json(json!({ "id": id, "status": "pending" })))
@@ -100,7 +100,7 @@ async fn retry_failed_route(
             )
         })?),
     };
-    let count = retry_failed(&state.writer, record_type).await.map_err(|e| ApiError::internal(&e))?;
+    let count = retry_failed(&state.writer, record_type).await?;
     state.delivery.wake.notify_one();
     Ok(HttpResponse::Ok().json(json!({ "retried": count })))
 }

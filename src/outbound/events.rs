@@ -3,7 +3,7 @@
 
 use super::changes::{self, LocalChange, Rejected};
 use crate::error::{ApiError, resource};
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::sync::apply::SyncContext;
 use crate::sync::mapping::{NUL_MESSAGE, RecordType, nul_at};
 use crate::sync::view::{View, Wanted};
@@ -54,8 +54,7 @@ async fn post_events(
         .filter(|k| !k.is_empty())
         .map(str::to_owned);
     let events = std::sync::Arc::new(parse(body.into_inner(), key.as_deref())?);
-    let outcome =
-        state.writer.app_events(state.sync.clone(), events).await.map_err(|e| crate::error::write_failed(&e))?;
+    let outcome = state.writer.app_events(state.sync.clone(), events).await?;
     match outcome {
         Ok(answer) => {
             state.delivery.wake.notify_one();

@@ -4,7 +4,7 @@
 use super::changes::{self, LocalChange, Rejected};
 use super::outbox::{self, Operation};
 use crate::error::{ApiError, resource};
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::sync::mapping::RecordType;
 use crate::sync::records::{self, Local};
 use actix_web::http::StatusCode;
@@ -71,17 +71,12 @@ async fn sync_now(
                 outbox::enqueue(txn, t, &record_id, Operation::Upsert, None, None).await
             })
         })
-        .await
-        .map_err(|e| ApiError::internal(&e))?;
-    state.delivery.deliver_rows(vec![row_id]).await.map_err(|e| ApiError::internal(&e))?;
-    let local = records::find_by_id(state.db.reader(), t, &id).await.map_err(|e| ApiError::internal(&e))?;
+        .await?;
+    state.delivery.deliver_rows(vec![row_id]).await?;
+    let local = records::find_by_id(state.db.reader(), t, &id).await?;
     let crm_id = local.as_ref().and_then(|l| l.crm_id().map(str::to_owned));
     let synced = local.as_ref().is_some_and(Local::is_synced);
-    let error = crm_outbox::Entity::find_by_id(row_id)
-        .one(state.db.reader())
-        .await
-        .map_err(|e| ApiError::internal(&e))?
-        .and_then(|r| r.last_error);
+    let error = crm_outbox::Entity::find_by_id(row_id).one(state.db.reader()).await?.and_then(|r| r.last_error);
     Ok((synced, crm_id, error))
 }
 
@@ -105,8 +100,7 @@ async fn owner(state: &AppState, user_id: &str) -> Result<user::Model, ApiError>
     user::Entity::find_by_id(user_id)
         .filter(user::Column::DeletedAt.is_null())
         .one(state.db.reader())
-        .await
-        .map_err(|e| ApiError::internal(&e))?
+        .await?
         .ok_or_else(|| ApiError::not_found(format!("no user {user_id}")))
 }
 
@@ -148,8 +142,7 @@ async fn sync_property(body: web::Json<PropertyRef>, state: web::Data<AppState>)
     let property = properties::Entity::find_by_id(id)
         .filter(properties::Column::DeletedAt.is_null())
         .one(state.db.reader())
-        .await
-        .map_err(|e| ApiError::internal(&e))?
+        .await?
         .ok_or_else(|| ApiError::not_found(format!("no property {id}")))?;
     if property.crm_id.is_some() && property.crm_sync_status == entity::enums::CrmSyncStatus::Synced {
         return Ok(HttpResponse::Ok()
@@ -181,15 +174,13 @@ async fn sync_bulk(body: web::Json<Bulk>, state: web::Data<AppState>) -> Result<
 
 /// Syncs every live record of one type that is not synced; counts synced, failed and skipped.
 async fn bulk_one(state: &AppState, t: RecordType) -> Result<Value, ApiError> {
-    let internal = |e: sea_orm::DbErr| ApiError::internal(&e);
     let (ids, skipped): (Vec<String>, usize) = match t {
         RecordType::Contact => {
             let all = user::Entity::find()
                 .filter(user::Column::Role.eq(entity::enums::Role::Owner))
                 .filter(user::Column::DeletedAt.is_null())
                 .all(state.db.reader())
-                .await
-                .map_err(internal)?;
+                .await?;
             let total = all.len();
             let todo: Vec<String> = all
                 .into_iter()
@@ -206,8 +197,7 @@ async fn bulk_one(state: &AppState, t: RecordType) -> Result<Value, ApiError> {
                 .columns([properties::Column::Id, properties::Column::CrmId, properties::Column::CrmSyncStatus])
                 .into_tuple::<(i64, Option<String>, entity::enums::CrmSyncStatus)>()
                 .all(state.db.reader())
-                .await
-                .map_err(internal)?;
+                .await?;
             let total = all.len();
             let todo: Vec<String> = all
                 .into_iter()
@@ -230,12 +220,11 @@ async fn bulk_one(state: &AppState, t: RecordType) -> Result<Value, ApiError> {
                 Ok(rows)
             })
         })
-        .await
-        .map_err(|e| ApiError::internal(&e))?;
-    state.delivery.deliver_rows(rows).await.map_err(|e| ApiError::internal(&e))?;
+        .await?;
+    state.delivery.deliver_rows(rows).await?;
     let mut synced = 0;
     for id in &ids {
-        let local = records::find_by_id(state.db.reader(), t, id).await.map_err(internal)?;
+        let local = records::find_by_id(state.db.reader(), t, id).await?;
         if local.as_ref().is_some_and(Local::is_synced) {
             synced += 1;
         }
@@ -299,8 +288,7 @@ async fn apply_change(state: &AppState, change: LocalChange) -> Result<(), ApiEr
                 Box::pin(async move { changes::apply(txn, &sync, change, None).await })
             }
         })
-        .await
-        .map_err(|e| crate::error::write_failed(&e))?;
+        .await?;
     outcome.map_err(rejection)?;
     state.delivery.wake.notify_one();
     Ok(())
@@ -358,8 +346,7 @@ async fn register(body: web::Json<Registration>, state: web::Data<AppState>) -> 
                 })
             }
         })
-        .await
-        .map_err(|e| crate::error::write_failed(&e))?;
+        .await?;
     outcome?;
     state.delivery.wake.notify_one();
     let user = owner(&state, &id).await?;
