@@ -8,6 +8,8 @@ use crate::error::{self, json_error_responses};
 use crate::inbound;
 use crate::ops::health;
 use crate::ops::maintenance;
+use crate::ops::metrics::{self, Metrics};
+use crate::ops::status::{self, CrmHealth};
 use crate::outbound;
 use crate::outbound::worker::Delivery;
 use crate::state::AppState;
@@ -57,17 +59,22 @@ impl Application {
     pub async fn build_with_db(config: Config, db: Db) -> anyhow::Result<Self> {
         let floor = stamps::max_stamp(db.reader()).await.context("cannot read the latest version stamp")?;
         let sync = Arc::new(SyncContext { precedence: config.tie_winner, hlc: Hlc::starting_after(floor) });
-        let (writer, writer_task) = Writer::start(db.writer().clone());
-        let crm = crm::from_config(&config).context("cannot set up the CRM client")?;
-        let delivery = Arc::new(Delivery::new(
-            db.clone(),
-            writer.clone(),
-            crm,
-            sync.clone(),
-            config.retry_schedule.clone(),
-            config.delivery_lease,
-            config.crm_request_timeout,
-        ));
+        let metrics = Arc::new(Metrics::new());
+        let (writer, writer_task) = Writer::start(db.writer().clone(), metrics.clone());
+        let crm = crm::from_config(&config, metrics.clone()).context("cannot set up the CRM client")?;
+        let health = CrmHealth::new(crm.clone(), crm::provider_name(&config));
+        let delivery = Arc::new(
+            Delivery::new(
+                db.clone(),
+                writer.clone(),
+                crm,
+                sync.clone(),
+                config.retry_schedule.clone(),
+                config.delivery_lease,
+                config.crm_request_timeout,
+            )
+            .with_metrics(metrics.clone()),
+        );
         let (stop_workers, stopped) = watch::channel(false);
         let mut background: Vec<_> =
             (0..config.delivery_workers).map(|_| tokio::spawn(delivery.clone().run(stopped.clone()))).collect();
@@ -84,12 +91,19 @@ impl Application {
             writer: writer.clone(),
             sync: sync.clone(),
             delivery: delivery.clone(),
+            metrics,
+            health,
         });
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
                 .app_data(error::json_config(JSON_BODY_LIMIT))
                 .configure(health::routes)
+                .service(
+                    crate::error::resource("/metrics", "GET")
+                        .wrap(actix_web::middleware::from_fn(auth::require_api_token))
+                        .route(web::get().to(metrics::metrics_route)),
+                )
                 .configure(|cfg| inbound::routes::routes(cfg, webhook_limit))
                 .service(
                     web::scope("/api")
@@ -97,15 +111,26 @@ impl Application {
                         .configure(inbound::inbox::routes)
                         .configure(outbound::events::routes)
                         .configure(outbound::admin::routes)
+                        .configure(status::routes)
                         .configure(outbound::seed_routes::routes),
                 )
                 .default_service(web::to(error::not_found))
                 .wrap(ErrorHandlers::new().default_handler(json_error_responses))
                 .wrap_fn(|req, srv| {
                     let request_id = req.extensions().get::<RequestId>().map(ToString::to_string);
+                    let metrics = req.app_data::<web::Data<AppState>>().map(|s| s.metrics.clone());
+                    let started = std::time::Instant::now();
                     let response = srv.call(req);
                     async move {
                         let mut response = response.await?;
+                        if let Some(metrics) = metrics {
+                            metrics.http_request(
+                                response.request().match_pattern().as_deref(),
+                                response.request().method().as_str(),
+                                response.status().as_u16(),
+                                started.elapsed(),
+                            );
+                        }
                         if let Some(value) = request_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
                             response.headers_mut().insert(HeaderName::from_static("x-request-id"), value);
                         }

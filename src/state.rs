@@ -2,6 +2,8 @@
 
 use crate::config::Config;
 use crate::db::Db;
+use crate::ops::metrics::Metrics;
+use crate::ops::status::CrmHealth;
 use crate::outbound::worker::Delivery;
 use crate::sync::apply::SyncContext;
 use crate::writer::Writer;
@@ -16,4 +18,7 @@ pub struct AppState {
     pub sync: Arc<SyncContext>,
     /// Sends the outbox to the CRM; `wake` it after queuing a change.
     pub delivery: Arc<Delivery>,
+    pub metrics: Arc<Metrics>,
+    /// The CRM's health, checked at most every 30 s.
+    pub health: CrmHealth,
 }

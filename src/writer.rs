@@ -9,6 +9,7 @@
 //! told was written is durably written. This turns N fsyncs into one under load without adding a
 //! waiting window: an idle writer starts a transaction as soon as one piece of work arrives.
 
+use crate::ops::metrics::Metrics;
 use crate::outbound::events::{self, AppEvent};
 use crate::sync::apply::SyncContext;
 use crate::sync::inbox::{self, EventResult, Incoming};
@@ -60,10 +61,11 @@ pub struct Writer {
 
 impl Writer {
     /// Starts the writer task over `connection` (the database's single writer connection).
-    pub fn start(connection: DatabaseConnection) -> (Self, WriterTask) {
+    /// The size of each group is counted in `metrics`.
+    pub fn start(connection: DatabaseConnection, metrics: Arc<Metrics>) -> (Self, WriterTask) {
         let (jobs, queue) = mpsc::channel(4 * MAX_BATCH);
         let (stop, stopped) = watch::channel(false);
-        (Self { jobs }, WriterTask { stop, handle: tokio::spawn(run(connection, queue, stopped)) })
+        (Self { jobs }, WriterTask { stop, handle: tokio::spawn(run(connection, queue, stopped, metrics)) })
     }
 
     /// How many pieces of work wait for the next group transaction.
@@ -212,7 +214,12 @@ fn answer_after_commit<T: Send + 'static>(
     })
 }
 
-async fn run(connection: DatabaseConnection, mut queue: mpsc::Receiver<Job>, mut stop: watch::Receiver<bool>) {
+async fn run(
+    connection: DatabaseConnection,
+    mut queue: mpsc::Receiver<Job>,
+    mut stop: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
         let received = tokio::select! {
@@ -276,6 +283,7 @@ async fn run(connection: DatabaseConnection, mut queue: mpsc::Receiver<Job>, mut
         let applied = started.elapsed();
         let committed = txn.commit().await.map_err(Arc::new);
         tracing::debug!(jobs = completions.len(), ?applied, total = ?started.elapsed(), "group committed");
+        metrics.group_jobs.observe(completions.len() as f64);
         if let Err(e) = &committed {
             tracing::error!(error = %e, jobs = completions.len(), "group commit failed");
         }

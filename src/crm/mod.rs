@@ -7,6 +7,7 @@ pub mod signing;
 pub mod treadsoft;
 
 use crate::config::{Config, CrmProvider};
+use crate::ops::metrics::Metrics;
 use crate::sync::mapping::RecordType;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -163,14 +164,21 @@ pub trait CrmClient: Send + Sync + std::fmt::Debug {
     ) -> Result<(Vec<BatchItem>, Option<String>), CrmError>;
 }
 
-/// The client the configuration asks for.
-pub fn from_config(config: &Config) -> anyhow::Result<Arc<dyn CrmClient>> {
+/// The client the configuration asks for; its calls are counted in `metrics`.
+pub fn from_config(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Arc<dyn CrmClient>> {
     Ok(match &config.crm {
         CrmProvider::Mock => Arc::new(mock::MockCrm),
-        CrmProvider::TreadSoft(treadsoft) => Arc::new(treadsoft::TreadSoftClient::new(
-            treadsoft.clone(),
-            config.crm_request_timeout,
-            config.crm_rate_limit,
-        )?),
+        CrmProvider::TreadSoft(treadsoft) => Arc::new(
+            treadsoft::TreadSoftClient::new(treadsoft.clone(), config.crm_request_timeout, config.crm_rate_limit)?
+                .with_metrics(metrics),
+        ),
     })
+}
+
+/// The provider's name, as the status shows it.
+pub fn provider_name(config: &Config) -> &'static str {
+    match &config.crm {
+        CrmProvider::Mock => "mock",
+        CrmProvider::TreadSoft(_) => "treadsoft",
+    }
 }

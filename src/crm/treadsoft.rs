@@ -6,6 +6,7 @@ use super::rate_limit::RateLimit;
 use super::signing::request_signature;
 use super::{BatchItem, CrmClient, CrmError, CrmRecord, ErrorBody, Page, Written};
 use crate::config::TreadSoftConfig;
+use crate::ops::metrics::Metrics;
 use crate::sync::mapping::RecordType;
 use chrono::{DateTime, Utc};
 use governor::DefaultDirectRateLimiter;
@@ -14,7 +15,7 @@ use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Longest `Retry-After` honoured; a larger one is clamped so a bad header cannot park work for days.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
@@ -24,10 +25,12 @@ pub struct TreadSoftClient {
     http: reqwest::Client,
     config: TreadSoftConfig,
     limiter: Arc<DefaultDirectRateLimiter>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// A successful answer: status, headers and body.
 struct Answer {
+    status: u16,
     headers: HeaderMap,
     body: Value,
 }
@@ -55,7 +58,7 @@ impl TreadSoftClient {
             .timeout(timeout)
             .user_agent(concat!("crm-gateway/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Self { http, config, limiter: Arc::new(rate_limit.limiter()) })
+        Ok(Self { http, config, limiter: Arc::new(rate_limit.limiter()), metrics: None })
     }
 
     /// The path as sent and signed: the base URL's own path, then `/v1/...`.
@@ -63,17 +66,48 @@ impl TreadSoftClient {
         format!("{}{rest}", self.config.api_url.path().trim_end_matches('/'))
     }
 
+    /// Counts every call's wait for the rate limiter, latency and status in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Waits for the rate limiter, then sends; `operation` names the call in the metrics.
     async fn call(
+        &self,
+        operation: &'static str,
+        method: Method,
+        rest: &str,
+        body: Option<&Value>,
+        idempotency_key: Option<&str>,
+    ) -> Result<Answer, CrmError> {
+        let waited = Instant::now();
+        self.limiter.until_ready().await;
+        if let Some(metrics) = &self.metrics {
+            metrics.rate_limit_wait_seconds.observe(waited.elapsed().as_secs_f64());
+        }
+        if super::past_send_by() {
+            return Err(CrmError::NotSent { message: "the deadline passed while waiting for the rate limit".into() });
+        }
+        let started = Instant::now();
+        let answer = self.send(method, rest, body, idempotency_key).await;
+        if let Some(metrics) = &self.metrics {
+            let status = match &answer {
+                Ok(answer) => Some(answer.status),
+                Err(e) => e.status(),
+            };
+            metrics.crm_call(operation, status, started.elapsed(), answer.as_ref().err().map(ToString::to_string));
+        }
+        answer
+    }
+
+    async fn send(
         &self,
         method: Method,
         rest: &str,
         body: Option<&Value>,
         idempotency_key: Option<&str>,
     ) -> Result<Answer, CrmError> {
-        self.limiter.until_ready().await;
-        if super::past_send_by() {
-            return Err(CrmError::NotSent { message: "the deadline passed while waiting for the rate limit".into() });
-        }
         let path = self.path(rest);
         let body = body.map(|b| serde_json::to_vec(b).unwrap_or_default()).unwrap_or_default();
         let timestamp = Utc::now().timestamp();
@@ -114,7 +148,7 @@ impl TreadSoftClient {
         if status.is_success() {
             let body =
                 if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
-            return Ok(Answer { headers, body });
+            return Ok(Answer { status: status.as_u16(), headers, body });
         }
         Err(classify(status, &headers, &bytes))
     }
@@ -178,24 +212,24 @@ impl CrmClient for TreadSoftClient {
         idempotency_key: &str,
     ) -> Result<Written, CrmError> {
         let body = Value::Object(fields.clone());
-        self.call(Method::POST, &collection(t), Some(&body), Some(idempotency_key)).await?.record()
+        self.call("create", Method::POST, &collection(t), Some(&body), Some(idempotency_key)).await?.record()
     }
 
     async fn update(&self, t: RecordType, id: &str, fields: &Map<String, Value>) -> Result<Written, CrmError> {
         let body = Value::Object(fields.clone());
-        self.call(Method::PATCH, &format!("{}/{id}", collection(t)), Some(&body), None).await?.record()
+        self.call("update", Method::PATCH, &format!("{}/{id}", collection(t)), Some(&body), None).await?.record()
     }
 
     async fn delete(&self, t: RecordType, id: &str) -> Result<Option<String>, CrmError> {
-        Ok(self.call(Method::DELETE, &format!("{}/{id}", collection(t)), None, None).await?.request_id())
+        Ok(self.call("delete", Method::DELETE, &format!("{}/{id}", collection(t)), None, None).await?.request_id())
     }
 
     async fn ping(&self) -> Result<(), CrmError> {
-        self.call(Method::GET, "/v1/me", None, None).await.map(drop)
+        self.call("ping", Method::GET, "/v1/me", None, None).await.map(drop)
     }
 
     async fn get(&self, t: RecordType, id: &str) -> Result<CrmRecord, CrmError> {
-        Ok(self.call(Method::GET, &format!("{}/{id}", collection(t)), None, None).await?.record()?.record)
+        Ok(self.call("get", Method::GET, &format!("{}/{id}", collection(t)), None, None).await?.record()?.record)
     }
 
     async fn list_since(
@@ -214,7 +248,7 @@ impl CrmClient for TreadSoftClient {
             }
             query.finish()
         };
-        let answer = self.call(Method::GET, &format!("{}?{query}", collection(t)), None, None).await?;
+        let answer = self.call("list", Method::GET, &format!("{}?{query}", collection(t)), None, None).await?;
         serde_json::from_value(answer.body).map_err(|e| CrmError::Transient {
             status: None,
             message: format!("TreadSoft answered with a page this client cannot read: {e}"),
@@ -230,7 +264,13 @@ impl CrmClient for TreadSoftClient {
     ) -> Result<(Vec<BatchItem>, Option<String>), CrmError> {
         let body = json!({ "records": records });
         let answer = self
-            .call(Method::POST, &format!("{}/batch/upsert", collection(t)), Some(&body), Some(idempotency_key))
+            .call(
+                "batch_upsert",
+                Method::POST,
+                &format!("{}/batch/upsert", collection(t)),
+                Some(&body),
+                Some(idempotency_key),
+            )
             .await?;
         let request_id = answer.request_id();
         #[derive(Deserialize)]

@@ -2,6 +2,7 @@
 
 use super::verify::{self, SignedHeaders, VerifyError};
 use crate::error::{ApiError, resource};
+use crate::ops::metrics::ReasonLabel;
 use crate::state::AppState;
 use crate::sync::inbox::{EventResult, Incoming};
 use crate::writer::WriteError;
@@ -42,8 +43,13 @@ async fn receive_webhook(
     body: web::Bytes,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    authenticate(&req, &body, &state)?;
-    let delivery = parse_delivery(&req, &body)?;
+    let refused = |e: ApiError| {
+        state.metrics.webhook_refusals.get_or_create(&ReasonLabel { reason: e.code.to_owned() }).inc();
+        e
+    };
+    authenticate(&req, &body, &state).map_err(refused)?;
+    let delivery = parse_delivery(&req, &body).map_err(refused)?;
+    let started = std::time::Instant::now();
     let span = tracing::Span::current();
     span.record("delivery_id", delivery.delivery_id.as_deref().unwrap_or_default());
     span.record("events", delivery.events.len());
@@ -51,6 +57,8 @@ async fn receive_webhook(
     let delivery_id = delivery.delivery_id.unwrap_or_default();
     let incoming = Incoming { delivery_id: delivery_id.clone(), events: std::sync::Arc::new(delivery.events) };
     let results = state.writer.receive(state.sync.clone(), incoming).await.map_err(unavailable)?;
+    state.metrics.apply_seconds.observe(started.elapsed().as_secs_f64());
+    state.metrics.webhook_results(&results);
     Ok(HttpResponse::Ok().json(DeliveryResults { delivery_id, results }))
 }
 

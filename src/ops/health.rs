@@ -1,5 +1,5 @@
 //! `GET /healthz` (the process answers) and `GET /readyz` (it can do its work: the database answers;
-//! the CRM circuit breaker's state is shown too).
+//! the outbox backlog, dead letters, the CRM circuit breaker and the last CRM call are shown too).
 
 use crate::error::resource;
 use crate::state::AppState;
@@ -24,17 +24,37 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     match state.db.ping().await {
         // An open circuit does not make the gateway unready: it still takes and stores every
         // webhook and change; delivery resumes by itself once the CRM answers.
-        Ok(()) => HttpResponse::Ok().json(json!({
-            "status": "ready",
-            "checks": {
-                "database": {
-                    "status": "ok",
-                    "backend": backend,
-                    "latencyMs": started.elapsed().as_secs_f64() * 1000.0,
+        Ok(()) => {
+            let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+            // Still ready when the CRM is down: the gateway stores every webhook and change, and
+            // delivery resumes by itself. The outbox figures tell an operator how far behind it is.
+            let depth = crate::ops::status::outbox_depth(state.db.reader(), chrono::Utc::now()).await;
+            let outbox = match depth {
+                Ok(depth) => {
+                    let outbox = crate::ops::status::OutboxSummary::of(depth);
+                    json!({
+                        "backlog": outbox.pending + outbox.in_flight,
+                        "deadLetters": outbox.failed,
+                        "oldestPendingAgeSeconds": outbox.oldest_pending_age_seconds,
+                    })
+                }
+                Err(e) => json!({ "status": "error", "error": e.to_string() }),
+            };
+            let mut crm = serde_json::to_value(state.delivery.circuit()).unwrap_or_default();
+            if let Some(object) = crm.as_object_mut() {
+                let last = state.metrics.last_crm_call();
+                object.insert("lastCallOk".into(), json!(last.as_ref().map(|c| c.ok)));
+                object.insert("lastCall".into(), json!(last));
+            }
+            HttpResponse::Ok().json(json!({
+                "status": "ready",
+                "checks": {
+                    "database": { "status": "ok", "backend": backend, "latencyMs": latency_ms },
+                    "outbox": outbox,
+                    "crm": crm,
                 },
-                "crm": state.delivery.circuit(),
-            },
-        })),
+            }))
+        }
         Err(err) => {
             tracing::warn!(error = %err, "database is not reachable");
             HttpResponse::ServiceUnavailable().json(json!({

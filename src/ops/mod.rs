@@ -1,4 +1,6 @@
-//! Operating the gateway: health and readiness, background upkeep.
+//! Operating the gateway: health and readiness, metrics, the sync status, background upkeep.
 
 pub mod health;
 pub mod maintenance;
+pub mod metrics;
+pub mod status;

@@ -102,6 +102,25 @@ pub fn id_json(t: RecordType, id: &str) -> Option<Value> {
     if t.has_text_id() { Some(Value::String(id.to_owned())) } else { id.parse::<i64>().ok().map(Value::from) }
 }
 
+/// How many live (not deleted) records of `t` stand at each `crm_sync_status`.
+pub async fn sync_status_counts(
+    c: &impl ConnectionTrait,
+    t: RecordType,
+) -> Result<Vec<(entity::enums::CrmSyncStatus, i64)>, DbErr> {
+    use sea_orm::QuerySelect;
+    with_table!(t, m => {
+        m::Entity::find()
+            .select_only()
+            .column(m::Column::CrmSyncStatus)
+            .column_as(m::Column::CrmSyncStatus.count(), "n")
+            .filter(m::Column::DeletedAt.is_null())
+            .group_by(m::Column::CrmSyncStatus)
+            .into_tuple::<(entity::enums::CrmSyncStatus, i64)>()
+            .all(c)
+            .await
+    })
+}
+
 /// The record TreadSoft knows as `crm_id`, deleted or not.
 pub async fn find_by_crm_id(c: &impl ConnectionTrait, t: RecordType, crm_id: &str) -> Result<Option<Local>, DbErr> {
     with_table!(t, m => {

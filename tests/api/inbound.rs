@@ -16,7 +16,15 @@ fn at(offset_secs: i64) -> String {
 }
 
 /// A TreadSoft event about `crm_id` at version `version`, stamped `offset_secs` after T0.
-fn event(id: &str, kind: &str, crm_id: &str, version: i64, offset_secs: i64, changed: &[&str], data: Value) -> Value {
+pub(crate) fn event(
+    id: &str,
+    kind: &str,
+    crm_id: &str,
+    version: i64,
+    offset_secs: i64,
+    changed: &[&str],
+    data: Value,
+) -> Value {
     let (record, action) = kind.split_once('.').unwrap();
     let deleted = action == "deleted";
     json!({
@@ -37,7 +45,7 @@ fn contact(phone: &str, company: Option<&str>) -> Value {
     })
 }
 
-fn created(id: &str, crm_id: &str) -> Value {
+pub(crate) fn created(id: &str, crm_id: &str) -> Value {
     let mut data = contact("+44 1", None);
     data["email"] = json!(format!("{crm_id}@example.com"));
     event(id, "contact.created", crm_id, 1, 0, &[], data)

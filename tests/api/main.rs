@@ -14,6 +14,7 @@ mod health;
 mod inbound;
 mod instances;
 mod lww_properties;
+mod operations;
 mod outage;
 mod process;
 mod query_plans;

@@ -14,6 +14,7 @@ mod send;
 use super::retry::RetrySchedule;
 use crate::crm::{self, CrmClient, CrmError};
 use crate::db::Db;
+use crate::ops::metrics::Metrics;
 use crate::sync::apply::SyncContext;
 use crate::sync::mapping::RecordType;
 use crate::writer::{WriteError, Writer};
@@ -53,6 +54,7 @@ pub struct Delivery {
     pub wake: Arc<Notify>,
     /// Pauses delivery while the CRM is down.
     breaker: breaker::Breaker,
+    metrics: Arc<Metrics>,
 }
 
 /// What sending one row came to.
@@ -95,7 +97,14 @@ impl Delivery {
             request_timeout,
             wake: Arc::new(Notify::new()),
             breaker: breaker::Breaker::default(),
+            metrics: Arc::new(Metrics::new()),
         }
+    }
+
+    /// Counts delivery outcomes in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Runs steps until `stop` turns true: at once when woken, otherwise every second.
@@ -233,31 +242,44 @@ impl Delivery {
         }
         let schedule = self.schedule.clone();
         let sync = self.sync.clone();
-        self.writer
+        let counted = self
+            .writer
             .run(move |txn| {
                 Box::pin(async move {
                     let savepoint = txn.begin().await?;
                     match record(&savepoint, &schedule, &sync, &results, now).await {
-                        Ok(()) => return savepoint.commit().await,
+                        Ok(counted) => {
+                            savepoint.commit().await?;
+                            return Ok(counted);
+                        }
                         Err(e) => {
                             savepoint.rollback().await?;
                             tracing::debug!(error = %e, rows = results.len(), "recording outcomes together failed: one at a time");
                         }
                     }
+                    let mut counted = Vec::with_capacity(results.len());
                     for result in results.chunks(1) {
                         let savepoint = txn.begin().await?;
                         match record(&savepoint, &schedule, &sync, result, now).await {
-                            Ok(()) => savepoint.commit().await?,
+                            Ok(one) => {
+                                savepoint.commit().await?;
+                                counted.extend(one);
+                            }
                             Err(e) => {
                                 savepoint.rollback().await?;
                                 tracing::error!(outbox_id = result[0].0.id, error = %e, "cannot record a delivery outcome");
                             }
                         }
                     }
-                    Ok(())
+                    Ok(counted)
                 })
             })
-            .await
+            .await?;
+        // Counted once committed: what was rolled back is tried again and counted then.
+        for (outcome, status) in counted {
+            self.metrics.delivery(outcome, status);
+        }
+        Ok(())
     }
 
     /// Marks due rows `in_flight`, at most one per record and none of a record already in flight.

@@ -18,6 +18,9 @@ use sea_orm::{ColumnTrait, DatabaseTransaction, DbErr, EntityTrait, QueryFilter,
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap};
 
+/// What one recorded row came to, and the CRM's HTTP status if it answered.
+pub(super) type Counted = (&'static str, Option<u16>);
+
 /// What to write to one outbox row.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct RowUpdate {
@@ -46,14 +49,16 @@ impl RowUpdate {
 
 /// Writes what became of each sent row: the outbox rows, the records' sync columns, the request
 /// ids for echo detection, the sync log, and the release of webhook events that waited for a
-/// record linked here. A few statements per table for all the rows together.
+/// record linked here. A few statements per table for all the rows together. Returns what each
+/// row recorded came to, for the metrics: `delivered`, `skipped`, `released`, `retry` or
+/// `dead_letter`, with the CRM's HTTP status.
 pub(super) async fn record(
     txn: &DatabaseTransaction,
     schedule: &RetrySchedule,
     sync: &SyncContext,
     results: &[(crm_outbox::Model, Attempt)],
     now: DateTime<Utc>,
-) -> Result<(), DbErr> {
+) -> Result<Vec<Counted>, DbErr> {
     // Only the instance whose lease still holds may record: one that ran past its lease was
     // taken over, and the newer outcome must not be overwritten.
     let ids: Vec<i64> = results.iter().map(|(row, _)| row.id).collect();
@@ -100,10 +105,12 @@ pub(super) async fn record(
     let mut linked = Vec::new();
     let mut requests = Vec::new();
     let mut logs = Vec::new();
+    let mut counted: Vec<Counted> = Vec::with_capacity(held.len());
     for (row, attempt) in held {
         let Some(t) = RecordType::parse(&row.record_type) else {
             let update = RowUpdate::finish("failed", Some("unknown record type".into()), None);
             updates.entry(update).or_default().push(row.id);
+            counted.push(("dead_letter", None));
             continue;
         };
         let key = (t, row.record_id.clone());
@@ -146,13 +153,21 @@ pub(super) async fn record(
                         .row(),
                     );
                 }
+                counted.push(("delivered", Some(200)));
                 RowUpdate::finish("delivered", None, None)
             }
-            Attempt::Skipped(reason) => RowUpdate::finish("delivered", Some(format!("skipped: {reason}")), None),
+            Attempt::Skipped(reason) => {
+                counted.push(("skipped", None));
+                RowUpdate::finish("delivered", Some(format!("skipped: {reason}")), None)
+            }
             Attempt::Failed { error: CrmError::NotSent { message }, .. } => {
+                counted.push(("released", None));
                 RowUpdate::release(row, std::time::Duration::ZERO, format!("released unsent: {message}"), now)
             }
-            Attempt::Later(wait, reason) => RowUpdate::release(row, *wait, reason.clone(), now),
+            Attempt::Later(wait, reason) => {
+                counted.push(("released", None));
+                RowUpdate::release(row, *wait, reason.clone(), now)
+            }
             Attempt::Failed { error, action, request } => {
                 let message = error.to_string();
                 logs.push(
@@ -176,10 +191,12 @@ pub(super) async fn record(
                     error.is_transient().then(|| schedule.delay(row.attempts.max(0) as u32, retry_after)).flatten();
                 match delay {
                     Some(delay) => {
+                        counted.push(("retry", error.status()));
                         let next = now + chrono::Duration::from_std(delay).unwrap_or_default();
                         RowUpdate::finish("pending", Some(message), Some(next))
                     }
                     None => {
+                        counted.push(("dead_letter", error.status()));
                         if locals.contains_key(&key) {
                             changed
                                 .entry(key.clone())
@@ -226,5 +243,6 @@ pub(super) async fn record(
         }
         query.filter(crm_outbox::Column::Id.is_in(ids)).exec(txn).await?;
     }
-    inbox::release_waiting(txn, sync, linked).await
+    inbox::release_waiting(txn, sync, linked).await?;
+    Ok(counted)
 }

@@ -1,0 +1,329 @@
+//! The sync's state at a glance: what `GET /api/crm/status` answers, the dashboard shows and
+//! `/metrics` and `/readyz` take their outbox figures from.
+
+use crate::crm::CrmClient;
+use crate::error::{ApiError, resource};
+use crate::ops::metrics::{CrmCall, Metrics};
+use crate::state::AppState;
+use crate::sync::mapping::RecordType;
+use crate::sync::records;
+use actix_web::{HttpResponse, web};
+use chrono::{DateTime, Duration as TimeDelta, Utc};
+use entity::enums::CrmSyncStatus;
+use entity::{crm_inbox, crm_outbox};
+use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Failures listed on the status, newest first, of each direction.
+pub const RECENT_FAILURES: u64 = 50;
+/// How long a CRM health check (`GET /v1/me`) is reused: the dashboard polls every few seconds,
+/// and TreadSoft's rate limit is shared with delivery.
+pub const HEALTH_TTL: Duration = Duration::from_secs(30);
+
+/// Undelivered outbox rows of one record type and status.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DepthRow {
+    pub record_type: String,
+    pub status: String,
+    pub rows: i64,
+    /// For `pending` and `in_flight`: the age of the oldest change, in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oldest_age_seconds: Option<f64>,
+}
+
+/// The outbox rows not delivered yet, by record type and status, oldest first.
+pub async fn outbox_depth(c: &impl ConnectionTrait, now: DateTime<Utc>) -> Result<Vec<DepthRow>, DbErr> {
+    let rows: Vec<(String, String, i64, Option<DateTime<Utc>>)> = crm_outbox::Entity::find()
+        .select_only()
+        .column(crm_outbox::Column::RecordType)
+        .column(crm_outbox::Column::Status)
+        .column_as(crm_outbox::Column::Id.count(), "rows")
+        .column_as(crm_outbox::Column::CreatedAt.min(), "oldest")
+        .filter(crm_outbox::Column::Status.is_in(["pending", "in_flight", "failed"]))
+        .group_by(crm_outbox::Column::RecordType)
+        .group_by(crm_outbox::Column::Status)
+        .into_tuple()
+        .all(c)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(record_type, status, rows, oldest)| {
+            let oldest_age_seconds =
+                oldest.filter(|_| status != "failed").map(|at| (now - at).num_milliseconds().max(0) as f64 / 1000.0);
+            DepthRow { record_type, status, rows, oldest_age_seconds }
+        })
+        .collect())
+}
+
+/// Live records of one type, by sync status.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordCounts {
+    pub record_type: &'static str,
+    pub synced: i64,
+    pub pending: i64,
+    pub failed: i64,
+}
+
+/// The outbox as a whole.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutboxSummary {
+    pub pending: i64,
+    pub in_flight: i64,
+    pub failed: i64,
+    /// Age of the oldest undelivered change (pending or in flight), in seconds.
+    pub oldest_pending_age_seconds: Option<f64>,
+    pub by_type: Vec<DepthRow>,
+}
+
+impl OutboxSummary {
+    /// The totals of [`outbox_depth`]'s rows.
+    pub fn of(by_type: Vec<DepthRow>) -> Self {
+        let total = |status: &str| by_type.iter().filter(|r| r.status == status).map(|r| r.rows).sum();
+        Self {
+            pending: total("pending"),
+            in_flight: total("in_flight"),
+            failed: total("failed"),
+            oldest_pending_age_seconds: by_type.iter().filter_map(|r| r.oldest_age_seconds).reduce(f64::max),
+            by_type,
+        }
+    }
+}
+
+/// Webhook events by outcome over a window.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookCounts {
+    pub applied: i64,
+    /// Counted by this instance (the inbox keeps no row for a duplicate).
+    pub duplicate: i64,
+    pub stale: i64,
+    pub echo: i64,
+    pub waiting: i64,
+    pub failed: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Webhooks {
+    pub last_hour: WebhookCounts,
+    pub last_day: WebhookCounts,
+    pub last_received_at: Option<DateTime<Utc>>,
+}
+
+/// A dead-lettered delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutboundFailure {
+    pub id: i64,
+    pub record_type: String,
+    pub record_id: String,
+    pub operation: String,
+    pub attempts: i32,
+    pub error: Option<String>,
+    pub failed_at: DateTime<Utc>,
+}
+
+/// A webhook event that failed to apply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InboundFailure {
+    pub event_id: String,
+    pub event_type: String,
+    pub record_type: Option<String>,
+    pub crm_id: Option<String>,
+    pub attempts: i32,
+    pub error: Option<String>,
+    pub received_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Failures {
+    pub outbound: Vec<OutboundFailure>,
+    pub inbound: Vec<InboundFailure>,
+}
+
+/// The answer of `GET /v1/me`, as last checked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Health {
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub checked_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CrmStatus {
+    /// `treadsoft`, or `mock` when `CRM_ENABLED=false`.
+    pub provider: &'static str,
+    pub health: Health,
+    /// This instance's last call to the CRM, if it made one.
+    pub last_call: Option<CrmCall>,
+    pub circuit: crate::outbound::worker::breaker::Status,
+}
+
+/// Everything `GET /api/crm/status` answers.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub generated_at: DateTime<Utc>,
+    pub records: Vec<RecordCounts>,
+    pub outbox: OutboxSummary,
+    pub webhooks: Webhooks,
+    pub crm: CrmStatus,
+    pub failures: Failures,
+}
+
+/// Checks the CRM's health at most once per [`HEALTH_TTL`], whoever asks.
+pub struct CrmHealth {
+    crm: Arc<dyn CrmClient>,
+    provider: &'static str,
+    last: tokio::sync::Mutex<Option<(Instant, Health)>>,
+}
+
+impl CrmHealth {
+    pub fn new(crm: Arc<dyn CrmClient>, provider: &'static str) -> Self {
+        Self { crm, provider, last: tokio::sync::Mutex::new(None) }
+    }
+
+    /// The last check if it is recent, else a new one (concurrent callers share it).
+    pub async fn check(&self) -> Health {
+        let mut last = self.last.lock().await;
+        if let Some((_, health)) = last.as_ref().filter(|(at, _)| at.elapsed() < HEALTH_TTL) {
+            return health.clone();
+        }
+        let result = self.crm.ping().await;
+        let health = Health { ok: result.is_ok(), error: result.err().map(|e| e.to_string()), checked_at: Utc::now() };
+        *last = Some((Instant::now(), health.clone()));
+        health
+    }
+
+    /// Forgets the last check, so that the next one asks the CRM.
+    pub async fn forget(&self) {
+        *self.last.lock().await = None;
+    }
+}
+
+async fn webhook_counts(
+    c: &impl ConnectionTrait,
+    since: DateTime<Utc>,
+    metrics: &Metrics,
+) -> Result<WebhookCounts, DbErr> {
+    let rows: Vec<(String, i64)> = crm_inbox::Entity::find()
+        .select_only()
+        .column(crm_inbox::Column::Outcome)
+        .column_as(crm_inbox::Column::EventId.count(), "n")
+        .filter(crm_inbox::Column::ReceivedAt.gte(since))
+        .group_by(crm_inbox::Column::Outcome)
+        .into_tuple()
+        .all(c)
+        .await?;
+    let mut counts = WebhookCounts { duplicate: metrics.duplicates_since(since) as i64, ..Default::default() };
+    for (outcome, n) in rows {
+        match outcome.as_str() {
+            "applied" => counts.applied = n,
+            "stale" => counts.stale = n,
+            "echo" => counts.echo = n,
+            "waiting" => counts.waiting = n,
+            "failed" => counts.failed = n,
+            _ => {}
+        }
+    }
+    Ok(counts)
+}
+
+/// Reads the whole status from the database (`c`, a reader) and this instance's state.
+pub async fn status(
+    c: &impl ConnectionTrait,
+    metrics: &Metrics,
+    health: &CrmHealth,
+    circuit: crate::outbound::worker::breaker::Status,
+) -> Result<Status, DbErr> {
+    let now = Utc::now();
+    let mut records = Vec::with_capacity(RecordType::ALL.len());
+    for t in RecordType::ALL {
+        let mut counts = RecordCounts { record_type: t.as_str(), ..Default::default() };
+        for (status, n) in records::sync_status_counts(c, t).await? {
+            match status {
+                CrmSyncStatus::Synced => counts.synced = n,
+                CrmSyncStatus::Pending => counts.pending = n,
+                CrmSyncStatus::Failed => counts.failed = n,
+            }
+        }
+        records.push(counts);
+    }
+
+    let outbox = OutboxSummary::of(outbox_depth(c, now).await?);
+
+    let last_received_at: Option<Option<DateTime<Utc>>> = crm_inbox::Entity::find()
+        .select_only()
+        .column_as(crm_inbox::Column::ReceivedAt.max(), "last")
+        .into_tuple()
+        .one(c)
+        .await?;
+    let webhooks = Webhooks {
+        last_hour: webhook_counts(c, now - TimeDelta::hours(1), metrics).await?,
+        last_day: webhook_counts(c, now - TimeDelta::days(1), metrics).await?,
+        last_received_at: last_received_at.flatten(),
+    };
+
+    let outbound = crm_outbox::Entity::find()
+        .filter(crm_outbox::Column::Status.eq("failed"))
+        .order_by_desc(crm_outbox::Column::UpdatedAt)
+        .order_by_desc(crm_outbox::Column::Id)
+        .limit(RECENT_FAILURES)
+        .all(c)
+        .await?
+        .into_iter()
+        .map(|row| OutboundFailure {
+            id: row.id,
+            record_type: row.record_type,
+            record_id: row.record_id,
+            operation: row.operation,
+            attempts: row.attempts,
+            error: row.last_error,
+            failed_at: row.updated_at,
+        })
+        .collect();
+    let inbound = crm_inbox::Entity::find()
+        .filter(crm_inbox::Column::Outcome.eq("failed"))
+        .order_by_desc(crm_inbox::Column::ReceivedAt)
+        .limit(RECENT_FAILURES)
+        .all(c)
+        .await?
+        .into_iter()
+        .map(|row| InboundFailure {
+            event_id: row.event_id,
+            event_type: row.event_type,
+            record_type: row.record_type,
+            crm_id: row.crm_id,
+            attempts: row.attempts,
+            error: row.reason,
+            received_at: row.received_at,
+        })
+        .collect();
+
+    let crm = CrmStatus {
+        provider: health.provider,
+        health: health.check().await,
+        last_call: metrics.last_crm_call(),
+        circuit,
+    };
+    Ok(Status { generated_at: now, records, outbox, webhooks, crm, failures: Failures { outbound, inbound } })
+}
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/crm/status", "GET").route(web::get().to(status_route)));
+}
+
+async fn status_route(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let status = status(state.db.reader(), &state.metrics, &state.health, state.delivery.circuit()).await?;
+    Ok(HttpResponse::Ok().insert_header(("Cache-Control", "no-store")).json(status))
+}

@@ -1,0 +1,183 @@
+//! The operator's view: `GET /api/crm/status` (what the dashboard shows), `GET /metrics`
+//! (Prometheus) and `/readyz`, each checked against what was really sent and stored.
+
+use crate::helpers::{TestApp, TestDatabase, use_stub};
+use crate::inbound::{created, event};
+use crate::on_both_databases_without_app;
+use crate::treadsoft_stub::Stub;
+use entity::crm_outbox;
+use reqwest::StatusCode;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use serde_json::{Value, json};
+
+/// A webhook delivery applied, the same delivered again (a duplicate), an event that fails, a
+/// refused delivery, and an owner registered by the app whose delivery TreadSoft refuses for
+/// good (a dead letter).
+async fn some_of_everything(database: TestDatabase) -> (TestApp, Stub) {
+    let stub = Stub::start().await;
+    let app = TestApp::spawn_with(database, |c| use_stub(c, &stub)).await;
+    stub.state().records.insert(
+        ("contacts".into(), "crm_c1".into()),
+        json!({"id": "crm_c1", "externalId": null, "email": "crm_c1@example.com", "version": 1}),
+    );
+    assert_eq!(app.deliver(&[created("evt_1", "crm_c1")]).await, ["applied"]);
+    assert_eq!(app.deliver(&[created("evt_1", "crm_c1")]).await, ["duplicate"]);
+    let bad = event(
+        "evt_bad",
+        "contact.created",
+        "crm_c2",
+        1,
+        0,
+        &[],
+        json!({"firstName": "A", "lastName": "B", "email": "b@example.com", "role": "superuser"}),
+    );
+    assert_eq!(app.deliver(&[bad]).await, ["failed"]);
+    let unsigned = app.post_webhook_with(r#"{"events": []}"#, &[]).await;
+    assert_eq!(unsigned.status(), StatusCode::UNAUTHORIZED);
+    // Everything queued so far goes out (the link-back of crm_c1), then the owner, refused.
+    app.deliver_pending().await;
+    let owner = json!({"id": "user_1", "name": "Mary Smith", "email": "mary@example.com", "phone": null,
+        "companyName": null, "role": "owner", "membershipStatus": "pending"});
+    let response = app.post_events(&json!({"id": "ev_1", "type": "owner.registered", "data": owner})).await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    stub.fail_next(422, "validation_failed", None);
+    app.deliver_pending().await;
+    (app, stub)
+}
+
+async fn failed_rows(app: &TestApp) -> Vec<crm_outbox::Model> {
+    crm_outbox::Entity::find().filter(crm_outbox::Column::Status.eq("failed")).all(app.db.reader()).await.unwrap()
+}
+
+async fn status(app: &TestApp) -> Value {
+    let response = app.get("/api/crm/status").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    response.json().await.unwrap()
+}
+
+async fn the_status_shows_records_outbox_webhooks_crm_and_failures(database: TestDatabase) {
+    let (app, _stub) = some_of_everything(database).await;
+    let failed = failed_rows(&app).await;
+    assert_eq!(failed.len(), 1, "only the owner's create was dead-lettered: {failed:#?}");
+
+    let status = status(&app).await;
+
+    let contacts = &status["records"].as_array().unwrap()[0];
+    assert_eq!(contacts["recordType"], "contact");
+    assert_eq!((contacts["synced"].as_i64(), contacts["failed"].as_i64()), (Some(1), Some(1)), "{contacts}");
+    assert_eq!(status["outbox"]["failed"], 1);
+    assert_eq!(status["outbox"]["pending"], 0);
+    assert_eq!(status["outbox"]["oldestPendingAgeSeconds"], Value::Null, "nothing waits");
+    for window in ["lastHour", "lastDay"] {
+        let counts = &status["webhooks"][window];
+        assert_eq!(
+            (&counts["applied"], &counts["duplicate"], &counts["failed"], &counts["stale"]),
+            (&json!(1), &json!(1), &json!(1), &json!(0)),
+            "{window}: {counts}"
+        );
+    }
+    assert!(status["webhooks"]["lastReceivedAt"].is_string());
+    assert_eq!(status["crm"]["provider"], "treadsoft");
+    assert_eq!(status["crm"]["health"]["ok"], true, "the stub answers GET /v1/me");
+    assert_eq!(status["crm"]["lastCall"]["ok"], true, "the health check was the last call");
+    let outbound = status["failures"]["outbound"].as_array().unwrap();
+    assert_eq!(outbound.len(), 1);
+    assert_eq!(outbound[0]["id"], failed[0].id);
+    assert_eq!(outbound[0]["recordId"], "user_1");
+    assert!(outbound[0]["error"].as_str().unwrap().contains("validation_failed"), "{}", outbound[0]);
+    let inbound = status["failures"]["inbound"].as_array().unwrap();
+    assert_eq!(inbound.len(), 1);
+    assert_eq!(inbound[0]["eventId"], "evt_bad");
+    assert!(inbound[0]["error"].as_str().unwrap().contains("role"), "{}", inbound[0]);
+}
+
+async fn a_change_waiting_shows_its_age(database: TestDatabase) {
+    let app = TestApp::spawn(database).await;
+    let owner = json!({"id": "user_9", "name": "Ann Lee", "email": "ann@example.com", "phone": null,
+        "companyName": null, "role": "owner", "membershipStatus": "pending"});
+    let response = app.post_events(&json!({"id": "ev_9", "type": "owner.registered", "data": owner})).await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+
+    let status = status(&app).await;
+
+    assert_eq!(status["outbox"]["pending"], 1);
+    let age = status["outbox"]["oldestPendingAgeSeconds"].as_f64().expect("an age");
+    assert!((0.0..60.0).contains(&age), "{age}");
+    assert_eq!(status["outbox"]["byType"][0]["recordType"], "contact");
+    assert_eq!(status["records"][0]["pending"], 1);
+    assert_eq!(status["crm"]["provider"], "mock");
+}
+
+/// The value of the series `name{labels}` in a text exposition; `None` when it is absent.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+async fn metrics_count_what_happened(database: TestDatabase) {
+    let (app, _stub) = some_of_everything(database).await;
+
+    let response = app.get("/metrics").await;
+
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("application/openmetrics-text"));
+    let text = response.text().await.unwrap();
+    let value = |series: &str| sample(&text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"));
+    assert_eq!(value(r#"crm_gateway_webhook_events_total{outcome="applied"}"#), 1.0);
+    assert_eq!(value(r#"crm_gateway_webhook_events_total{outcome="duplicate"}"#), 1.0);
+    assert_eq!(value(r#"crm_gateway_webhook_events_total{outcome="failed"}"#), 1.0);
+    assert_eq!(value(r#"crm_gateway_webhook_refusals_total{reason="missing_signature"}"#), 1.0);
+    assert_eq!(value("crm_gateway_webhook_apply_seconds_count"), 3.0, "three deliveries applied");
+    assert_eq!(value(r#"crm_gateway_deliveries_total{outcome="delivered",status="200"}"#), 1.0);
+    assert_eq!(value(r#"crm_gateway_deliveries_total{outcome="dead_letter",status="422"}"#), 1.0);
+    assert_eq!(value("crm_gateway_dead_letters_total"), 1.0);
+    assert_eq!(value(r#"crm_gateway_outbox_rows{record_type="contact",status="failed"}"#), 1.0);
+    assert!(value(r#"crm_gateway_crm_request_seconds_count{operation="batch_upsert",status="422"}"#) >= 1.0);
+    assert!(value("crm_gateway_writer_group_jobs_count") >= 3.0);
+    assert!(value("crm_gateway_rate_limit_wait_seconds_count") >= 2.0);
+    assert_eq!(
+        value(r#"crm_gateway_http_requests_total{route="/api/crm/webhooks/treadsoft",method="POST",status="200"}"#),
+        3.0
+    );
+    assert_eq!(
+        value(r#"crm_gateway_http_requests_total{route="/api/crm/webhooks/treadsoft",method="POST",status="401"}"#),
+        1.0
+    );
+    assert!(text.trim_end().ends_with("# EOF"));
+}
+
+async fn readyz_reports_the_backlog_dead_letters_and_a_failing_crm_and_stays_ready(database: TestDatabase) {
+    let (app, stub) = some_of_everything(database).await;
+    let owner = json!({"id": "user_2", "name": "Bob Stone", "email": "bob@example.com", "phone": null,
+        "companyName": null, "role": "owner", "membershipStatus": "pending"});
+    let response = app.post_events(&json!({"id": "ev_2", "type": "owner.registered", "data": owner})).await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    stub.fail_next(503, "unavailable", None);
+    app.deliver_pending().await;
+
+    let response = app.get("/readyz").await;
+
+    assert_eq!(response.status(), StatusCode::OK, "a CRM outage does not make the gateway unready");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["checks"]["outbox"]["backlog"], 1, "{body}");
+    assert_eq!(body["checks"]["outbox"]["deadLetters"], 1);
+    assert_eq!(body["checks"]["crm"]["lastCallOk"], false);
+    assert!(body["checks"]["crm"]["lastCall"]["error"].as_str().unwrap().contains("503"), "{body}");
+}
+
+async fn status_and_metrics_need_the_token_when_one_is_set(database: TestDatabase) {
+    let app = TestApp::spawn_with(database, |c| c.api_token = Some("s3cret".to_owned().into())).await;
+    for path in ["/metrics", "/api/crm/status"] {
+        let refused = app.get(path).await;
+        assert_eq!(refused.status(), StatusCode::UNAUTHORIZED, "{path}");
+        let served = app.http.get(format!("{}{path}", app.address)).bearer_auth("s3cret").send().await.unwrap();
+        assert_eq!(served.status(), StatusCode::OK, "{path}");
+    }
+}
+
+on_both_databases_without_app!(
+    the_status_shows_records_outbox_webhooks_crm_and_failures,
+    a_change_waiting_shows_its_age,
+    metrics_count_what_happened,
+    readyz_reports_the_backlog_dead_letters_and_a_failing_crm_and_stays_ready,
+    status_and_metrics_need_the_token_when_one_is_set,
+);
