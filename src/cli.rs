@@ -2,9 +2,8 @@
 
 use crate::config::{Config, Settings};
 use crate::db::Db;
-use crate::inbound::inbox;
 use crate::inbound::verify::treadsoft_signature;
-use crate::outbound::admin::{self, RetryOne};
+use crate::outbound::outbox::{self, RetryOne};
 use crate::startup::{Application, shutdown_signal};
 use crate::sync::apply::SyncContext;
 use crate::sync::hlc::Hlc;
@@ -144,14 +143,14 @@ async fn outbox_retry(config: Config, id: Option<i64>, record_type: Option<Strin
     };
     let (_db, writer) = open(&config).await?;
     match id {
-        Some(id) => match admin::retry_one(&writer, id).await? {
+        Some(id) => match outbox::retry_one(&writer, id).await? {
             RetryOne::Queued => println!("outbox row {id} is due again"),
             RetryOne::NotFound => anyhow::bail!("no outbox row {id}"),
             RetryOne::NotRetryable(status) => {
                 anyhow::bail!("outbox row {id} is {status}; only failed or pending rows can be retried")
             }
         },
-        None => println!("{} failed row(s) are due again", admin::retry_failed(&writer, record_type).await?),
+        None => println!("{} failed row(s) are due again", outbox::retry_failed(&writer, record_type, None).await?),
     }
     Ok(())
 }
@@ -160,7 +159,7 @@ async fn replay(config: Config, event_id: String) -> anyhow::Result<()> {
     let (db, writer) = open(&config).await?;
     let floor = stamps::max_stamp(db.reader()).await?;
     let sync = Arc::new(SyncContext { precedence: config.tie_winner, hlc: Hlc::starting_after(floor) });
-    match inbox::replay(&writer, sync, event_id.clone()).await? {
+    match crate::sync::inbox::replay_one(&writer, sync, event_id.clone()).await? {
         Some(result) => println!("{}", serde_json::to_string_pretty(&result)?),
         None => anyhow::bail!("the inbox has no event {event_id}"),
     }

@@ -99,6 +99,7 @@ impl Application {
                 .app_data(state.clone())
                 .app_data(error::json_config(JSON_BODY_LIMIT))
                 .configure(health::routes)
+                .configure(crate::ops::dashboard::routes)
                 .service(
                     crate::error::resource("/metrics", "GET")
                         .wrap(actix_web::middleware::from_fn(auth::require_api_token))

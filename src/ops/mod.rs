@@ -1,5 +1,7 @@
-//! Operating the gateway: health and readiness, metrics, the sync status, background upkeep.
+//! Operating the gateway: health and readiness, metrics, the sync status and its dashboard,
+//! background upkeep.
 
+pub mod dashboard;
 pub mod health;
 pub mod maintenance;
 pub mod metrics;

@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 
 /// Failures listed on the status, newest first, of each direction.
 pub const RECENT_FAILURES: u64 = 50;
+/// Webhook events listed on the status, newest first.
+pub const RECENT_EVENTS: u64 = 20;
 /// How long a CRM health check (`GET /v1/me`) is reused: the dashboard polls every few seconds,
 /// and TreadSoft's rate limit is shared with delivery.
 pub const HEALTH_TTL: Duration = Duration::from_secs(30);
@@ -141,6 +143,35 @@ pub struct InboundFailure {
     pub received_at: DateTime<Utc>,
 }
 
+/// A webhook event as received, for the list of recent ones.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecentEvent {
+    pub event_id: String,
+    pub event_type: String,
+    pub record_type: Option<String>,
+    pub crm_id: Option<String>,
+    /// The record's name as the event carries it (a contact's first and last name, a property's
+    /// title, ...), so an operator recognises it; exactly as TreadSoft sent it.
+    pub name: Option<String>,
+    pub outcome: String,
+    pub reason: Option<String>,
+    pub received_at: DateTime<Utc>,
+}
+
+/// The name an event's record goes by, from its stored payload.
+fn record_name(payload: &str) -> Option<String> {
+    let event: serde_json::Value = serde_json::from_str(payload).ok()?;
+    let data = event.pointer("/object/data")?;
+    let text = |key: &str| data.get(key).and_then(serde_json::Value::as_str).filter(|s| !s.is_empty());
+    match (text("firstName"), text("lastName")) {
+        (Some(first), Some(last)) => return Some(format!("{first} {last}")),
+        (Some(one), None) | (None, Some(one)) => return Some(one.to_owned()),
+        (None, None) => {}
+    }
+    ["name", "title", "guestName", "email"].into_iter().find_map(text).map(str::to_owned)
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Failures {
@@ -179,6 +210,8 @@ pub struct Status {
     pub webhooks: Webhooks,
     pub crm: CrmStatus,
     pub failures: Failures,
+    /// The last webhook events received, newest first.
+    pub recent_events: Vec<RecentEvent>,
 }
 
 /// Checks the CRM's health at most once per [`HEALTH_TTL`], whoever asks.
@@ -310,13 +343,40 @@ pub async fn status(
         })
         .collect();
 
+    let recent_events = crm_inbox::Entity::find()
+        .order_by_desc(crm_inbox::Column::ReceivedAt)
+        .order_by_desc(crm_inbox::Column::EventId)
+        .limit(RECENT_EVENTS)
+        .all(c)
+        .await?
+        .into_iter()
+        .map(|row| RecentEvent {
+            name: record_name(&row.payload),
+            event_id: row.event_id,
+            event_type: row.event_type,
+            record_type: row.record_type,
+            crm_id: row.crm_id,
+            outcome: row.outcome,
+            reason: row.reason,
+            received_at: row.received_at,
+        })
+        .collect();
+
     let crm = CrmStatus {
         provider: health.provider,
         health: health.check().await,
         last_call: metrics.last_crm_call(),
         circuit,
     };
-    Ok(Status { generated_at: now, records, outbox, webhooks, crm, failures: Failures { outbound, inbound } })
+    Ok(Status {
+        generated_at: now,
+        records,
+        outbox,
+        webhooks,
+        crm,
+        failures: Failures { outbound, inbound },
+        recent_events,
+    })
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {

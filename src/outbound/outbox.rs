@@ -3,6 +3,7 @@
 //! current state once instead of every intermediate edit.
 
 use crate::sync::mapping::RecordType;
+use crate::writer::{WriteError, Writer};
 use chrono::Utc;
 use entity::crm_outbox;
 use sea_orm::sea_query::Expr;
@@ -260,4 +261,58 @@ mod tests {
         assert_eq!(merge_fields(None, Some(&["name"])), None);
         assert_eq!(merge_fields(Some(r#"["name"]"#), None), None);
     }
+}
+
+/// What retrying one row came to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RetryOne {
+    Queued,
+    NotFound,
+    /// The row is delivered or being delivered; its status is given.
+    NotRetryable(String),
+}
+
+/// Makes a `failed` (or waiting `pending`) row due now, with a fresh attempt count.
+pub async fn retry_one(writer: &Writer, id: i64) -> Result<RetryOne, WriteError> {
+    writer
+        .run(move |txn| {
+            Box::pin(async move {
+                let Some(row) = crm_outbox::Entity::find_by_id(id).one(txn).await? else {
+                    return Ok(RetryOne::NotFound);
+                };
+                // Guarded by status in the update itself: a row another instance claims between
+                // the read and the update stays in flight instead of going out twice at once.
+                let retryable = Condition::all()
+                    .add(crm_outbox::Column::Id.eq(id))
+                    .add(crm_outbox::Column::Status.is_in(["failed", "pending"]));
+                if make_due(txn, retryable).await? == 0 {
+                    return Ok(RetryOne::NotRetryable(row.status));
+                }
+                Ok(RetryOne::Queued)
+            })
+        })
+        .await
+}
+
+/// Makes every `failed` row (of one record type, and of one record of it, if given) due now, with
+/// a fresh attempt count; returns how many.
+pub async fn retry_failed(
+    writer: &Writer,
+    record_type: Option<RecordType>,
+    record_id: Option<String>,
+) -> Result<u64, WriteError> {
+    writer
+        .run(move |txn| {
+            Box::pin(async move {
+                let mut which = Condition::all().add(crm_outbox::Column::Status.eq("failed"));
+                if let Some(t) = record_type {
+                    which = which.add(crm_outbox::Column::RecordType.eq(t.as_str()));
+                }
+                if let Some(id) = record_id {
+                    which = which.add(crm_outbox::Column::RecordId.eq(id));
+                }
+                make_due(txn, which).await
+            })
+        })
+        .await
 }

@@ -7,12 +7,13 @@ use super::log::SyncLog;
 use super::mapping::RecordType;
 use super::stamps::Key;
 use super::view::{View, Wanted};
+use crate::writer::{WriteError, Writer};
 use chrono::Utc;
 use entity::crm_inbox;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbErr, EntityTrait, QueryFilter, Statement,
-    TransactionTrait,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Statement, TransactionTrait,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -353,6 +354,81 @@ pub async fn replay(
     release_waiting(txn, ctx, linked).await?;
     Ok(Some(result))
 }
+
+/// [`replay`] in the next group transaction: `crm-gateway inbox replay`, the replay route and the
+/// dashboard's button. `None` if the inbox has no such event.
+pub async fn replay_one(
+    writer: &Writer,
+    ctx: Arc<SyncContext>,
+    event_id: String,
+) -> Result<Option<EventResult>, WriteError> {
+    writer.run(move |txn| Box::pin(async move { replay(txn, &ctx, &event_id).await })).await
+}
+
+/// What replaying the failed events came to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplaySummary {
+    pub replayed: usize,
+    /// Each outcome's count, e.g. `{"applied": 3, "failed": 1}`.
+    pub outcomes: std::collections::BTreeMap<&'static str, usize>,
+}
+
+/// Replays every event that failed (received at or after `since`, if given), oldest first, each
+/// in its own savepoint (one that fails again stays failed, the others apply). Events that fail
+/// again are not tried twice in one call.
+pub async fn replay_failed(
+    writer: &Writer,
+    reader: &impl ConnectionTrait,
+    ctx: Arc<SyncContext>,
+    since: Option<chrono::DateTime<Utc>>,
+) -> Result<ReplaySummary, WriteError> {
+    let mut query = crm_inbox::Entity::find()
+        .select_only()
+        .column(crm_inbox::Column::EventId)
+        .filter(crm_inbox::Column::Outcome.eq(Outcome::Failed.as_str()))
+        .order_by_asc(crm_inbox::Column::ReceivedAt)
+        .order_by_asc(crm_inbox::Column::EventId);
+    if let Some(since) = since {
+        query = query.filter(crm_inbox::Column::ReceivedAt.gte(since));
+    }
+    let ids: Vec<String> = query.into_tuple().all(reader).await.map_err(WriteError::Work)?;
+    let mut summary = ReplaySummary::default();
+    // A few hundred per group transaction: the writer's other work is not held up for long.
+    for chunk in ids.chunks(REPLAY_CHUNK) {
+        let chunk = chunk.to_vec();
+        let ctx = ctx.clone();
+        let results = writer
+            .run(move |txn| {
+                Box::pin(async move {
+                    let mut results = Vec::with_capacity(chunk.len());
+                    for id in &chunk {
+                        let savepoint = txn.begin().await?;
+                        match replay(&savepoint, &ctx, id).await {
+                            Ok(result) => {
+                                savepoint.commit().await?;
+                                results.extend(result);
+                            }
+                            Err(e) => {
+                                savepoint.rollback().await?;
+                                tracing::error!(event_id = %id, error = %e, "cannot replay an event");
+                            }
+                        }
+                    }
+                    Ok(results)
+                })
+            })
+            .await?;
+        for result in results {
+            summary.replayed += 1;
+            *summary.outcomes.entry(result.outcome.as_str()).or_default() += 1;
+        }
+    }
+    Ok(summary)
+}
+
+/// Failed events replayed per group transaction by [`replay_failed`].
+const REPLAY_CHUNK: usize = 200;
 
 /// Applies events that waited for a record that now exists (each of `linked`), and those that
 /// waited for them: together, or, when that fails, one at a time so that a bad one fails alone.

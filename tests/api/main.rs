@@ -6,6 +6,7 @@ mod helpers;
 mod cli;
 mod crash;
 mod crm_client;
+mod dashboard;
 mod database;
 mod delivery;
 mod events;
