@@ -48,6 +48,25 @@ async fn style() -> HttpResponse {
     guarded(HttpResponse::Ok()).content_type("text/css; charset=utf-8").body(STYLE)
 }
 
+/// A table the script fills: its columns' headers (numeric ones right-aligned; an empty label is
+/// the action column, named for screen readers only) and an empty body.
+fn table(id: &str, columns: &[(&str, bool)]) -> Markup {
+    html! {
+        table class="grid" id=(id) {
+            thead { tr {
+                @for (label, numeric) in columns {
+                    @if label.is_empty() {
+                        th scope="col" { span class="visually-hidden" { "Action" } }
+                    } @else {
+                        th scope="col" class=[numeric.then_some("num")] { (label) }
+                    }
+                }
+            } }
+            tbody {}
+        }
+    }
+}
+
 /// A figure with its label; the script fills `data-field`.
 fn figure(label: &str, field: &str) -> Markup {
     html! {
@@ -128,27 +147,11 @@ fn layout() -> Markup {
                     div class="columns" {
                         section class="panel" {
                             h2 { "Records" }
-                            table class="grid" id="records" {
-                                thead { tr {
-                                    th scope="col" { "Type" }
-                                    th scope="col" class="num" { "Synced" }
-                                    th scope="col" class="num" { "Pending" }
-                                    th scope="col" class="num" { "Failed" }
-                                    th scope="col" class="num" { "Oldest change" }
-                                } }
-                                tbody {}
-                            }
+                            (table("records", &[("Type", false), ("Synced", true), ("Pending", true), ("Failed", true), ("Oldest change", true)]))
                         }
                         section class="panel" {
                             h2 { "Webhook events" }
-                            table class="grid" id="webhooks" {
-                                thead { tr {
-                                    th scope="col" { "Outcome" }
-                                    th scope="col" class="num" { "Last hour" }
-                                    th scope="col" class="num" { "Last day" }
-                                } }
-                                tbody {}
-                            }
+                            (table("webhooks", &[("Outcome", false), ("Last hour", true), ("Last day", true)]))
                         }
                     }
                     section class="panel" {
@@ -157,46 +160,15 @@ fn layout() -> Markup {
                             button id="retry-all" type="button" class="primary" disabled { "Retry all failures" }
                         }
                         h3 { "Outbound: deliveries given up on" }
-                        table class="grid" id="outbound-failures" {
-                            thead { tr {
-                                th scope="col" { "Row" }
-                                th scope="col" { "Record" }
-                                th scope="col" { "Operation" }
-                                th scope="col" class="num" { "Attempts" }
-                                th scope="col" { "Error" }
-                                th scope="col" { "Failed" }
-                                th scope="col" { span class="visually-hidden" { "Action" } }
-                            } }
-                            tbody {}
-                        }
+                        (table("outbound-failures", &[("Row", false), ("Record", false), ("Operation", false), ("Attempts", true), ("Error", false), ("Failed", false), ("", false)]))
                         p class="empty" id="outbound-empty" hidden { "No failed deliveries." }
                         h3 { "Inbound: webhook events that failed to apply" }
-                        table class="grid" id="inbound-failures" {
-                            thead { tr {
-                                th scope="col" { "Event" }
-                                th scope="col" { "Type" }
-                                th scope="col" { "Record" }
-                                th scope="col" { "Error" }
-                                th scope="col" { "Received" }
-                                th scope="col" { span class="visually-hidden" { "Action" } }
-                            } }
-                            tbody {}
-                        }
+                        (table("inbound-failures", &[("Event", false), ("Type", false), ("Record", false), ("Error", false), ("Received", false), ("", false)]))
                         p class="empty" id="inbound-empty" hidden { "No failed webhook events." }
                     }
                     section class="panel" {
                         h2 { "Recent webhook events" }
-                        table class="grid" id="recent-events" {
-                            thead { tr {
-                                th scope="col" { "Received" }
-                                th scope="col" { "Event" }
-                                th scope="col" { "Type" }
-                                th scope="col" { "Record" }
-                                th scope="col" { "Name" }
-                                th scope="col" { "Outcome" }
-                            } }
-                            tbody {}
-                        }
+                        (table("recent-events", &[("Received", false), ("Event", false), ("Type", false), ("Record", false), ("Name", false), ("Outcome", false)]))
                         p class="empty" id="recent-empty" hidden { "No webhook received yet." }
                     }
                 }
