@@ -1,4 +1,4 @@
-//! The command line: `serve` (the default) and `migrate`.
+//! The command line: `serve` (the default), `migrate`, and the operator's commands.
 
 use crate::config::{Config, Settings};
 use crate::db::Db;
@@ -55,6 +55,29 @@ pub enum Command {
         #[command(subcommand)]
         command: OutboxCommand,
     },
+    /// List sync logs (one per CRM call or applied webhook change), newest first.
+    Logs(ListArgs),
+    /// List failures: deliveries given up on (outbound) and webhook events that failed (inbound).
+    Failures {
+        /// Only deliveries to the CRM.
+        #[arg(long, conflicts_with = "inbound")]
+        outbound: bool,
+        /// Only webhook events.
+        #[arg(long)]
+        inbound: bool,
+        #[command(flatten)]
+        list: ListArgs,
+    },
+    /// Show one record's sync state: its row, field stamps, outbox rows, webhook events and logs.
+    Inspect {
+        /// contact (or user), property, enquiry, booking, membership.
+        record_type: String,
+        /// The local id.
+        id: String,
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -70,7 +93,42 @@ pub enum OutboxCommand {
         /// With --all: only rows of this record type (contact, property, enquiry, booking, membership).
         #[arg(long, requires = "all")]
         record_type: Option<String>,
+        /// With --all and --record-type: only this record's rows.
+        #[arg(long, requires = "record_type")]
+        record_id: Option<String>,
     },
+}
+
+/// Which rows a list shows (the same filters as the `/api/crm/logs` and `/api/crm/failures` routes).
+#[derive(clap::Args, Debug, Default)]
+pub struct ListArgs {
+    /// contact (or user), property, enquiry, booking, membership.
+    #[arg(long)]
+    pub record_type: Option<String>,
+    /// The local record id (logs and outbound failures).
+    #[arg(long)]
+    pub record_id: Option<String>,
+    /// The TreadSoft id (logs and inbound failures).
+    #[arg(long)]
+    pub crm_id: Option<String>,
+    /// Logs only: success, failed or pending.
+    #[arg(long)]
+    pub status: Option<String>,
+    /// From this time on (RFC 3339, e.g. 2026-12-01T00:00:00Z).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Before this time (RFC 3339).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Rows per page (1 to 500).
+    #[arg(long, default_value_t = crate::ops::recovery::DEFAULT_LIMIT)]
+    pub limit: u64,
+    /// The next page: the cursor the previous one printed.
+    #[arg(long)]
+    pub cursor: Option<String>,
+    /// Print JSON (the routes' answer) instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Subcommand)]
@@ -79,6 +137,12 @@ pub enum InboxCommand {
     Replay {
         /// The event id (`evt_...`).
         event_id: String,
+    },
+    /// Apply every failed event again (received since a time, if given), and count the outcomes.
+    ReplayFailed {
+        /// Only events received at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
     },
 }
 
@@ -94,9 +158,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve => serve(config).await,
         Command::Migrate => migrate(config).await,
         Command::Inbox { command: InboxCommand::Replay { event_id } } => replay(config, event_id).await,
-        Command::Outbox { command: OutboxCommand::Retry { id, all: _, record_type } } => {
-            outbox_retry(config, id, record_type).await
+        Command::Inbox { command: InboxCommand::ReplayFailed { since } } => replay_failed(config, since).await,
+        Command::Outbox { command: OutboxCommand::Retry { id, all: _, record_type, record_id } } => {
+            outbox_retry(config, id, record_type, record_id).await
         }
+        Command::Logs(list) => crate::ops::report::logs(config, list).await,
+        Command::Failures { outbound, inbound, list } => {
+            crate::ops::report::failures(config, !inbound, !outbound, list).await
+        }
+        Command::Inspect { record_type, id, json } => crate::ops::report::inspect(config, record_type, id, json).await,
         Command::Sign { .. } => unreachable!("handled above"),
     }
 }
@@ -125,7 +195,7 @@ fn sign(settings: &Settings, secret: Option<String>, timestamp: Option<i64>) -> 
 }
 
 /// The database and writer a one-shot command works through.
-async fn open(config: &Config) -> anyhow::Result<(Db, Writer)> {
+pub(crate) async fn open(config: &Config) -> anyhow::Result<(Db, Writer)> {
     let db = Db::connect(&config.database)
         .await
         .with_context(|| format!("cannot open the database {}", config.database.redacted_url()))?;
@@ -134,7 +204,12 @@ async fn open(config: &Config) -> anyhow::Result<(Db, Writer)> {
     Ok((db, writer))
 }
 
-async fn outbox_retry(config: Config, id: Option<i64>, record_type: Option<String>) -> anyhow::Result<()> {
+async fn outbox_retry(
+    config: Config,
+    id: Option<i64>,
+    record_type: Option<String>,
+    record_id: Option<String>,
+) -> anyhow::Result<()> {
     let record_type = match record_type.as_deref() {
         None => None,
         Some(name) => Some(RecordType::parse(name).with_context(|| {
@@ -150,15 +225,37 @@ async fn outbox_retry(config: Config, id: Option<i64>, record_type: Option<Strin
                 anyhow::bail!("outbox row {id} is {status}; only failed or pending rows can be retried")
             }
         },
-        None => println!("{} failed row(s) are due again", outbox::retry_failed(&writer, record_type, None).await?),
+        None => {
+            println!("{} failed row(s) are due again", outbox::retry_failed(&writer, record_type, record_id).await?)
+        }
     }
+    Ok(())
+}
+
+/// The sync context a one-shot command applies events with: its clock after every stamp stored.
+async fn sync_context(config: &Config, db: &Db) -> anyhow::Result<Arc<SyncContext>> {
+    let floor = stamps::max_stamp(db.reader()).await?;
+    Ok(Arc::new(SyncContext { precedence: config.tie_winner, hlc: Hlc::starting_after(floor) }))
+}
+
+async fn replay_failed(config: Config, since: Option<String>) -> anyhow::Result<()> {
+    let since = since
+        .map(|text| {
+            text.parse::<chrono::DateTime<chrono::Utc>>().with_context(|| {
+                format!("--since: expected an RFC 3339 time such as 2026-12-01T00:00:00Z, got {text:?}")
+            })
+        })
+        .transpose()?;
+    let (db, writer) = open(&config).await?;
+    let sync = sync_context(&config, &db).await?;
+    let summary = crate::sync::inbox::replay_failed(&writer, db.reader(), sync, since).await?;
+    println!("{}", serde_json::to_string_pretty(&summary)?);
     Ok(())
 }
 
 async fn replay(config: Config, event_id: String) -> anyhow::Result<()> {
     let (db, writer) = open(&config).await?;
-    let floor = stamps::max_stamp(db.reader()).await?;
-    let sync = Arc::new(SyncContext { precedence: config.tie_winner, hlc: Hlc::starting_after(floor) });
+    let sync = sync_context(&config, &db).await?;
     match crate::sync::inbox::replay_one(&writer, sync, event_id.clone()).await? {
         Some(result) => println!("{}", serde_json::to_string_pretty(&result)?),
         None => anyhow::bail!("the inbox has no event {event_id}"),

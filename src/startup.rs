@@ -113,6 +113,7 @@ impl Application {
                         .configure(outbound::events::routes)
                         .configure(outbound::admin::routes)
                         .configure(status::routes)
+                        .configure(crate::ops::recovery::routes)
                         .configure(outbound::seed_routes::routes),
                 )
                 .default_service(web::to(error::not_found))

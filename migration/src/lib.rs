@@ -8,6 +8,7 @@ mod m20260101_000002_create_crm_sync_logs;
 mod m20260102_000001_create_sync_tables;
 mod m20260103_000001_create_app_events;
 mod m20260104_000001_user_email_key;
+mod m20261203_000001_operations_indexes;
 
 pub struct Migrator;
 
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20260102_000001_create_sync_tables::Migration),
             Box::new(m20260103_000001_create_app_events::Migration),
             Box::new(m20260104_000001_user_email_key::Migration),
+            Box::new(m20261203_000001_operations_indexes::Migration),
         ]
     }
 }

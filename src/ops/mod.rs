@@ -5,4 +5,6 @@ pub mod dashboard;
 pub mod health;
 pub mod maintenance;
 pub mod metrics;
+pub mod recovery;
+pub mod report;
 pub mod status;

@@ -4,6 +4,7 @@
 use crate::crm::CrmClient;
 use crate::error::{ApiError, resource};
 use crate::ops::metrics::{CrmCall, Metrics};
+use crate::ops::recovery::{Filter, InboundFailure, OutboundFailure, inbound_failures, outbound_failures};
 use crate::state::AppState;
 use crate::sync::mapping::RecordType;
 use crate::sync::records;
@@ -115,32 +116,6 @@ pub struct Webhooks {
     pub last_hour: WebhookCounts,
     pub last_day: WebhookCounts,
     pub last_received_at: Option<DateTime<Utc>>,
-}
-
-/// A dead-lettered delivery.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct OutboundFailure {
-    pub id: i64,
-    pub record_type: String,
-    pub record_id: String,
-    pub operation: String,
-    pub attempts: i32,
-    pub error: Option<String>,
-    pub failed_at: DateTime<Utc>,
-}
-
-/// A webhook event that failed to apply.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct InboundFailure {
-    pub event_id: String,
-    pub event_type: String,
-    pub record_type: Option<String>,
-    pub crm_id: Option<String>,
-    pub attempts: i32,
-    pub error: Option<String>,
-    pub received_at: DateTime<Utc>,
 }
 
 /// A webhook event as received, for the list of recent ones.
@@ -307,41 +282,9 @@ pub async fn status(
         last_received_at: last_received_at.flatten(),
     };
 
-    let outbound = crm_outbox::Entity::find()
-        .filter(crm_outbox::Column::Status.eq("failed"))
-        .order_by_desc(crm_outbox::Column::UpdatedAt)
-        .order_by_desc(crm_outbox::Column::Id)
-        .limit(RECENT_FAILURES)
-        .all(c)
-        .await?
-        .into_iter()
-        .map(|row| OutboundFailure {
-            id: row.id,
-            record_type: row.record_type,
-            record_id: row.record_id,
-            operation: row.operation,
-            attempts: row.attempts,
-            error: row.last_error,
-            failed_at: row.updated_at,
-        })
-        .collect();
-    let inbound = crm_inbox::Entity::find()
-        .filter(crm_inbox::Column::Outcome.eq("failed"))
-        .order_by_desc(crm_inbox::Column::ReceivedAt)
-        .limit(RECENT_FAILURES)
-        .all(c)
-        .await?
-        .into_iter()
-        .map(|row| InboundFailure {
-            event_id: row.event_id,
-            event_type: row.event_type,
-            record_type: row.record_type,
-            crm_id: row.crm_id,
-            attempts: row.attempts,
-            error: row.reason,
-            received_at: row.received_at,
-        })
-        .collect();
+    let everything = Filter::default();
+    let outbound = outbound_failures(c, &everything, None, RECENT_FAILURES).await?.items;
+    let inbound = inbound_failures(c, &everything, None, RECENT_FAILURES).await?.items;
 
     let recent_events = crm_inbox::Entity::find()
         .order_by_desc(crm_inbox::Column::ReceivedAt)

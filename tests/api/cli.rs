@@ -162,3 +162,45 @@ fn outbox_retry_names_what_it_did() {
     assert!(!String::from_utf8_lossy(&missing.stdout).contains("INFO"), "logs go to standard error");
     assert_eq!(neither.status.code(), Some(2), "clap refuses a call without an id or --all");
 }
+
+#[tokio::test]
+async fn logs_failures_inspect_and_replay_failed_show_what_the_database_holds() {
+    let Some(database) = crate::helpers::TestDatabase::create(crate::helpers::Backend::Sqlite).await else { return };
+    let url = database.config.url.clone();
+    let (_app, _stub) = crate::operations::some_of_everything(database).await;
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let output = gateway(dir.path()).env("DATABASE_URL", &url).args(args).output().unwrap();
+        assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    };
+
+    let failures = run(&["failures"]);
+    assert!(failures.contains("Outbound") && failures.contains("Inbound"), "{failures}");
+    assert!(failures.contains("contact user_1") && failures.contains("422 validation_failed"), "{failures}");
+    assert!(failures.contains("evt_bad") && failures.contains("role"), "{failures}");
+    let outbound: serde_json::Value = serde_json::from_str(&run(&["failures", "--outbound", "--json"])).unwrap();
+    assert_eq!(outbound["items"].as_array().unwrap().len(), 1);
+    assert_eq!(outbound["items"][0]["recordId"], "user_1");
+
+    let page: serde_json::Value = serde_json::from_str(&run(&["logs", "--limit", "1", "--json"])).unwrap();
+    let cursor = page["nextCursor"].as_str().expect("more than one log").to_owned();
+    let next: serde_json::Value =
+        serde_json::from_str(&run(&["logs", "--limit", "1", "--cursor", &cursor, "--json"])).unwrap();
+    assert!(next["items"][0]["id"].as_i64() < page["items"][0]["id"].as_i64(), "older, not the same");
+    let table = run(&["logs", "--record-type", "user", "--record-id", "user_1"]);
+    assert!(table.contains("contact user_1") && table.contains("failed"), "{table}");
+
+    let inspect = run(&["inspect", "user", "user_1"]);
+    for part in
+        ["contact user_1", "Record", "mary@example.com", "Field stamps", "Outbox", "Sync logs", "validation_failed"]
+    {
+        assert!(inspect.contains(part), "no {part:?} in\n{inspect}");
+    }
+    let unknown = gateway(dir.path()).env("DATABASE_URL", &url).args(["inspect", "user", "nobody"]).output().unwrap();
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("knows no user nobody"));
+
+    let replayed: serde_json::Value = serde_json::from_str(&run(&["inbox", "replay-failed"])).unwrap();
+    assert_eq!(replayed, serde_json::json!({"replayed": 1, "outcomes": {"failed": 1}}));
+}

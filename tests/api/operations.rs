@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 /// A webhook delivery applied, the same delivered again (a duplicate), an event that fails, a
 /// refused delivery, and an owner registered by the app whose delivery TreadSoft refuses for
 /// good (a dead letter).
-async fn some_of_everything(database: TestDatabase) -> (TestApp, Stub) {
+pub(crate) async fn some_of_everything(database: TestDatabase) -> (TestApp, Stub) {
     let stub = Stub::start().await;
     let app = TestApp::spawn_with(database, |c| use_stub(c, &stub)).await;
     stub.state().records.insert(
@@ -239,7 +239,115 @@ async fn the_dashboard_is_served_with_a_strict_content_security_policy(database:
     assert!(!page.contains("onclick") && !page.contains("<script>"), "no inline script");
 }
 
+async fn logs_are_filtered_and_paged_newest_first(database: TestDatabase) {
+    let (app, _stub) = some_of_everything(database).await;
+    let get = |path: String| {
+        let app = &app;
+        async move {
+            let response = app.get(&path).await;
+            let status = response.status();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+
+    let (status, all) = get("/api/crm/logs".into()).await;
+    assert_eq!(status, StatusCode::OK);
+    let ids: Vec<i64> = all["items"].as_array().unwrap().iter().map(|l| l["id"].as_i64().unwrap()).collect();
+    assert!(ids.len() >= 3 && ids.windows(2).all(|w| w[0] > w[1]), "newest first: {ids:?}");
+    assert_eq!(all["nextCursor"], Value::Null);
+
+    let (_, first) = get("/api/crm/logs?limit=2".into()).await;
+    assert_eq!(first["items"].as_array().unwrap().len(), 2);
+    let cursor = first["nextCursor"].as_str().expect("a next page").to_owned();
+    let (_, second) = get(format!("/api/crm/logs?limit=2&cursor={cursor}")).await;
+    assert_eq!(second["items"][0]["id"].as_i64().unwrap(), ids[2], "the next page starts after the first");
+
+    let (_, failed) = get("/api/crm/logs?recordType=user&recordId=user_1&status=failed".into()).await;
+    let failed = failed["items"].as_array().unwrap();
+    assert_eq!(failed.len(), 1);
+    assert!(failed[0]["error"].as_str().unwrap().contains("validation_failed"));
+
+    for bad in ["limit=0", "status=meh", "since=yesterday", "recordType=planet", "cursor=abc", "colour=red"] {
+        let (status, body) = get(format!("/api/crm/logs?{bad}")).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+        assert_eq!(body["error"]["code"], "validation_failed", "{bad}");
+    }
+}
+
+async fn failures_are_listed_by_direction_with_a_cursor(database: TestDatabase) {
+    let app = TestApp::spawn(database).await;
+    let bad = |id: &str| {
+        event(
+            id,
+            "contact.created",
+            &format!("crm_{id}"),
+            1,
+            0,
+            &[],
+            json!({"firstName": "A", "lastName": "B", "email": format!("{id}@example.com"), "role": "superuser"}),
+        )
+    };
+    let events: Vec<Value> = (0..5).map(|i| bad(&format!("evt_{i}"))).collect();
+    assert_eq!(app.deliver(&events).await, ["failed"; 5]);
+
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            None => "/api/crm/failures/inbound?limit=2".to_owned(),
+            Some(c) => format!("/api/crm/failures/inbound?limit=2&cursor={c}"),
+        };
+        let page: Value = app.get(&path).await.json().await.unwrap();
+        seen.extend(page["items"].as_array().unwrap().iter().map(|f| f["eventId"].as_str().unwrap().to_owned()));
+        match page["nextCursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["evt_4", "evt_3", "evt_2", "evt_1", "evt_0"], "every failure once, newest first");
+    let one: Value = app.get("/api/crm/failures/inbound?crmId=crm_evt_2").await.json().await.unwrap();
+    assert_eq!(one["items"].as_array().unwrap().len(), 1);
+    let outbound: Value = app.get("/api/crm/failures/outbound").await.json().await.unwrap();
+    assert_eq!(outbound, json!({"items": [], "nextCursor": null}));
+}
+
+async fn inspect_shows_a_records_whole_sync_state(database: TestDatabase) {
+    let (app, _stub) = some_of_everything(database).await;
+
+    let response = app.get("/api/crm/records/user/user_1").await;
+
+    assert_eq!(response.status(), StatusCode::OK);
+    let record: Value = response.json().await.unwrap();
+    assert_eq!(record["recordType"], "contact");
+    assert_eq!(record["record"]["email"], "mary@example.com");
+    assert_eq!(record["record"]["crm_sync_status"], "failed");
+    let stamped: Vec<&str> =
+        record["fieldStamps"].as_array().unwrap().iter().map(|s| s["field"].as_str().unwrap()).collect();
+    assert!(stamped.contains(&"email"), "{stamped:?}");
+    assert_eq!(record["outbox"][0]["status"], "failed");
+    assert_eq!(record["logs"][0]["status"], "failed");
+    let from_crm = user_id_of(&app, "crm_c1").await;
+    let record: Value = app.get(&format!("/api/crm/records/contact/{from_crm}")).await.json().await.unwrap();
+    assert_eq!(record["crmId"], "crm_c1");
+    assert_eq!(record["inbox"][0]["eventId"], "evt_1", "the webhook that created it");
+    assert_eq!(app.get("/api/crm/records/user/nobody").await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(app.get("/api/crm/records/planet/1").await.status(), StatusCode::NOT_FOUND);
+}
+
+async fn user_id_of(app: &TestApp, crm_id: &str) -> String {
+    entity::user::Entity::find()
+        .filter(entity::user::Column::CrmId.eq(crm_id))
+        .one(app.db.reader())
+        .await
+        .unwrap()
+        .expect("a linked user")
+        .id
+}
+
 on_both_databases_without_app!(
+    logs_are_filtered_and_paged_newest_first,
+    failures_are_listed_by_direction_with_a_cursor,
+    inspect_shows_a_records_whole_sync_state,
     replay_failed_replays_every_failed_event_since_a_time,
     retry_failed_can_be_limited_to_one_record,
     the_dashboard_is_served_with_a_strict_content_security_policy,

@@ -1,0 +1,537 @@
+//! What an operator asks when something is wrong, without SQL: the sync logs and the failures
+//! (filtered, newest first, keyset-paginated), and one record's whole sync state. The routes
+//! (`GET /api/crm/logs`, `/api/crm/failures/outbound`, `/api/crm/failures/inbound`,
+//! `/api/crm/records/{type}/{id}`), the CLI (`crm-gateway logs`, `failures`, `inspect`) and the
+//! dashboard call the same functions.
+
+use crate::error::{ApiError, resource};
+use crate::state::AppState;
+use crate::sync::mapping::RecordType;
+use crate::sync::records;
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, web};
+use chrono::{DateTime, Utc};
+use entity::{crm_inbox, crm_outbox, crm_sync_logs, sync_field_versions, sync_tombstones};
+use sea_orm::{ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Rows a page holds unless asked otherwise, and at most.
+pub const DEFAULT_LIMIT: u64 = 50;
+pub const MAX_LIMIT: u64 = 500;
+
+/// Which rows a list shows. Every part is optional; they combine with AND.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    pub record_type: Option<RecordType>,
+    /// The local id (`user_...`, a property's number).
+    pub record_id: Option<String>,
+    pub crm_id: Option<String>,
+    /// Logs only: `success`, `failed` or `pending`.
+    pub status: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// One page, newest first, and the cursor of the next (older) page if there is one.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+fn page<T>(mut items: Vec<T>, limit: u64, cursor_of: impl Fn(&T) -> String) -> Page<T> {
+    let more = items.len() as u64 > limit;
+    items.truncate(limit as usize);
+    let next_cursor = if more { items.last().map(cursor_of) } else { None };
+    Page { items, next_cursor }
+}
+
+/// A cursor that is not one this gateway gave.
+#[derive(Debug, thiserror::Error)]
+#[error("cursor: {0:?} is not a cursor this list gave")]
+pub struct BadCursor(String);
+
+/// A sync log row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LogEntry {
+    pub id: i64,
+    pub record_type: String,
+    pub record_id: String,
+    pub crm_id: Option<String>,
+    pub action: String,
+    pub status: String,
+    pub error: Option<String>,
+    /// JSON text as logged (never credentials or signatures).
+    pub request: Option<String>,
+    pub response: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The sync logs matching `filter`, newest first, older than row `before` (a page's cursor).
+pub async fn logs(
+    c: &impl ConnectionTrait,
+    filter: &Filter,
+    before: Option<i64>,
+    limit: u64,
+) -> Result<Page<LogEntry>, DbErr> {
+    use crm_sync_logs::Column as L;
+    let mut which = Condition::all();
+    if let Some(t) = filter.record_type {
+        which = which.add(L::EntityType.eq(t.as_str()));
+    }
+    if let Some(id) = &filter.record_id {
+        which = which.add(L::EntityId.eq(id.as_str()));
+    }
+    if let Some(crm_id) = &filter.crm_id {
+        which = which.add(L::CrmId.eq(crm_id.as_str()));
+    }
+    if let Some(status) = &filter.status {
+        which = which.add(L::Status.eq(status.as_str()));
+    }
+    if let Some(since) = filter.since {
+        which = which.add(L::CreatedAt.gte(since));
+    }
+    if let Some(until) = filter.until {
+        which = which.add(L::CreatedAt.lt(until));
+    }
+    if let Some(before) = before {
+        which = which.add(L::Id.lt(before));
+    }
+    let rows = crm_sync_logs::Entity::find()
+        .filter(which)
+        .order_by_desc(L::Id)
+        .limit(limit + 1)
+        .all(c)
+        .await?
+        .into_iter()
+        .map(|row| LogEntry {
+            id: row.id,
+            record_type: row.entity_type,
+            record_id: row.entity_id,
+            crm_id: row.crm_id,
+            action: row.action,
+            status: row.status,
+            error: row.error_message,
+            request: row.request_data,
+            response: row.response_data,
+            created_at: row.created_at,
+        })
+        .collect();
+    Ok(page(rows, limit, |row: &LogEntry| row.id.to_string()))
+}
+
+/// A dead-lettered delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutboundFailure {
+    pub id: i64,
+    pub record_type: String,
+    pub record_id: String,
+    pub operation: String,
+    pub attempts: i32,
+    pub error: Option<String>,
+    pub failed_at: DateTime<Utc>,
+}
+
+impl From<crm_outbox::Model> for OutboundFailure {
+    fn from(row: crm_outbox::Model) -> Self {
+        Self {
+            id: row.id,
+            record_type: row.record_type,
+            record_id: row.record_id,
+            operation: row.operation,
+            attempts: row.attempts,
+            error: row.last_error,
+            failed_at: row.updated_at,
+        }
+    }
+}
+
+/// The dead-lettered deliveries matching `filter` (its `crm_id` and `status` do not apply),
+/// newest row first.
+pub async fn outbound_failures(
+    c: &impl ConnectionTrait,
+    filter: &Filter,
+    before: Option<i64>,
+    limit: u64,
+) -> Result<Page<OutboundFailure>, DbErr> {
+    use crm_outbox::Column as O;
+    let mut which = Condition::all().add(O::Status.eq("failed"));
+    if let Some(t) = filter.record_type {
+        which = which.add(O::RecordType.eq(t.as_str()));
+    }
+    if let Some(id) = &filter.record_id {
+        which = which.add(O::RecordId.eq(id.as_str()));
+    }
+    if let Some(since) = filter.since {
+        which = which.add(O::UpdatedAt.gte(since));
+    }
+    if let Some(until) = filter.until {
+        which = which.add(O::UpdatedAt.lt(until));
+    }
+    if let Some(before) = before {
+        which = which.add(O::Id.lt(before));
+    }
+    let rows = crm_outbox::Entity::find().filter(which).order_by_desc(O::Id).limit(limit + 1).all(c).await?;
+    let rows = rows.into_iter().map(OutboundFailure::from).collect();
+    Ok(page(rows, limit, |row: &OutboundFailure| row.id.to_string()))
+}
+
+/// A webhook event that failed to apply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InboundFailure {
+    pub event_id: String,
+    pub event_type: String,
+    pub record_type: Option<String>,
+    pub crm_id: Option<String>,
+    pub attempts: i32,
+    pub error: Option<String>,
+    pub received_at: DateTime<Utc>,
+}
+
+impl From<crm_inbox::Model> for InboundFailure {
+    fn from(row: crm_inbox::Model) -> Self {
+        Self {
+            event_id: row.event_id,
+            event_type: row.event_type,
+            record_type: row.record_type,
+            crm_id: row.crm_id,
+            attempts: row.attempts,
+            error: row.reason,
+            received_at: row.received_at,
+        }
+    }
+}
+
+/// Where a page of inbox rows ends: the received time and event id of its last row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxCursor {
+    pub received_at: DateTime<Utc>,
+    pub event_id: String,
+}
+
+impl std::fmt::Display for InboxCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Nanoseconds: SQLite keeps them, and a cursor must compare equal to the row it names.
+        write!(f, "{}.{}", self.received_at.timestamp_nanos_opt().unwrap_or_default(), self.event_id)
+    }
+}
+
+impl std::str::FromStr for InboxCursor {
+    type Err = BadCursor;
+
+    fn from_str(cursor: &str) -> Result<Self, BadCursor> {
+        let bad = || BadCursor(cursor.to_owned());
+        let (nanos, event_id) = cursor.split_once('.').ok_or_else(bad)?;
+        let received_at = DateTime::from_timestamp_nanos(nanos.parse().map_err(|_| bad())?);
+        Ok(Self { received_at, event_id: event_id.to_owned() })
+    }
+}
+
+/// A row-id cursor (logs, outbox rows).
+pub fn id_cursor(cursor: &str) -> Result<i64, BadCursor> {
+    cursor.parse().map_err(|_| BadCursor(cursor.to_owned()))
+}
+
+/// The webhook events that failed, matching `filter` (`crm_id` is the event's record; the
+/// local `record_id` and `status` do not apply), newest first.
+pub async fn inbound_failures(
+    c: &impl ConnectionTrait,
+    filter: &Filter,
+    before: Option<InboxCursor>,
+    limit: u64,
+) -> Result<Page<InboundFailure>, DbErr> {
+    use crm_inbox::Column as I;
+    let mut which = Condition::all().add(I::Outcome.eq("failed"));
+    if let Some(t) = filter.record_type {
+        which = which.add(I::RecordType.eq(t.as_str()));
+    }
+    if let Some(crm_id) = &filter.crm_id {
+        which = which.add(I::CrmId.eq(crm_id.as_str()));
+    }
+    if let Some(since) = filter.since {
+        which = which.add(I::ReceivedAt.gte(since));
+    }
+    if let Some(until) = filter.until {
+        which = which.add(I::ReceivedAt.lt(until));
+    }
+    if let Some(InboxCursor { received_at: at, event_id }) = before {
+        which = which.add(
+            Condition::any()
+                .add(I::ReceivedAt.lt(at))
+                .add(Condition::all().add(I::ReceivedAt.eq(at)).add(I::EventId.lt(event_id))),
+        );
+    }
+    let rows = crm_inbox::Entity::find()
+        .filter(which)
+        .order_by_desc(I::ReceivedAt)
+        .order_by_desc(I::EventId)
+        .limit(limit + 1)
+        .all(c)
+        .await?;
+    let rows = rows.into_iter().map(InboundFailure::from).collect();
+    Ok(page(rows, limit, |row: &InboundFailure| {
+        InboxCursor { received_at: row.received_at, event_id: row.event_id.clone() }.to_string()
+    }))
+}
+
+/// One field's last-writer-wins stamp.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FieldStamp {
+    pub field: String,
+    /// When the field's value was written, in milliseconds, and the sequence within that.
+    pub stamp_ms: i64,
+    pub stamp_seq: i64,
+    /// Who wrote it: `crm`, `local`, ...
+    pub origin: String,
+    /// The event that wrote it.
+    pub event_id: String,
+}
+
+/// An outbox row of the record, delivered or not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutboxEntry {
+    pub id: i64,
+    pub operation: String,
+    pub status: String,
+    pub fields: Option<String>,
+    pub attempts: i32,
+    pub next_attempt_at: DateTime<Utc>,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A webhook event about the record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InboxEntry {
+    pub event_id: String,
+    pub event_type: String,
+    pub outcome: String,
+    pub reason: Option<String>,
+    pub received_at: DateTime<Utc>,
+}
+
+/// Everything the gateway knows of one record's sync.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Inspection {
+    pub record_type: &'static str,
+    pub record_id: String,
+    /// The row as stored (column names as in the database), deleted or not.
+    pub record: Option<Value>,
+    pub crm_id: Option<String>,
+    pub field_stamps: Vec<FieldStamp>,
+    /// When TreadSoft's record was deleted here, if it was (a tombstone).
+    pub tombstoned_at: Option<DateTime<Utc>>,
+    pub outbox: Vec<OutboxEntry>,
+    pub inbox: Vec<InboxEntry>,
+    pub logs: Vec<LogEntry>,
+}
+
+/// Rows of each kind an inspection lists, newest first.
+pub const INSPECT_ROWS: u64 = 50;
+
+/// One record's row, stamps, outbox rows, inbox events and logs; `None` if the gateway has never
+/// heard of it (no row, no outbox row, no log).
+pub async fn inspect(c: &impl ConnectionTrait, t: RecordType, id: &str) -> Result<Option<Inspection>, DbErr> {
+    let local = records::find_by_id(c, t, id).await?;
+    let crm_id = local.as_ref().and_then(|l| l.crm_id().map(str::to_owned));
+    let field_stamps = sync_field_versions::Entity::find()
+        .filter(sync_field_versions::Column::EntityType.eq(t.as_str()))
+        .filter(sync_field_versions::Column::EntityId.eq(id))
+        .order_by_asc(sync_field_versions::Column::Field)
+        .all(c)
+        .await?
+        .into_iter()
+        .map(|v| FieldStamp {
+            field: v.field,
+            stamp_ms: v.stamp_ms,
+            stamp_seq: v.stamp_seq,
+            origin: v.origin,
+            event_id: v.event_id,
+        })
+        .collect();
+    let outbox: Vec<OutboxEntry> = crm_outbox::Entity::find()
+        .filter(crm_outbox::Column::RecordType.eq(t.as_str()))
+        .filter(crm_outbox::Column::RecordId.eq(id))
+        .order_by_desc(crm_outbox::Column::Id)
+        .limit(INSPECT_ROWS)
+        .all(c)
+        .await?
+        .into_iter()
+        .map(|row| OutboxEntry {
+            id: row.id,
+            operation: row.operation,
+            status: row.status,
+            fields: row.fields,
+            attempts: row.attempts,
+            next_attempt_at: row.next_attempt_at,
+            last_error: row.last_error,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+        .collect();
+    let (inbox, tombstoned_at) = match &crm_id {
+        None => (Vec::new(), None),
+        Some(crm_id) => {
+            let inbox = crm_inbox::Entity::find()
+                .filter(crm_inbox::Column::RecordType.eq(t.as_str()))
+                .filter(crm_inbox::Column::CrmId.eq(crm_id.as_str()))
+                .order_by_desc(crm_inbox::Column::ReceivedAt)
+                .order_by_desc(crm_inbox::Column::EventId)
+                .limit(INSPECT_ROWS)
+                .all(c)
+                .await?
+                .into_iter()
+                .map(|row| InboxEntry {
+                    event_id: row.event_id,
+                    event_type: row.event_type,
+                    outcome: row.outcome,
+                    reason: row.reason,
+                    received_at: row.received_at,
+                })
+                .collect();
+            let tombstone = sync_tombstones::Entity::find_by_id((t.as_str().to_owned(), crm_id.clone())).one(c).await?;
+            (inbox, tombstone.map(|t| t.created_at))
+        }
+    };
+    let filter = Filter { record_type: Some(t), record_id: Some(id.to_owned()), ..Default::default() };
+    let logs = logs(c, &filter, None, INSPECT_ROWS).await?.items;
+    if local.is_none() && outbox.is_empty() && logs.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Inspection {
+        record_type: t.as_str(),
+        record_id: id.to_owned(),
+        record: local.map(|l| Value::Object(l.values)),
+        crm_id,
+        field_stamps,
+        tombstoned_at,
+        outbox,
+        inbox,
+        logs,
+    }))
+}
+
+/// The query string of the list routes.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ListQuery {
+    pub record_type: Option<String>,
+    pub record_id: Option<String>,
+    pub crm_id: Option<String>,
+    pub status: Option<String>,
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub limit: Option<u64>,
+    pub cursor: Option<String>,
+}
+
+fn invalid(message: String) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", message)
+}
+
+/// A record type by its name, or `user` for contacts (as the site calls them).
+pub fn record_type(name: &str) -> Option<RecordType> {
+    match name {
+        "user" | "owner" => Some(RecordType::Contact),
+        other => RecordType::parse(other),
+    }
+}
+
+impl ListQuery {
+    /// The filter, the cursor and the page size, or what is wrong with them.
+    pub fn parse(self) -> Result<(Filter, Option<String>, u64), String> {
+        let time = |name: &str, value: Option<String>| -> Result<Option<DateTime<Utc>>, String> {
+            value
+                .map(|text| {
+                    text.parse::<DateTime<Utc>>().map_err(|e| {
+                        format!("{name}: expected an RFC 3339 time such as 2026-12-01T00:00:00Z, got {text:?} ({e})")
+                    })
+                })
+                .transpose()
+        };
+        let record_type = match self.record_type {
+            None => None,
+            Some(name) => Some(record_type(&name).ok_or_else(|| {
+                format!("recordType: expected contact, property, enquiry, booking or membership, got {name:?}")
+            })?),
+        };
+        if let Some(status) = &self.status
+            && !matches!(status.as_str(), "success" | "failed" | "pending")
+        {
+            return Err(format!("status: expected success, failed or pending, got {status:?}"));
+        }
+        let limit = self.limit.unwrap_or(DEFAULT_LIMIT);
+        if !(1..=MAX_LIMIT).contains(&limit) {
+            return Err(format!("limit: expected 1 to {MAX_LIMIT}, got {limit}"));
+        }
+        let filter = Filter {
+            record_type,
+            record_id: self.record_id,
+            crm_id: self.crm_id,
+            status: self.status,
+            since: time("since", self.since)?,
+            until: time("until", self.until)?,
+        };
+        Ok((filter, self.cursor, limit))
+    }
+}
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/crm/logs", "GET").route(web::get().to(logs_route)))
+        .service(resource("/crm/failures/outbound", "GET").route(web::get().to(outbound_route)))
+        .service(resource("/crm/failures/inbound", "GET").route(web::get().to(inbound_route)))
+        .service(resource("/crm/records/{record_type}/{id}", "GET").route(web::get().to(inspect_route)));
+}
+
+fn query(raw: &str) -> Result<(Filter, Option<String>, u64), ApiError> {
+    let query = web::Query::<ListQuery>::from_query(raw).map_err(|e| invalid(format!("the query string: {e}")))?;
+    query.into_inner().parse().map_err(invalid)
+}
+
+fn cursor<T>(cursor: Option<String>, parse: impl Fn(&str) -> Result<T, BadCursor>) -> Result<Option<T>, ApiError> {
+    cursor.map(|c| parse(&c)).transpose().map_err(|e| invalid(e.to_string()))
+}
+
+async fn logs_route(req: actix_web::HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let (filter, after, limit) = query(req.query_string())?;
+    let before = cursor(after, id_cursor)?;
+    Ok(HttpResponse::Ok().json(logs(state.db.reader(), &filter, before, limit).await?))
+}
+
+async fn outbound_route(req: actix_web::HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let (filter, after, limit) = query(req.query_string())?;
+    let before = cursor(after, id_cursor)?;
+    Ok(HttpResponse::Ok().json(outbound_failures(state.db.reader(), &filter, before, limit).await?))
+}
+
+async fn inbound_route(req: actix_web::HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let (filter, after, limit) = query(req.query_string())?;
+    let before = cursor(after, str::parse::<InboxCursor>)?;
+    Ok(HttpResponse::Ok().json(inbound_failures(state.db.reader(), &filter, before, limit).await?))
+}
+
+async fn inspect_route(
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (name, id) = path.into_inner();
+    let t = record_type(&name).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no record type {name:?}: contact (or user), property, enquiry, booking, membership"
+        ))
+    })?;
+    match inspect(state.db.reader(), t, &id).await? {
+        Some(inspection) => Ok(HttpResponse::Ok().json(inspection)),
+        None => Err(ApiError::not_found(format!("the gateway knows no {} {id}", t.as_str()))),
+    }
+}
