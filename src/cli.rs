@@ -68,6 +68,16 @@ pub enum Command {
         #[command(flatten)]
         list: ListArgs,
     },
+    /// Delete rows past their keep time now (the gateway also does it daily), in small batches,
+    /// and print what was removed.
+    Prune {
+        /// Count what would be removed; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show one record's sync state: its row, field stamps, outbox rows, webhook events and logs.
     Inspect {
         /// contact (or user), property, enquiry, booking, membership.
@@ -166,6 +176,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Failures { outbound, inbound, list } => {
             crate::ops::report::failures(config, !inbound, !outbound, list).await
         }
+        Command::Prune { dry_run, json } => crate::ops::report::prune(config, dry_run, json).await,
         Command::Inspect { record_type, id, json } => crate::ops::report::inspect(config, record_type, id, json).await,
         Command::Sign { .. } => unreachable!("handled above"),
     }

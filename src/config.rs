@@ -64,6 +64,23 @@ pub struct Settings {
     /// Default 10s,1m,5m,30m,2h,5h,10h,10h.
     #[arg(long, env = "CRM_RETRY_SCHEDULE", global = true)]
     pub crm_retry_schedule: Option<String>,
+    /// Days sync logs are kept (deleted daily in small batches). Default 90.
+    #[arg(long, env = "CRM_LOG_RETENTION_DAYS", global = true)]
+    pub crm_log_retention_days: Option<String>,
+    /// Days webhook events that were applied, stale or echoes are kept in the inbox (for
+    /// duplicate detection; failed and waiting ones are kept until resolved). Default 30.
+    #[arg(long, env = "CRM_INBOX_RETENTION_DAYS", global = true)]
+    pub crm_inbox_retention_days: Option<String>,
+    /// Days delivered outbox rows and the request ids kept for echo detection are kept. Default 7.
+    #[arg(long, env = "CRM_OUTBOX_RETENTION_DAYS", global = true)]
+    pub crm_outbox_retention_days: Option<String>,
+    /// Days a deleted TreadSoft record's tombstone is kept (at least 7). Default 30.
+    #[arg(long, env = "CRM_TOMBSTONE_RETENTION_DAYS", global = true)]
+    pub crm_tombstone_retention_days: Option<String>,
+    /// Make dead-lettered deliveries due again this often (e.g. 30m, 1h), so a fixed outage
+    /// heals without a person. Off by default.
+    #[arg(long, env = "CRM_AUTO_RETRY_INTERVAL", global = true)]
+    pub crm_auto_retry_interval: Option<String>,
     /// Database: sqlite://PATH (default sqlite://crm-gateway.db) or postgres://USER@HOST/DB.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
     pub database_url: Option<String>,
@@ -153,6 +170,10 @@ pub struct Config {
     /// How long a claimed delivery is reserved.
     pub delivery_lease: Duration,
     pub retry_schedule: RetrySchedule,
+    /// How long each kind of row is kept.
+    pub retention: Retention,
+    /// How often dead letters are made due again; `None`: never by themselves.
+    pub auto_retry_interval: Option<Duration>,
     pub database: DatabaseConfig,
     pub bind_addr: SocketAddr,
     pub api_token: Option<SecretString>,
@@ -160,6 +181,23 @@ pub struct Config {
     pub log_format: LogFormat,
     pub http_workers: usize,
 }
+
+/// How long rows are kept before the daily prune deletes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub sync_logs: Duration,
+    /// Webhook events applied, stale or echoes (failed and waiting ones stay).
+    pub inbox: Duration,
+    /// Delivered outbox rows, and request ids kept for echo detection.
+    pub outbox: Duration,
+    pub tombstones: Duration,
+}
+
+/// Tombstones are kept at least this long: longer than TreadSoft retries a webhook (about 27 h),
+/// so a late retry of an old event cannot bring a deleted record back.
+pub const MIN_TOMBSTONE_DAYS: u64 = 7;
+
+const DAY: Duration = Duration::from_secs(24 * 3600);
 
 /// Where the data lives and how the pool behaves.
 #[derive(Clone)]
@@ -357,6 +395,33 @@ impl Settings {
             RetrySchedule::default(),
             RetrySchedule::parse,
         );
+        let days = |problems: &mut Problems, variable: &'static str, raw: &Option<String>, default: u64| {
+            DAY * problems.parse(variable, raw.as_deref(), default, parse_positive) as u32
+        };
+        let retention = Retention {
+            sync_logs: days(&mut problems, "CRM_LOG_RETENTION_DAYS", &self.crm_log_retention_days, 90),
+            inbox: days(&mut problems, "CRM_INBOX_RETENTION_DAYS", &self.crm_inbox_retention_days, 30),
+            outbox: days(&mut problems, "CRM_OUTBOX_RETENTION_DAYS", &self.crm_outbox_retention_days, 7),
+            tombstones: days(&mut problems, "CRM_TOMBSTONE_RETENTION_DAYS", &self.crm_tombstone_retention_days, 30),
+        };
+        if retention.tombstones < DAY * MIN_TOMBSTONE_DAYS as u32 {
+            problems.add(
+                "CRM_TOMBSTONE_RETENTION_DAYS",
+                format!("must be at least {MIN_TOMBSTONE_DAYS}, longer than TreadSoft retries a webhook"),
+            );
+        }
+        let auto_retry_interval =
+            problems.parse("CRM_AUTO_RETRY_INTERVAL", self.crm_auto_retry_interval.as_deref(), None, |v| {
+                match v.to_ascii_lowercase().as_str() {
+                    "off" | "0" | "false" | "never" => Ok(None),
+                    _ => crate::crm::rate_limit::parse_duration(v)
+                        .filter(|d| *d >= Duration::from_secs(60))
+                        .map(Some)
+                        .ok_or_else(|| {
+                            format!("expected an interval of at least a minute such as 30m or 1h, or off, got {v:?}")
+                        }),
+                }
+            });
         if delivery_lease <= crm_request_timeout * 2 {
             problems.add(
                 "CRM_DELIVERY_LEASE_SECS",
@@ -425,6 +490,8 @@ impl Settings {
             delivery_workers,
             delivery_lease,
             retry_schedule,
+            retention,
+            auto_retry_interval,
             database,
             bind_addr,
             api_token: non_empty(&self.gateway_api_token).map(|t| SecretString::from(t.to_owned())),
@@ -490,6 +557,9 @@ mod tests {
                 "BIND_ADDR" => s.bind_addr = v,
                 "LOG_FORMAT" => s.log_format = v,
                 "GATEWAY_API_TOKEN" => s.gateway_api_token = v,
+                "CRM_LOG_RETENTION_DAYS" => s.crm_log_retention_days = v,
+                "CRM_TOMBSTONE_RETENTION_DAYS" => s.crm_tombstone_retention_days = v,
+                "CRM_AUTO_RETRY_INTERVAL" => s.crm_auto_retry_interval = v,
                 other => panic!("unknown test variable {other}"),
             }
         }
@@ -509,6 +579,29 @@ mod tests {
         assert_eq!(config.bind_addr.to_string(), "127.0.0.1:8080");
         assert_eq!(config.log_format, LogFormat::Human);
         assert!(config.api_token.is_none());
+    }
+
+    #[test]
+    fn retention_and_auto_retry_default_to_the_seeds_rules_and_refuse_unsafe_values() {
+        let config = Settings::default().validate().unwrap();
+        assert_eq!(config.retention.sync_logs, Duration::from_secs(90 * 86_400), "the seed keeps 90 days");
+        assert_eq!(config.retention.tombstones, Duration::from_secs(30 * 86_400));
+        assert_eq!(config.auto_retry_interval, None, "off unless asked");
+        let config =
+            settings(&[("CRM_LOG_RETENTION_DAYS", "30"), ("CRM_AUTO_RETRY_INTERVAL", "30m")]).validate().unwrap();
+        assert_eq!(config.retention.sync_logs, Duration::from_secs(30 * 86_400));
+        assert_eq!(config.auto_retry_interval, Some(Duration::from_secs(1800)));
+        let err = settings(&[
+            ("CRM_TOMBSTONE_RETENTION_DAYS", "3"),
+            ("CRM_AUTO_RETRY_INTERVAL", "10s"),
+            ("CRM_LOG_RETENTION_DAYS", "0"),
+        ])
+        .validate()
+        .unwrap_err();
+        assert_eq!(
+            variables(err),
+            ["CRM_LOG_RETENTION_DAYS", "CRM_TOMBSTONE_RETENTION_DAYS", "CRM_AUTO_RETRY_INTERVAL"]
+        );
     }
 
     #[test]

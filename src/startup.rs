@@ -78,7 +78,15 @@ impl Application {
         let (stop_workers, stopped) = watch::channel(false);
         let mut background: Vec<_> =
             (0..config.delivery_workers).map(|_| tokio::spawn(delivery.clone().run(stopped.clone()))).collect();
-        background.push(tokio::spawn(maintenance::run(writer.clone(), sync.clone(), stopped.clone())));
+        let upkeep = maintenance::Upkeep {
+            writer: writer.clone(),
+            db: db.clone(),
+            sync: sync.clone(),
+            delivery: delivery.clone(),
+            retention: config.retention,
+            auto_retry: config.auto_retry_interval,
+        };
+        background.push(tokio::spawn(maintenance::run(upkeep, stopped.clone())));
         let listener = TcpListener::bind(config.bind_addr)
             .with_context(|| format!("cannot listen on {} (BIND_ADDR)", config.bind_addr))?;
         let local_addr = listener.local_addr()?;

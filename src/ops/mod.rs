@@ -7,4 +7,5 @@ pub mod maintenance;
 pub mod metrics;
 pub mod recovery;
 pub mod report;
+pub mod retention;
 pub mod status;

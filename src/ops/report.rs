@@ -219,3 +219,27 @@ pub async fn inspect(config: Config, name: String, id: String, json: bool) -> an
     section("Sync logs (newest first)", &logs);
     Ok(())
 }
+
+/// `crm-gateway prune [--dry-run]`.
+pub async fn prune(config: Config, dry_run: bool, json: bool) -> anyhow::Result<()> {
+    let (db, writer) = crate::cli::open(&config).await?;
+    let pruned = crate::ops::retention::prune(&writer, db.reader(), &config.retention, Utc::now(), dry_run).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "dryRun": dry_run, "removed": pruned }))?);
+        return Ok(());
+    }
+    let days = |d: std::time::Duration| format!("{} days", d.as_secs() / 86_400);
+    let keep = &config.retention;
+    let mut out = table(&["table", "rows", "kept for", "which rows"]);
+    for (name, rows, kept, which) in [
+        ("crm_sync_logs", pruned.sync_logs, days(keep.sync_logs), "all"),
+        ("crm_inbox", pruned.inbox, days(keep.inbox), "applied, stale, echo"),
+        ("crm_requests", pruned.requests, days(keep.outbox), "all"),
+        ("crm_outbox", pruned.outbox, days(keep.outbox), "delivered"),
+        ("sync_tombstones", pruned.tombstones, days(keep.tombstones), "all"),
+    ] {
+        out.add_row(vec![name.to_owned(), rows.to_string(), kept, which.to_owned()]);
+    }
+    println!("{}\n{out}", if dry_run { "would remove (dry run, nothing removed):" } else { "removed:" });
+    Ok(())
+}

@@ -20,6 +20,7 @@ mod outage;
 mod process;
 mod query_plans;
 mod reliability;
+mod retention;
 mod secrets;
 mod seed_routes;
 mod treadsoft_stub;
