@@ -81,6 +81,8 @@ pub struct Metrics {
     pub rate_limit_wait_seconds: Histogram,
     pub http_requests: Family<HttpLabels, Counter>,
     pub http_request_seconds: Histogram,
+    pub crm_circuit_open: Gauge,
+    pub crm_last_call_ok: Gauge,
     last_crm_call: Mutex<Option<CrmCall>>,
     /// Duplicate webhook events per minute over the last day: the inbox keeps no row for a
     /// duplicate, so the dashboard's windows count them here (this instance only).
@@ -187,6 +189,18 @@ impl Metrics {
         );
         let http_request_seconds = seconds_buckets();
         registry.register("http_request_seconds", "Time to answer HTTP requests", http_request_seconds.clone());
+        let crm_circuit_open = Gauge::default();
+        registry.register(
+            "crm_circuit_open",
+            "1 while delivery is paused because the CRM is down (the circuit breaker is open), else 0",
+            crm_circuit_open.clone(),
+        );
+        let crm_last_call_ok = Gauge::default();
+        registry.register(
+            "crm_last_call_ok",
+            "1 if this instance's last CRM call succeeded, 0 if it failed, -1 before the first call",
+            crm_last_call_ok.clone(),
+        );
         Self {
             registry,
             webhook_events,
@@ -202,6 +216,8 @@ impl Metrics {
             rate_limit_wait_seconds,
             http_requests,
             http_request_seconds,
+            crm_circuit_open,
+            crm_last_call_ok,
             last_crm_call: Mutex::new(None),
             recent_duplicates: Mutex::new(VecDeque::new()),
         }
@@ -317,6 +333,8 @@ pub async fn metrics_route(state: web::Data<AppState>) -> Result<HttpResponse, c
             gauge.set(gauge.get().max(age));
         }
     }
+    metrics.crm_circuit_open.set(i64::from(state.delivery.circuit().circuit == "open"));
+    metrics.crm_last_call_ok.set(metrics.last_crm_call().map_or(-1, |call| i64::from(call.ok)));
     Ok(HttpResponse::Ok()
         .insert_header((CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8"))
         .body(metrics.encode()))

@@ -142,6 +142,8 @@ async fn metrics_count_what_happened(database: TestDatabase) {
         value(r#"crm_gateway_http_requests_total{route="/api/crm/webhooks/treadsoft",method="POST",status="401"}"#),
         1.0
     );
+    assert_eq!(value("crm_gateway_crm_circuit_open"), 0.0);
+    assert_eq!(value("crm_gateway_crm_last_call_ok"), 0.0, "the last call was the refused create");
     assert!(text.trim_end().ends_with("# EOF"));
 }
 
