@@ -10,7 +10,8 @@
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use actix_web::body::MessageBody;
+use actix_web::ResponseError;
+use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::{StatusCode, header};
 use actix_web::middleware::Next;
@@ -18,11 +19,20 @@ use actix_web::web;
 use secrecy::ExposeSecret;
 use subtle::ConstantTimeEq;
 
-/// Middleware for the `/api` scope.
+/// Middleware for the `/api` scope. A refusal is answered here as a response (not returned as
+/// an error), so the outer layers count it and give it its request id like any other answer.
 pub async fn require_api_token(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    match refusal(&req) {
+        Some(refused) => Ok(req.into_response(refused.error_response()).map_into_right_body()),
+        None => Ok(next.call(req).await?.map_into_left_body()),
+    }
+}
+
+/// Why `req` may not be served; `None` when it may.
+fn refusal(req: &ServiceRequest) -> Option<ApiError> {
     let state = req.app_data::<web::Data<AppState>>().cloned();
     let token = state.as_ref().and_then(|s| s.config.api_token.as_ref());
     match token {
@@ -34,20 +44,15 @@ pub async fn require_api_token(
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .map(str::trim);
             match given {
-                None => return Err(unauthorized("send Authorization: Bearer <GATEWAY_API_TOKEN>").into()),
+                None => Some(unauthorized("send Authorization: Bearer <GATEWAY_API_TOKEN>")),
                 Some(given) if !bool::from(given.as_bytes().ct_eq(expected.expose_secret().as_bytes())) => {
-                    return Err(unauthorized("the bearer token is not valid").into());
+                    Some(unauthorized("the bearer token is not valid"))
                 }
-                Some(_) => {}
+                Some(_) => None,
             }
         }
-        None => {
-            if let Some(refusal) = loopback_refusal(&req) {
-                return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", refusal).into());
-            }
-        }
+        None => loopback_refusal(req).map(|refusal| ApiError::new(StatusCode::FORBIDDEN, "forbidden", refusal)),
     }
-    next.call(req).await
 }
 
 /// Headers a reverse proxy adds: their presence means the peer address is the proxy's.

@@ -195,9 +195,11 @@ pub struct Retention {
 
 /// Tombstones are kept at least this long: longer than TreadSoft retries a webhook (about 27 h),
 /// so a late retry of an old event cannot bring a deleted record back.
-pub const MIN_TOMBSTONE_DAYS: u64 = 7;
+pub const MIN_TOMBSTONE_DAYS: u32 = 7;
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
+/// The longest keep time a retention variable takes: a century is "forever" enough.
+pub const MAX_RETENTION_DAYS: u32 = 36_500;
 
 /// Where the data lives and how the pool behaves.
 #[derive(Clone)]
@@ -395,8 +397,16 @@ impl Settings {
             RetrySchedule::default(),
             RetrySchedule::parse,
         );
-        let days = |problems: &mut Problems, variable: &'static str, raw: &Option<String>, default: u64| {
-            DAY * problems.parse(variable, raw.as_deref(), default, parse_positive) as u32
+        let days = |problems: &mut Problems, variable: &'static str, raw: &Option<String>, default: u32| {
+            DAY * problems.parse(variable, raw.as_deref(), default, |v| {
+                parse_positive::<u32>(v).and_then(|n| {
+                    if n <= MAX_RETENTION_DAYS {
+                        Ok(n)
+                    } else {
+                        Err(format!("expected at most {MAX_RETENTION_DAYS} days (100 years), got {n}"))
+                    }
+                })
+            })
         };
         let retention = Retention {
             sync_logs: days(&mut problems, "CRM_LOG_RETENTION_DAYS", &self.crm_log_retention_days, 90),
@@ -404,7 +414,7 @@ impl Settings {
             outbox: days(&mut problems, "CRM_OUTBOX_RETENTION_DAYS", &self.crm_outbox_retention_days, 7),
             tombstones: days(&mut problems, "CRM_TOMBSTONE_RETENTION_DAYS", &self.crm_tombstone_retention_days, 30),
         };
-        if retention.tombstones < DAY * MIN_TOMBSTONE_DAYS as u32 {
+        if retention.tombstones < DAY * MIN_TOMBSTONE_DAYS {
             problems.add(
                 "CRM_TOMBSTONE_RETENTION_DAYS",
                 format!("must be at least {MIN_TOMBSTONE_DAYS}, longer than TreadSoft retries a webhook"),
@@ -594,7 +604,7 @@ mod tests {
         let err = settings(&[
             ("CRM_TOMBSTONE_RETENTION_DAYS", "3"),
             ("CRM_AUTO_RETRY_INTERVAL", "10s"),
-            ("CRM_LOG_RETENTION_DAYS", "0"),
+            ("CRM_LOG_RETENTION_DAYS", "4294967296"),
         ])
         .validate()
         .unwrap_err();

@@ -101,6 +101,7 @@ impl Application {
             delivery: delivery.clone(),
             metrics,
             health,
+            status_cache: Default::default(),
         });
         let server = HttpServer::new(move || {
             App::new()

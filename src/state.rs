@@ -3,7 +3,7 @@
 use crate::config::Config;
 use crate::db::Db;
 use crate::ops::metrics::Metrics;
-use crate::ops::status::CrmHealth;
+use crate::ops::status::{CrmHealth, StatusCache};
 use crate::outbound::worker::Delivery;
 use crate::sync::apply::SyncContext;
 use crate::writer::Writer;
@@ -21,4 +21,5 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The CRM's health, checked at most every 30 s.
     pub health: CrmHealth,
+    pub status_cache: StatusCache,
 }

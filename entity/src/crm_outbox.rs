@@ -1,5 +1,6 @@
 //! `crm_outbox`: changes waiting to be delivered to the CRM.
 
+use crate::enums::{OutboxOperation, OutboxStatus};
 use sea_orm::entity::prelude::*;
 
 #[sea_orm::model]
@@ -12,13 +13,11 @@ pub struct Model {
     pub record_type: String,
     /// The local primary key, as text.
     pub record_id: String,
-    /// `upsert`, `delete` or `link`.
-    pub operation: String,
+    pub operation: OutboxOperation,
     /// JSON array of the local fields to send; null means all.
     pub fields: Option<String>,
     pub event_id: Option<String>,
-    /// `pending`, `in_flight`, `delivered` or `failed`.
-    pub status: String,
+    pub status: OutboxStatus,
     pub attempts: i32,
     pub next_attempt_at: DateTimeUtc,
     pub lease_until: Option<DateTimeUtc>,

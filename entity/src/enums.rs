@@ -160,3 +160,79 @@ pub enum MembershipPaymentStatus {
     #[sea_orm(string_value = "refunded")]
     Refunded,
 }
+
+/// Where an outbox row stands (`crm_outbox.status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum, Serialize, Deserialize)]
+#[sea_orm(rs_type = "String", db_type = "Text")]
+#[serde(rename_all = "snake_case")]
+pub enum OutboxStatus {
+    /// Waiting to be sent (now or at `next_attempt_at`).
+    #[sea_orm(string_value = "pending")]
+    Pending,
+    /// Claimed by a delivery worker until `lease_until`.
+    #[sea_orm(string_value = "in_flight")]
+    InFlight,
+    #[sea_orm(string_value = "delivered")]
+    Delivered,
+    /// Given up on (a dead letter) until someone retries it.
+    #[sea_orm(string_value = "failed")]
+    Failed,
+}
+
+/// What an outbox row does (`crm_outbox.operation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum, Serialize, Deserialize)]
+#[sea_orm(rs_type = "String", db_type = "Text")]
+#[serde(rename_all = "snake_case")]
+pub enum OutboxOperation {
+    /// Create the record in the CRM, or update the listed fields of it.
+    #[sea_orm(string_value = "upsert")]
+    Upsert,
+    /// Delete the CRM record.
+    #[sea_orm(string_value = "delete")]
+    Delete,
+    /// Tell the CRM the local id of a record it created (`externalId`).
+    #[sea_orm(string_value = "link")]
+    Link,
+}
+
+impl OutboxStatus {
+    /// The stored text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::InFlight => "in_flight",
+            Self::Delivered => "delivered",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+impl OutboxOperation {
+    /// The stored text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Upsert => "upsert",
+            Self::Delete => "delete",
+            Self::Link => "link",
+        }
+    }
+}
+
+/// `row.status == "failed"`: a value compares equal to its stored text.
+macro_rules! eq_text {
+    ($($t:ty),*) => {$(
+        impl PartialEq<&str> for $t {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    )*};
+}
+
+eq_text!(OutboxStatus, OutboxOperation);

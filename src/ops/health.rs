@@ -42,9 +42,12 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
             };
             let mut crm = serde_json::to_value(state.delivery.circuit()).unwrap_or_default();
             if let Some(object) = crm.as_object_mut() {
+                // No error text here: /readyz is public, and a CRM's error can quote customer
+                // data. The error is on /api/crm/status, behind the token.
                 let last = state.metrics.last_crm_call();
                 object.insert("lastCallOk".into(), json!(last.as_ref().map(|c| c.ok)));
-                object.insert("lastCall".into(), json!(last));
+                object.insert("lastCallAt".into(), json!(last.as_ref().map(|c| c.at)));
+                object.insert("lastSuccessAt".into(), json!(last.and_then(|c| c.last_success_at)));
             }
             HttpResponse::Ok().json(json!({
                 "status": "ready",

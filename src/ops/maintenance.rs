@@ -39,8 +39,11 @@ pub async fn sweep(writer: &Writer, sync: Arc<SyncContext>) -> Result<usize, Wri
     writer.run(move |txn| Box::pin(async move { inbox::sweep_waiting(txn, &sync).await })).await
 }
 
-/// Runs each job at its pace until `stop` turns true.
+/// Runs each job at its pace until `stop` turns true. A prune runs as a task of its own, so a
+/// long first one (millions of old rows) holds up neither the sweep nor the retries; it stops
+/// between batches when the gateway stops.
 pub async fn run(upkeep: Upkeep, mut stop: watch::Receiver<bool>) {
+    let upkeep = Arc::new(upkeep);
     let start = Instant::now();
     let mut sweeps = interval_at(start, SWEEP_INTERVAL);
     let mut prunes = interval_at(start + PRUNE_DELAY, retention::INTERVAL);
@@ -50,6 +53,7 @@ pub async fn run(upkeep: Upkeep, mut stop: watch::Receiver<bool>) {
     for timer in [&mut sweeps, &mut prunes, &mut retries] {
         timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
     }
+    let mut pruning: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         tokio::select! {
             _ = sweeps.tick() => match sweep(&upkeep.writer, upkeep.sync.clone()).await {
@@ -58,11 +62,8 @@ pub async fn run(upkeep: Upkeep, mut stop: watch::Receiver<bool>) {
                 Err(e) => tracing::error!(error = %crate::error::ErrorChain(&e), "the waiting-events sweep failed"),
             },
             _ = prunes.tick() => {
-                let pruned = retention::prune(&upkeep.writer, upkeep.db.reader(), &upkeep.retention, chrono::Utc::now(), false).await;
-                match pruned {
-                    Ok(pruned) if pruned.total() == 0 => {}
-                    Ok(pruned) => tracing::info!(?pruned, "deleted rows past their keep time"),
-                    Err(e) => tracing::error!(error = %crate::error::ErrorChain(&e), "pruning old rows failed"),
+                if pruning.as_ref().is_none_or(|task| task.is_finished()) {
+                    pruning = Some(tokio::spawn(prune(upkeep.clone(), stop.clone())));
                 }
             }
             _ = retries.tick(), if upkeep.auto_retry.is_some() => {
@@ -75,10 +76,29 @@ pub async fn run(upkeep: Upkeep, mut stop: watch::Receiver<bool>) {
                     Err(e) => tracing::error!(error = %crate::error::ErrorChain(&e), "retrying dead letters failed"),
                 }
             }
-            _ = stop.changed() => {}
+            changed = stop.changed() => {
+                // Err: every sender is gone, so no stop will ever come; stop now rather than spin.
+                if changed.is_err() {
+                    break;
+                }
+            }
         }
         if *stop.borrow() {
-            return;
+            break;
         }
+    }
+    if let Some(task) = pruning
+        && let Err(e) = task.await
+    {
+        tracing::error!(error = %e, "the prune task failed");
+    }
+}
+
+async fn prune(upkeep: Arc<Upkeep>, stop: watch::Receiver<bool>) {
+    let now = chrono::Utc::now();
+    match retention::prune(&upkeep.writer, upkeep.db.reader(), &upkeep.retention, now, false, Some(&stop)).await {
+        Ok(pruned) if pruned.total() == 0 => {}
+        Ok(pruned) => tracing::info!(?pruned, "deleted rows past their keep time"),
+        Err(e) => tracing::error!(error = %crate::error::ErrorChain(&e), "pruning old rows failed"),
     }
 }

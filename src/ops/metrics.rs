@@ -129,6 +129,11 @@ impl Metrics {
             "Webhook events answered, by outcome (applied, duplicate, stale, echo, waiting, failed)",
             webhook_events.clone(),
         );
+        // Every outcome from the start, at 0: a series that first appears at 1 counts as no
+        // increase, and alert sums over absent series are empty.
+        for outcome in ["applied", "duplicate", "stale", "echo", "waiting", "failed"] {
+            let _ = webhook_events.get_or_create(&OutcomeLabel { outcome: outcome.to_owned() });
+        }
         let webhook_refusals = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "webhook_refusals",
@@ -318,7 +323,8 @@ impl Metrics {
 pub async fn metrics_route(state: web::Data<AppState>) -> Result<HttpResponse, crate::error::ApiError> {
     let depth = crate::ops::status::outbox_depth(state.db.reader(), Utc::now()).await?;
     let metrics = &state.metrics;
-    // Series of record types that drained since the last scrape go to zero, not stale.
+    // Series of record types that drained since the last scrape disappear instead of keeping
+    // their last value.
     metrics.outbox_rows.clear();
     metrics.outbox_oldest_pending_seconds.clear();
     for row in depth {

@@ -11,6 +11,7 @@ use crate::sync::records;
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Utc};
+use entity::enums::OutboxStatus;
 use entity::{crm_inbox, crm_outbox, crm_sync_logs, sync_field_versions, sync_tombstones};
 use sea_orm::{ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde::{Deserialize, Serialize};
@@ -142,7 +143,7 @@ impl From<crm_outbox::Model> for OutboundFailure {
             id: row.id,
             record_type: row.record_type,
             record_id: row.record_id,
-            operation: row.operation,
+            operation: row.operation.to_string(),
             attempts: row.attempts,
             error: row.last_error,
             failed_at: row.updated_at,
@@ -159,7 +160,7 @@ pub async fn outbound_failures(
     limit: u64,
 ) -> Result<Page<OutboundFailure>, DbErr> {
     use crm_outbox::Column as O;
-    let mut which = Condition::all().add(O::Status.eq("failed"));
+    let mut which = Condition::all().add(O::Status.eq(OutboxStatus::Failed));
     if let Some(t) = filter.record_type {
         which = which.add(O::RecordType.eq(t.as_str()));
     }
@@ -369,8 +370,8 @@ pub async fn inspect(c: &impl ConnectionTrait, t: RecordType, id: &str) -> Resul
         .into_iter()
         .map(|row| OutboxEntry {
             id: row.id,
-            operation: row.operation,
-            status: row.status,
+            operation: row.operation.to_string(),
+            status: row.status.to_string(),
             fields: row.fields,
             attempts: row.attempts,
             next_attempt_at: row.next_attempt_at,

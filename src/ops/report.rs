@@ -223,7 +223,8 @@ pub async fn inspect(config: Config, name: String, id: String, json: bool) -> an
 /// `crm-gateway prune [--dry-run]`.
 pub async fn prune(config: Config, dry_run: bool, json: bool) -> anyhow::Result<()> {
     let (db, writer) = crate::cli::open(&config).await?;
-    let pruned = crate::ops::retention::prune(&writer, db.reader(), &config.retention, Utc::now(), dry_run).await?;
+    let pruned =
+        crate::ops::retention::prune(&writer, db.reader(), &config.retention, Utc::now(), dry_run, None).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "dryRun": dry_run, "removed": pruned }))?);
         return Ok(());

@@ -11,6 +11,7 @@ use crate::sync::records;
 use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Duration as TimeDelta, Utc};
 use entity::enums::CrmSyncStatus;
+use entity::enums::OutboxStatus;
 use entity::{crm_inbox, crm_outbox};
 use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde::Serialize;
@@ -45,7 +46,7 @@ pub async fn outbox_depth(c: &impl ConnectionTrait, now: DateTime<Utc>) -> Resul
         .column(crm_outbox::Column::Status)
         .column_as(crm_outbox::Column::Id.count(), "rows")
         .column_as(crm_outbox::Column::CreatedAt.min(), "oldest")
-        .filter(crm_outbox::Column::Status.is_in(["pending", "in_flight", "failed"]))
+        .filter(crm_outbox::Column::Status.is_in([OutboxStatus::Pending, OutboxStatus::InFlight, OutboxStatus::Failed]))
         .group_by(crm_outbox::Column::RecordType)
         .group_by(crm_outbox::Column::Status)
         .into_tuple()
@@ -189,35 +190,55 @@ pub struct Status {
     pub recent_events: Vec<RecentEvent>,
 }
 
-/// Checks the CRM's health at most once per [`HEALTH_TTL`], whoever asks.
+/// Checks the CRM's health at most once per [`HEALTH_TTL`], whoever asks. While a check is under
+/// way (a hanging CRM can take the request timeout), others get the last result at once.
 pub struct CrmHealth {
     crm: Arc<dyn CrmClient>,
     provider: &'static str,
-    last: tokio::sync::Mutex<Option<(Instant, Health)>>,
+    last: std::sync::Mutex<Option<(Instant, Health)>>,
+    checking: tokio::sync::Mutex<()>,
 }
 
 impl CrmHealth {
     pub fn new(crm: Arc<dyn CrmClient>, provider: &'static str) -> Self {
-        Self { crm, provider, last: tokio::sync::Mutex::new(None) }
+        Self { crm, provider, last: std::sync::Mutex::new(None), checking: tokio::sync::Mutex::new(()) }
     }
 
-    /// The last check if it is recent, else a new one (concurrent callers share it).
+    fn cached(&self, younger_than: Option<Duration>) -> Option<Health> {
+        let last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        last.as_ref().filter(|(at, _)| younger_than.is_none_or(|ttl| at.elapsed() < ttl)).map(|(_, h)| h.clone())
+    }
+
+    /// The last check if it is recent, else a new one.
     pub async fn check(&self) -> Health {
-        let mut last = self.last.lock().await;
-        if let Some((_, health)) = last.as_ref().filter(|(at, _)| at.elapsed() < HEALTH_TTL) {
-            return health.clone();
+        if let Some(fresh) = self.cached(Some(HEALTH_TTL)) {
+            return fresh;
+        }
+        let _checking = match self.checking.try_lock() {
+            Ok(guard) => guard,
+            Err(_) => match self.cached(None) {
+                Some(last) => return last,
+                // The very first check is under way: wait for it.
+                None => self.checking.lock().await,
+            },
+        };
+        if let Some(fresh) = self.cached(Some(HEALTH_TTL)) {
+            return fresh;
         }
         let result = self.crm.ping().await;
         let health = Health { ok: result.is_ok(), error: result.err().map(|e| e.to_string()), checked_at: Utc::now() };
-        *last = Some((Instant::now(), health.clone()));
+        *self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((Instant::now(), health.clone()));
         health
     }
-
-    /// Forgets the last check, so that the next one asks the CRM.
-    pub async fn forget(&self) {
-        *self.last.lock().await = None;
-    }
 }
+
+/// The last status, shared by every caller for [`STATUS_TTL`]: many open dashboards cost the
+/// database no more than one.
+#[derive(Default)]
+pub struct StatusCache(tokio::sync::Mutex<Option<(Instant, Arc<Status>)>>);
+
+/// How long a computed status is served again.
+pub const STATUS_TTL: Duration = Duration::from_secs(1);
 
 async fn webhook_counts(
     c: &impl ConnectionTrait,
@@ -327,6 +348,16 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 async fn status_route(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let status = status(state.db.reader(), &state.metrics, &state.health, state.delivery.circuit()).await?;
-    Ok(HttpResponse::Ok().insert_header(("Cache-Control", "no-store")).json(status))
+    let mut cache = state.status_cache.0.lock().await;
+    let status = match cache.as_ref().filter(|(at, _)| at.elapsed() < STATUS_TTL) {
+        Some((_, status)) => status.clone(),
+        None => {
+            let fresh =
+                Arc::new(status(state.db.reader(), &state.metrics, &state.health, state.delivery.circuit()).await?);
+            *cache = Some((Instant::now(), fresh.clone()));
+            fresh
+        }
+    };
+    drop(cache);
+    Ok(HttpResponse::Ok().insert_header(("Cache-Control", "no-store")).json(&*status))
 }

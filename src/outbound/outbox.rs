@@ -6,6 +6,7 @@ use crate::sync::mapping::RecordType;
 use crate::writer::{WriteError, Writer};
 use chrono::Utc;
 use entity::crm_outbox;
+use entity::enums::{OutboxOperation, OutboxStatus};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder,
@@ -22,11 +23,11 @@ pub enum Operation {
     Delete,
 }
 
-impl Operation {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Upsert => "upsert",
-            Self::Delete => "delete",
+impl From<Operation> for OutboxOperation {
+    fn from(operation: Operation) -> Self {
+        match operation {
+            Operation::Upsert => Self::Upsert,
+            Operation::Delete => Self::Delete,
         }
     }
 }
@@ -44,8 +45,8 @@ pub async fn enqueue(
     let pending = crm_outbox::Entity::find()
         .filter(crm_outbox::Column::RecordType.eq(t.as_str()))
         .filter(crm_outbox::Column::RecordId.eq(record_id))
-        .filter(crm_outbox::Column::Status.eq("pending"))
-        .filter(crm_outbox::Column::Operation.ne("link"))
+        .filter(crm_outbox::Column::Status.eq(OutboxStatus::Pending))
+        .filter(crm_outbox::Column::Operation.ne(OutboxOperation::Link))
         .lock_exclusive()
         .one(c)
         .await?;
@@ -53,7 +54,7 @@ pub async fn enqueue(
         let merged = merged(operation, &row, fields);
         let id = row.id;
         let mut row: crm_outbox::ActiveModel = row.into();
-        row.operation = Set(merged.0.as_str().to_owned());
+        row.operation = Set(merged.0.into());
         row.fields = Set(merged.1);
         row.event_id = Set(event_id.map(str::to_owned));
         // A new change deserves a fresh try, not the backoff of the failures before it.
@@ -70,9 +71,9 @@ pub async fn enqueue(
 /// What pending row `row` becomes when a change `operation` of `fields` is merged into it: a
 /// delete absorbs anything; upserts join their field lists.
 pub fn merged(operation: Operation, row: &crm_outbox::Model, fields: Option<&[&str]>) -> (Operation, Option<String>) {
-    match (operation, row.operation.as_str()) {
+    match (operation, row.operation) {
         (Operation::Delete, _) => (Operation::Delete, None),
-        (Operation::Upsert, "delete") => (Operation::Delete, None),
+        (Operation::Upsert, OutboxOperation::Delete) => (Operation::Delete, None),
         (Operation::Upsert, _) => (Operation::Upsert, merge_fields(row.fields.as_deref(), fields)),
     }
 }
@@ -89,10 +90,10 @@ pub fn pending_row(
     crm_outbox::ActiveModel {
         record_type: Set(t.as_str().to_owned()),
         record_id: Set(record_id.to_owned()),
-        operation: Set(operation.as_str().to_owned()),
+        operation: Set(operation.into()),
         fields: Set(fields.map(|f| serde_json::to_string(f).unwrap_or_default())),
         event_id: Set(event_id.map(str::to_owned)),
-        status: Set("pending".to_owned()),
+        status: Set(OutboxStatus::Pending),
         attempts: Set(0),
         next_attempt_at: Set(now),
         lease_until: Set(None),
@@ -114,8 +115,8 @@ async fn undelivered(
     let mut query = crm_outbox::Entity::find()
         .filter(crm_outbox::Column::RecordType.eq(t.as_str()))
         .filter(crm_outbox::Column::RecordId.eq(record_id))
-        .filter(crm_outbox::Column::Status.is_in(["pending", "in_flight", "failed"]))
-        .filter(crm_outbox::Column::Operation.ne("link"));
+        .filter(crm_outbox::Column::Status.is_in([OutboxStatus::Pending, OutboxStatus::InFlight, OutboxStatus::Failed]))
+        .filter(crm_outbox::Column::Operation.ne(OutboxOperation::Link));
     if let Some(id) = except {
         query = query.filter(crm_outbox::Column::Id.ne(id));
     }
@@ -135,7 +136,7 @@ pub async fn sync_status(
 
 /// [`sync_status`] from the record's undelivered rows.
 pub fn status_of(undelivered: &[crm_outbox::Model]) -> &'static str {
-    if undelivered.iter().any(|r| r.status == "failed") {
+    if undelivered.iter().any(|r| r.status == OutboxStatus::Failed) {
         "failed"
     } else if undelivered.is_empty() {
         "synced"
@@ -157,7 +158,7 @@ pub async fn unconfirmed_fields(
 /// [`unconfirmed_fields`] from the record's undelivered rows.
 pub fn unconfirmed_of(undelivered: &[crm_outbox::Model]) -> Option<BTreeSet<String>> {
     let mut fields = BTreeSet::new();
-    for row in undelivered.iter().filter(|r| r.status != "failed") {
+    for row in undelivered.iter().filter(|r| r.status != OutboxStatus::Failed) {
         match row.fields.as_deref().map(serde_json::from_str::<BTreeSet<String>>) {
             Some(Ok(listed)) => fields.extend(listed),
             _ => return None,
@@ -176,7 +177,7 @@ pub async fn undelivered_of(
 ) -> Result<HashMap<(RecordType, String), Vec<crm_outbox::Model>>, DbErr> {
     let mut out: HashMap<(RecordType, String), Vec<crm_outbox::Model>> = HashMap::new();
     for chunk in records.chunks(crate::db::MAX_PARAMS / 2) {
-        let of = |statuses: &[&str]| {
+        let of = |statuses: &[OutboxStatus]| {
             crm_outbox::Entity::find()
                 .filter(crate::sync::stamps::by_type(
                     chunk,
@@ -184,11 +185,11 @@ pub async fn undelivered_of(
                     crm_outbox::Column::RecordId,
                 ))
                 .filter(crm_outbox::Column::Status.is_in(statuses.iter().copied()))
-                .filter(crm_outbox::Column::Operation.ne("link"))
+                .filter(crm_outbox::Column::Operation.ne(OutboxOperation::Link))
                 .order_by_asc(crm_outbox::Column::Id)
         };
-        let mut rows = of(&["pending"]).lock_exclusive().all(c).await?;
-        rows.extend(of(&["in_flight", "failed"]).all(c).await?);
+        let mut rows = of(&[OutboxStatus::Pending]).lock_exclusive().all(c).await?;
+        rows.extend(of(&[OutboxStatus::InFlight, OutboxStatus::Failed]).all(c).await?);
         for row in rows {
             if let Some(t) = RecordType::parse(&row.record_type) {
                 out.entry((t, row.record_id.clone())).or_default().push(row);
@@ -202,12 +203,12 @@ pub async fn undelivered_of(
 /// (a retry by hand makes the failed row pending again, and this false).
 pub async fn dead_lettered(c: &impl ConnectionTrait, t: RecordType, record_id: &str) -> Result<bool, DbErr> {
     let rows = undelivered(c, t, record_id, None).await?;
-    Ok(rows.iter().any(|r| r.status == "failed") && rows.iter().all(|r| r.status == "failed"))
+    Ok(rows.iter().any(|r| r.status == OutboxStatus::Failed) && rows.iter().all(|r| r.status == OutboxStatus::Failed))
 }
 
 /// Whether a delivery of the record is being sent right now.
 pub async fn in_flight(c: &impl ConnectionTrait, t: RecordType, record_id: &str) -> Result<bool, DbErr> {
-    Ok(undelivered(c, t, record_id, None).await?.iter().any(|r| r.status == "in_flight"))
+    Ok(undelivered(c, t, record_id, None).await?.iter().any(|r| r.status == OutboxStatus::InFlight))
 }
 
 /// Makes the rows matching `which` due now with a fresh attempt count (a retry by hand);
@@ -215,7 +216,7 @@ pub async fn in_flight(c: &impl ConnectionTrait, t: RecordType, record_id: &str)
 pub async fn make_due(c: &impl ConnectionTrait, which: Condition) -> Result<u64, DbErr> {
     let now = Utc::now();
     let result = crm_outbox::Entity::update_many()
-        .col_expr(crm_outbox::Column::Status, Expr::value("pending"))
+        .col_expr(crm_outbox::Column::Status, Expr::value(OutboxStatus::Pending))
         .col_expr(crm_outbox::Column::Attempts, Expr::value(0))
         .col_expr(crm_outbox::Column::NextAttemptAt, Expr::value(now))
         .col_expr(crm_outbox::Column::UpdatedAt, Expr::value(now))
@@ -230,7 +231,7 @@ pub async fn cancel_pending(c: &impl ConnectionTrait, t: RecordType, record_id: 
     crm_outbox::Entity::delete_many()
         .filter(crm_outbox::Column::RecordType.eq(t.as_str()))
         .filter(crm_outbox::Column::RecordId.eq(record_id))
-        .filter(crm_outbox::Column::Status.eq("pending"))
+        .filter(crm_outbox::Column::Status.eq(OutboxStatus::Pending))
         .exec(c)
         .await?;
     Ok(())
@@ -269,7 +270,7 @@ pub enum RetryOne {
     Queued,
     NotFound,
     /// The row is delivered or being delivered; its status is given.
-    NotRetryable(String),
+    NotRetryable(OutboxStatus),
 }
 
 /// Makes a `failed` (or waiting `pending`) row due now, with a fresh attempt count.
@@ -284,7 +285,7 @@ pub async fn retry_one(writer: &Writer, id: i64) -> Result<RetryOne, WriteError>
                 // the read and the update stays in flight instead of going out twice at once.
                 let retryable = Condition::all()
                     .add(crm_outbox::Column::Id.eq(id))
-                    .add(crm_outbox::Column::Status.is_in(["failed", "pending"]));
+                    .add(crm_outbox::Column::Status.is_in([OutboxStatus::Failed, OutboxStatus::Pending]));
                 if make_due(txn, retryable).await? == 0 {
                     return Ok(RetryOne::NotRetryable(row.status));
                 }
@@ -304,7 +305,7 @@ pub async fn retry_failed(
     writer
         .run(move |txn| {
             Box::pin(async move {
-                let mut which = Condition::all().add(crm_outbox::Column::Status.eq("failed"));
+                let mut which = Condition::all().add(crm_outbox::Column::Status.eq(OutboxStatus::Failed));
                 if let Some(t) = record_type {
                     which = which.add(crm_outbox::Column::RecordType.eq(t.as_str()));
                 }

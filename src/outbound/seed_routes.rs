@@ -10,6 +10,7 @@ use crate::sync::records::{self, Local};
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Utc};
+use entity::enums::{OutboxOperation, OutboxStatus};
 use entity::{crm_outbox, properties, user};
 use futures_util::future::BoxFuture;
 use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, QuerySelect};
@@ -57,14 +58,14 @@ async fn sync_now(
                 let waiting = crm_outbox::Entity::find()
                     .filter(crm_outbox::Column::RecordType.eq(t.as_str()))
                     .filter(crm_outbox::Column::RecordId.eq(&record_id))
-                    .filter(crm_outbox::Column::Status.is_in(["pending", "failed"]))
-                    .filter(crm_outbox::Column::Operation.ne("link"))
+                    .filter(crm_outbox::Column::Status.is_in([OutboxStatus::Pending, OutboxStatus::Failed]))
+                    .filter(crm_outbox::Column::Operation.ne(OutboxOperation::Link))
                     .one(txn)
                     .await?;
                 if let Some(row) = waiting {
                     let which = Condition::all()
                         .add(crm_outbox::Column::Id.eq(row.id))
-                        .add(crm_outbox::Column::Status.is_in(["pending", "failed"]));
+                        .add(crm_outbox::Column::Status.is_in([OutboxStatus::Pending, OutboxStatus::Failed]));
                     outbox::make_due(txn, which).await?;
                     return Ok(row.id);
                 }

@@ -17,6 +17,7 @@ use super::mapping::{Kind, RecordType};
 use super::records::{self, Local};
 use super::stamps::{self, Key};
 use crate::outbound::outbox;
+use entity::enums::OutboxStatus;
 use entity::{crm_inbox, crm_outbox, crm_requests, crm_sync_logs, user};
 use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, TryIntoModel};
 use serde_json::{Map, Value};
@@ -465,9 +466,9 @@ impl<'c, C: ConnectionTrait> View<'c, C> {
         let (t, id) = (self.slots[i].t, self.slots[i].local.id.clone());
         let now = chrono::Utc::now();
         let rows = self.undelivered.entry((t, id.clone())).or_default();
-        if let Some(row) = rows.iter_mut().find(|r| r.status == "pending") {
+        if let Some(row) = rows.iter_mut().find(|r| r.status == OutboxStatus::Pending) {
             let (operation, fields) = outbox::merged(operation, row, fields);
-            row.operation = operation.as_str().to_owned();
+            row.operation = operation.into();
             row.fields = fields;
             row.event_id = event_id.map(str::to_owned);
             // A new change deserves a fresh try, not the backoff of the failures before it.
@@ -492,7 +493,7 @@ impl<'c, C: ConnectionTrait> View<'c, C> {
         let key = (self.slots[i].t, self.slots[i].local.id.clone());
         let changed = &mut self.outbox_changed;
         self.undelivered.entry(key.clone()).or_default().retain(|r| {
-            let pending = r.status == "pending";
+            let pending = r.status == OutboxStatus::Pending;
             if pending {
                 changed.remove(&r.id);
             }
@@ -504,7 +505,7 @@ impl<'c, C: ConnectionTrait> View<'c, C> {
 
     /// Whether a delivery of the record in slot `i` is being sent right now.
     pub(crate) async fn in_flight(&mut self, i: usize) -> Result<bool, DbErr> {
-        Ok(self.undelivered(i).await?.iter().any(|r| r.status == "in_flight"))
+        Ok(self.undelivered(i).await?.iter().any(|r| r.status == OutboxStatus::InFlight))
     }
 
     pub(crate) fn queue_link_back(&mut self, row: crm_outbox::ActiveModel) {
@@ -625,7 +626,7 @@ impl<'c, C: ConnectionTrait> View<'c, C> {
         for chunk in cancelled.chunks(crate::db::MAX_PARAMS / 2) {
             crm_outbox::Entity::delete_many()
                 .filter(stamps::by_type(chunk, crm_outbox::Column::RecordType, crm_outbox::Column::RecordId))
-                .filter(crm_outbox::Column::Status.eq("pending"))
+                .filter(crm_outbox::Column::Status.eq(OutboxStatus::Pending))
                 .exec(self.c)
                 .await?;
         }

@@ -449,7 +449,7 @@ async fn an_outcome_that_cannot_be_written_leaves_only_its_row_in_flight(databas
     let stuck = stored_user(&app, "user_2").await;
     assert_eq!((stuck.crm_id, stuck.crm_sync_status), (None, CrmSyncStatus::Pending));
     let rows = outbox(&app).await;
-    let status = |id: &str| rows.iter().find(|r| r.record_id == id).unwrap().status.clone();
+    let status = |id: &str| rows.iter().find(|r| r.record_id == id).unwrap().status;
     assert_eq!([status("user_1"), status("user_2"), status("user_3")], ["delivered", "in_flight", "delivered"]);
 }
 

@@ -417,8 +417,8 @@ async fn a_retry_racing_a_claim_leaves_the_row_in_flight(app: TestApp) {
     let row = crm_outbox::ActiveModel {
         record_type: Set("contact".into()),
         record_id: Set("user_1".into()),
-        operation: Set("upsert".into()),
-        status: Set("failed".into()),
+        operation: Set(entity::enums::OutboxOperation::Upsert),
+        status: Set(entity::enums::OutboxStatus::Failed),
         attempts: Set(8),
         next_attempt_at: Set(now),
         idempotency_key: Set("cgw-test".into()),
@@ -616,7 +616,7 @@ mod delivery {
         app.stop().await.unwrap();
 
         let rows = rows(&app).await;
-        let status = |id: &str| rows.iter().find(|r| r.record_id == id).unwrap().status.clone();
+        let status = |id: &str| rows.iter().find(|r| r.record_id == id).unwrap().status;
         assert_eq!(status("user_1"), "delivered", "the step in progress finished and its outcome was written");
         assert_eq!(status("user_2"), "pending", "no further step was started after the stop");
         let stored = user::Entity::find_by_id("user_1").one(app.db.reader()).await.unwrap().unwrap();

@@ -5,6 +5,7 @@ use crate::on_both_databases_without_app;
 use crate::treadsoft_stub::Stub;
 use chrono::{Duration, Utc};
 use crm_gateway::ops::retention::{self, BATCH, Pruned};
+use entity::enums::{OutboxOperation, OutboxStatus};
 use entity::{crm_inbox, crm_outbox, crm_requests, crm_sync_logs, sync_tombstones};
 use reqwest::StatusCode;
 use sea_orm::{ActiveValue::NotSet, EntityTrait, QueryOrder, Set};
@@ -52,16 +53,16 @@ fn request(id: &str, days_ago: i64) -> crm_requests::ActiveModel {
     }
 }
 
-fn outbox(record_id: &str, status: &str, days_ago: i64) -> crm_outbox::ActiveModel {
+fn outbox(record_id: &str, status: OutboxStatus, days_ago: i64) -> crm_outbox::ActiveModel {
     let at = Utc::now() - Duration::days(days_ago);
     crm_outbox::ActiveModel {
         id: NotSet,
         record_type: Set("contact".into()),
         record_id: Set(record_id.into()),
-        operation: Set("upsert".into()),
+        operation: Set(OutboxOperation::Upsert),
         fields: Set(None),
         event_id: Set(None),
-        status: Set(status.into()),
+        status: Set(status),
         attempts: Set(1),
         next_attempt_at: Set(at),
         lease_until: Set(None),
@@ -107,15 +108,23 @@ async fn old_and_new_rows(app: &TestApp) -> u64 {
     .unwrap();
     crm_requests::Entity::insert_many([request("req_old", 10), request("req_new", 1)]).exec(c).await.unwrap();
     crm_outbox::Entity::insert_many([
-        outbox("user_a", "delivered", 10),
-        outbox("user_b", "failed", 10),
-        outbox("user_c", "pending", 10),
-        outbox("user_d", "delivered", 1),
+        outbox("user_a", OutboxStatus::Delivered, 10),
+        outbox("user_b", OutboxStatus::Failed, 10),
+        outbox("user_c", OutboxStatus::Pending, 10),
+        outbox("user_d", OutboxStatus::Delivered, 1),
     ])
     .exec(c)
     .await
     .unwrap();
-    sync_tombstones::Entity::insert_many([tombstone("crm_old", 40), tombstone("crm_new", 2)]).exec(c).await.unwrap();
+    sync_tombstones::Entity::insert_many([
+        tombstone("crm_old", 40),
+        tombstone("crm_new", 2),
+        // Old, but the failed event evt_old_failed (crm id crm_evt_old_failed) may be replayed.
+        tombstone("crm_evt_old_failed", 40),
+    ])
+    .exec(c)
+    .await
+    .unwrap();
     old_logs as u64
 }
 
@@ -125,11 +134,11 @@ async fn prune_removes_only_rows_past_their_keep_time(database: TestDatabase) {
     let keep = crm_gateway::config::Settings::default().validate().unwrap().retention;
     let expected = Pruned { sync_logs: old_logs, inbox: 3, requests: 1, outbox: 1, tombstones: 1 };
 
-    let dry = retention::prune(&app.writer, app.db.reader(), &keep, Utc::now(), true).await.unwrap();
+    let dry = retention::prune(&app.writer, app.db.reader(), &keep, Utc::now(), true, None).await.unwrap();
     assert_eq!(dry, expected, "the dry run counts");
     assert_eq!(crm_sync_logs::Entity::find().all(app.db.reader()).await.unwrap().len() as u64, old_logs + 1);
 
-    let pruned = retention::prune(&app.writer, app.db.reader(), &keep, Utc::now(), false).await.unwrap();
+    let pruned = retention::prune(&app.writer, app.db.reader(), &keep, Utc::now(), false, None).await.unwrap();
 
     assert_eq!(pruned, expected);
     assert_eq!(crm_sync_logs::Entity::find().all(app.db.reader()).await.unwrap().len(), 1, "the recent log stays");
@@ -146,15 +155,17 @@ async fn prune_removes_only_rows_past_their_keep_time(database: TestDatabase) {
         .await
         .unwrap()
         .into_iter()
-        .map(|r| (r.record_id, r.status))
+        .map(|r| (r.record_id, r.status.to_string()))
         .collect();
     let expect = |pairs: &[(&str, &str)]| pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<Vec<_>>();
     assert_eq!(rows, expect(&[("user_b", "failed"), ("user_c", "pending"), ("user_d", "delivered")]));
     let tombstones: Vec<String> =
         sync_tombstones::Entity::find().all(app.db.reader()).await.unwrap().into_iter().map(|t| t.crm_id).collect();
-    assert_eq!(tombstones, ["crm_new"]);
+    assert_eq!(tombstones.len(), 2, "{tombstones:?}");
+    assert!(tombstones.contains(&"crm_new".to_owned()));
+    assert!(tombstones.contains(&"crm_evt_old_failed".to_owned()), "a replay could bring the record back");
 
-    let again = retention::prune(&app.writer, app.db.reader(), &keep, Utc::now(), false).await.unwrap();
+    let again = retention::prune(&app.writer, app.db.reader(), &keep, Utc::now(), false, None).await.unwrap();
     assert_eq!(again, Pruned::default(), "nothing left to remove");
 }
 

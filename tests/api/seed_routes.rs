@@ -199,7 +199,7 @@ async fn a_delivery_claimed_by_an_instance_that_died_is_taken_over_after_its_lea
     app.register_owner("user_1", "a@example.com").await;
     let row = crm_outbox::Entity::find().one(app.db.reader()).await.unwrap().unwrap();
     let mut claimed: crm_outbox::ActiveModel = row.into();
-    claimed.status = Set("in_flight".into());
+    claimed.status = Set(entity::enums::OutboxStatus::InFlight);
     claimed.attempts = Set(1);
     claimed.lease_until = Set(Some(chrono::Utc::now() + chrono::Duration::seconds(60)));
     claimed.update(app.db.writer()).await.unwrap();

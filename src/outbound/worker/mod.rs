@@ -21,6 +21,7 @@ use crate::writer::{WriteError, Writer};
 use breaker::Gate;
 use chrono::{DateTime, Utc};
 use entity::crm_outbox;
+use entity::enums::OutboxStatus;
 use outcome::record;
 use sea_orm::sea_query::{Expr, LockBehavior, LockType};
 use sea_orm::{
@@ -324,8 +325,12 @@ async fn claim_in(
     let due = due
         .filter(
             Condition::any()
-                .add(crm_outbox::Column::Status.eq("pending").and(crm_outbox::Column::NextAttemptAt.lte(now)))
-                .add(crm_outbox::Column::Status.eq("in_flight").and(crm_outbox::Column::LeaseUntil.lt(now))),
+                .add(
+                    crm_outbox::Column::Status
+                        .eq(OutboxStatus::Pending)
+                        .and(crm_outbox::Column::NextAttemptAt.lte(now)),
+                )
+                .add(crm_outbox::Column::Status.eq(OutboxStatus::InFlight).and(crm_outbox::Column::LeaseUntil.lt(now))),
         )
         .order_by_asc(crm_outbox::Column::Id)
         .limit(BATCH)
@@ -333,7 +338,7 @@ async fn claim_in(
         .all(txn)
         .await?;
     let busy: HashSet<(String, String)> = crm_outbox::Entity::find()
-        .filter(crm_outbox::Column::Status.eq("in_flight"))
+        .filter(crm_outbox::Column::Status.eq(OutboxStatus::InFlight))
         .filter(crm_outbox::Column::LeaseUntil.gte(now))
         .all(txn)
         .await?
@@ -349,14 +354,14 @@ async fn claim_in(
         })
         .map(|mut r| {
             r.attempts += 1;
-            r.status = "in_flight".into();
+            r.status = OutboxStatus::InFlight;
             r.lease_until = Some(lease_until);
             r
         })
         .collect();
     if !claimed.is_empty() {
         crm_outbox::Entity::update_many()
-            .col_expr(crm_outbox::Column::Status, Expr::value("in_flight"))
+            .col_expr(crm_outbox::Column::Status, Expr::value(OutboxStatus::InFlight))
             .col_expr(crm_outbox::Column::LeaseUntil, Expr::value(lease_until))
             .col_expr(crm_outbox::Column::Attempts, Expr::col(crm_outbox::Column::Attempts).add(1))
             .col_expr(crm_outbox::Column::UpdatedAt, Expr::value(now))

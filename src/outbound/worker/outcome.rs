@@ -12,6 +12,7 @@ use crate::sync::mapping::RecordType;
 use crate::sync::records;
 use crate::sync::records::Local;
 use chrono::{DateTime, Utc};
+use entity::enums::OutboxStatus;
 use entity::{crm_outbox, crm_requests};
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{ColumnTrait, DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set};
@@ -24,7 +25,7 @@ pub(super) type Counted = (&'static str, Option<u16>);
 /// What to write to one outbox row.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct RowUpdate {
-    status: &'static str,
+    status: OutboxStatus,
     last_error: Option<String>,
     next_attempt_at: Option<DateTime<Utc>>,
     /// Set when a release gives the attempt back.
@@ -32,14 +33,14 @@ struct RowUpdate {
 }
 
 impl RowUpdate {
-    fn finish(status: &'static str, last_error: Option<String>, next_attempt_at: Option<DateTime<Utc>>) -> Self {
+    fn finish(status: OutboxStatus, last_error: Option<String>, next_attempt_at: Option<DateTime<Utc>>) -> Self {
         Self { status, last_error, next_attempt_at, attempts: None }
     }
 
     /// Back to `pending`, due after `wait`, without using up an attempt.
     fn release(row: &crm_outbox::Model, wait: std::time::Duration, reason: String, now: DateTime<Utc>) -> Self {
         Self {
-            status: "pending",
+            status: OutboxStatus::Pending,
             last_error: Some(reason),
             next_attempt_at: Some(now + chrono::Duration::from_std(wait).unwrap_or_default()),
             attempts: Some((row.attempts - 1).max(0)),
@@ -74,8 +75,9 @@ pub(super) async fn record(
     let held: Vec<&(crm_outbox::Model, Attempt)> = results
         .iter()
         .filter(|(row, _)| {
-            let holds =
-                current.get(&row.id).is_some_and(|c| c.status == "in_flight" && c.lease_until == row.lease_until);
+            let holds = current
+                .get(&row.id)
+                .is_some_and(|c| c.status == OutboxStatus::InFlight && c.lease_until == row.lease_until);
             if !holds {
                 tracing::warn!(outbox_id = row.id, "the lease was lost before the outcome was recorded");
             }
@@ -108,7 +110,7 @@ pub(super) async fn record(
     let mut counted: Vec<Counted> = Vec::with_capacity(held.len());
     for (row, attempt) in held {
         let Some(t) = RecordType::parse(&row.record_type) else {
-            let update = RowUpdate::finish("failed", Some("unknown record type".into()), None);
+            let update = RowUpdate::finish(OutboxStatus::Failed, Some("unknown record type".into()), None);
             updates.entry(update).or_default().push(row.id);
             counted.push(("dead_letter", None));
             continue;
@@ -154,11 +156,11 @@ pub(super) async fn record(
                     );
                 }
                 counted.push(("delivered", Some(200)));
-                RowUpdate::finish("delivered", None, None)
+                RowUpdate::finish(OutboxStatus::Delivered, None, None)
             }
             Attempt::Skipped(reason) => {
                 counted.push(("skipped", None));
-                RowUpdate::finish("delivered", Some(format!("skipped: {reason}")), None)
+                RowUpdate::finish(OutboxStatus::Delivered, Some(format!("skipped: {reason}")), None)
             }
             Attempt::Failed { error: CrmError::NotSent { message }, .. } => {
                 counted.push(("released", None));
@@ -193,7 +195,7 @@ pub(super) async fn record(
                     Some(delay) => {
                         counted.push(("retry", error.status()));
                         let next = now + chrono::Duration::from_std(delay).unwrap_or_default();
-                        RowUpdate::finish("pending", Some(message), Some(next))
+                        RowUpdate::finish(OutboxStatus::Pending, Some(message), Some(next))
                     }
                     None => {
                         counted.push(("dead_letter", error.status()));
@@ -203,7 +205,7 @@ pub(super) async fn record(
                                 .or_default()
                                 .insert("crm_sync_status".into(), Value::String("failed".into()));
                         }
-                        RowUpdate::finish("failed", Some(message), None)
+                        RowUpdate::finish(OutboxStatus::Failed, Some(message), None)
                     }
                 }
             }

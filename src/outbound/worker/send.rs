@@ -7,6 +7,7 @@ use crate::outbound::outbox;
 use crate::sync::mapping::{Kind, RecordType, local_to_crm};
 use crate::sync::records::{self, Local};
 use entity::crm_outbox;
+use entity::enums::OutboxOperation;
 use sea_orm::DbErr;
 use serde_json::{Map, Value, json};
 
@@ -17,11 +18,11 @@ impl Delivery {
             return Ok(Prepared::Sent(Attempt::Skipped("the local record no longer exists".into())));
         };
         let crm_id = local.crm_id().map(str::to_owned);
-        match (row.operation.as_str(), crm_id) {
-            ("delete", None) => Ok(Prepared::Sent(Attempt::Skipped("never reached the CRM".into()))),
-            ("delete", Some(crm_id)) => Ok(Prepared::Sent(self.delete(t, &crm_id).await)),
-            ("link", None) => Ok(Prepared::Sent(Attempt::Skipped("not linked to a CRM record".into()))),
-            ("link", Some(crm_id)) => {
+        match (row.operation, crm_id) {
+            (OutboxOperation::Delete, None) => Ok(Prepared::Sent(Attempt::Skipped("never reached the CRM".into()))),
+            (OutboxOperation::Delete, Some(crm_id)) => Ok(Prepared::Sent(self.delete(t, &crm_id).await)),
+            (OutboxOperation::Link, None) => Ok(Prepared::Sent(Attempt::Skipped("not linked to a CRM record".into()))),
+            (OutboxOperation::Link, Some(crm_id)) => {
                 let payload = Map::from_iter([("externalId".to_owned(), Value::String(local.id.clone()))]);
                 Ok(Prepared::Sent(self.patch(t, &crm_id, payload).await))
             }
