@@ -317,3 +317,50 @@ pub async fn retry_failed(
         })
         .await
 }
+
+/// Makes the record's waiting delivery (pending or failed, not a link-back) due now, or queues a
+/// delivery of the whole record: the seed's "sync now". Returns the row's id.
+pub async fn queue_now(writer: &Writer, t: RecordType, record_id: String) -> Result<i64, WriteError> {
+    writer
+        .run(move |txn| {
+            Box::pin(async move {
+                let waiting = crm_outbox::Entity::find()
+                    .filter(crm_outbox::Column::RecordType.eq(t.as_str()))
+                    .filter(crm_outbox::Column::RecordId.eq(&record_id))
+                    .filter(crm_outbox::Column::Status.is_in([OutboxStatus::Pending, OutboxStatus::Failed]))
+                    .filter(crm_outbox::Column::Operation.ne(OutboxOperation::Link))
+                    .one(txn)
+                    .await?;
+                if let Some(row) = waiting {
+                    let which = Condition::all()
+                        .add(crm_outbox::Column::Id.eq(row.id))
+                        .add(crm_outbox::Column::Status.is_in([OutboxStatus::Pending, OutboxStatus::Failed]));
+                    make_due(txn, which).await?;
+                    return Ok(row.id);
+                }
+                enqueue(txn, t, &record_id, Operation::Upsert, None, None).await
+            })
+        })
+        .await
+}
+
+/// Queues a delivery of each whole record (merged into its pending row if it has one), in one
+/// transaction; returns the rows' ids.
+pub async fn queue_all(writer: &Writer, t: RecordType, record_ids: Vec<String>) -> Result<Vec<i64>, WriteError> {
+    writer
+        .run(move |txn| {
+            Box::pin(async move {
+                let mut rows = Vec::with_capacity(record_ids.len());
+                for id in &record_ids {
+                    rows.push(enqueue(txn, t, id, Operation::Upsert, None, None).await?);
+                }
+                Ok(rows)
+            })
+        })
+        .await
+}
+
+/// The last error of outbox row `id`, if it has one.
+pub async fn last_error(c: &impl ConnectionTrait, id: i64) -> Result<Option<String>, DbErr> {
+    Ok(crm_outbox::Entity::find_by_id(id).one(c).await?.and_then(|row| row.last_error))
+}

@@ -2,7 +2,7 @@
 //! profile updates and owner registration.
 
 use super::changes::{self, LocalChange, Rejected};
-use super::outbox::{self, Operation};
+use super::outbox;
 use crate::error::{ApiError, resource};
 use crate::state::AppState;
 use crate::sync::mapping::RecordType;
@@ -10,10 +10,8 @@ use crate::sync::records::{self, Local};
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Utc};
-use entity::enums::{OutboxOperation, OutboxStatus};
-use entity::{crm_outbox, properties, user};
+use entity::user;
 use futures_util::future::BoxFuture;
-use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, QuerySelect};
 use sea_orm::{DatabaseTransaction, DbErr};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -50,34 +48,12 @@ async fn sync_now(
     t: RecordType,
     id: String,
 ) -> Result<(bool, Option<String>, Option<String>), ApiError> {
-    let record_id = id.clone();
-    let row_id = state
-        .writer
-        .run(move |txn| {
-            Box::pin(async move {
-                let waiting = crm_outbox::Entity::find()
-                    .filter(crm_outbox::Column::RecordType.eq(t.as_str()))
-                    .filter(crm_outbox::Column::RecordId.eq(&record_id))
-                    .filter(crm_outbox::Column::Status.is_in([OutboxStatus::Pending, OutboxStatus::Failed]))
-                    .filter(crm_outbox::Column::Operation.ne(OutboxOperation::Link))
-                    .one(txn)
-                    .await?;
-                if let Some(row) = waiting {
-                    let which = Condition::all()
-                        .add(crm_outbox::Column::Id.eq(row.id))
-                        .add(crm_outbox::Column::Status.is_in([OutboxStatus::Pending, OutboxStatus::Failed]));
-                    outbox::make_due(txn, which).await?;
-                    return Ok(row.id);
-                }
-                outbox::enqueue(txn, t, &record_id, Operation::Upsert, None, None).await
-            })
-        })
-        .await?;
+    let row_id = outbox::queue_now(&state.writer, t, id.clone()).await?;
     state.delivery.deliver_rows(vec![row_id]).await?;
     let local = records::find_by_id(state.db.reader(), t, &id).await?;
     let crm_id = local.as_ref().and_then(|l| l.crm_id().map(str::to_owned));
     let synced = local.as_ref().is_some_and(Local::is_synced);
-    let error = crm_outbox::Entity::find_by_id(row_id).one(state.db.reader()).await?.and_then(|r| r.last_error);
+    let error = outbox::last_error(state.db.reader(), row_id).await?;
     Ok((synced, crm_id, error))
 }
 
@@ -95,14 +71,9 @@ fn sync_answer(what: &str, synced: bool, crm_id: Option<String>, error: Option<S
 }
 
 async fn owner(state: &AppState, user_id: &str) -> Result<user::Model, ApiError> {
-    if records::id_value(RecordType::Contact, user_id).is_none() {
-        return Err(ApiError::not_found(format!("no user {user_id:?}")));
-    }
-    user::Entity::find_by_id(user_id)
-        .filter(user::Column::DeletedAt.is_null())
-        .one(state.db.reader())
+    records::live_owner(state.db.reader(), user_id)
         .await?
-        .ok_or_else(|| ApiError::not_found(format!("no user {user_id}")))
+        .ok_or_else(|| ApiError::not_found(format!("no user {user_id:?}")))
 }
 
 fn required_user_id(user_id: Option<String>) -> Result<String, ApiError> {
@@ -140,9 +111,7 @@ async fn sync_property(body: web::Json<PropertyRef>, state: web::Data<AppState>)
         Some(Value::String(s)) if s.parse::<i64>().is_ok() => s.parse().unwrap_or_default(),
         _ => return Err(ApiError::bad_request("invalid_request", "propertyId is required (a number)")),
     };
-    let property = properties::Entity::find_by_id(id)
-        .filter(properties::Column::DeletedAt.is_null())
-        .one(state.db.reader())
+    let property = records::live_property(state.db.reader(), id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no property {id}")))?;
     if property.crm_id.is_some() && property.crm_sync_status == entity::enums::CrmSyncStatus::Synced {
@@ -175,53 +144,8 @@ async fn sync_bulk(body: web::Json<Bulk>, state: web::Data<AppState>) -> Result<
 
 /// Syncs every live record of one type that is not synced; counts synced, failed and skipped.
 async fn bulk_one(state: &AppState, t: RecordType) -> Result<Value, ApiError> {
-    let (ids, skipped): (Vec<String>, usize) = match t {
-        RecordType::Contact => {
-            let all = user::Entity::find()
-                .filter(user::Column::Role.eq(entity::enums::Role::Owner))
-                .filter(user::Column::DeletedAt.is_null())
-                .all(state.db.reader())
-                .await?;
-            let total = all.len();
-            let todo: Vec<String> = all
-                .into_iter()
-                .filter(|u| u.crm_id.is_none() || u.crm_sync_status != entity::enums::CrmSyncStatus::Synced)
-                .map(|u| u.id)
-                .collect();
-            let skipped = total - todo.len();
-            (todo, skipped)
-        }
-        _ => {
-            let all = properties::Entity::find()
-                .filter(properties::Column::DeletedAt.is_null())
-                .select_only()
-                .columns([properties::Column::Id, properties::Column::CrmId, properties::Column::CrmSyncStatus])
-                .into_tuple::<(i64, Option<String>, entity::enums::CrmSyncStatus)>()
-                .all(state.db.reader())
-                .await?;
-            let total = all.len();
-            let todo: Vec<String> = all
-                .into_iter()
-                .filter(|(_, crm_id, status)| crm_id.is_none() || *status != entity::enums::CrmSyncStatus::Synced)
-                .map(|(id, _, _)| id.to_string())
-                .collect();
-            let skipped = total - todo.len();
-            (todo, skipped)
-        }
-    };
-    let queued = ids.clone();
-    let rows = state
-        .writer
-        .run(move |txn| {
-            Box::pin(async move {
-                let mut rows = Vec::with_capacity(queued.len());
-                for id in &queued {
-                    rows.push(outbox::enqueue(txn, t, id, Operation::Upsert, None, None).await?);
-                }
-                Ok(rows)
-            })
-        })
-        .await?;
+    let (ids, skipped) = records::not_synced(state.db.reader(), t).await?;
+    let rows = outbox::queue_all(&state.writer, t, ids.clone()).await?;
     state.delivery.deliver_rows(rows).await?;
     let mut synced = 0;
     for id in &ids {

@@ -102,6 +102,58 @@ pub fn id_json(t: RecordType, id: &str) -> Option<Value> {
     if t.has_text_id() { Some(Value::String(id.to_owned())) } else { id.parse::<i64>().ok().map(Value::from) }
 }
 
+/// The owner (a user, not deleted) with id `id`.
+pub async fn live_owner(c: &impl ConnectionTrait, id: &str) -> Result<Option<user::Model>, DbErr> {
+    if id_value(RecordType::Contact, id).is_none() {
+        return Ok(None);
+    }
+    user::Entity::find_by_id(id).filter(user::Column::DeletedAt.is_null()).one(c).await
+}
+
+/// The property (not deleted) with id `id`.
+pub async fn live_property(c: &impl ConnectionTrait, id: i64) -> Result<Option<properties::Model>, DbErr> {
+    properties::Entity::find_by_id(id).filter(properties::Column::DeletedAt.is_null()).one(c).await
+}
+
+/// The live records of `t` (owners, for contacts) that are not synced with the CRM, by id, and
+/// how many are (the seed's bulk sync skips those).
+pub async fn not_synced(c: &impl ConnectionTrait, t: RecordType) -> Result<(Vec<String>, usize), DbErr> {
+    use entity::enums::{CrmSyncStatus, Role};
+    use sea_orm::QuerySelect;
+    let all: Vec<(String, Option<String>, CrmSyncStatus)> = if t == RecordType::Contact {
+        user::Entity::find()
+            .select_only()
+            .columns([user::Column::Id, user::Column::CrmId, user::Column::CrmSyncStatus])
+            .filter(user::Column::DeletedAt.is_null())
+            .filter(user::Column::Role.eq(Role::Owner))
+            .into_tuple()
+            .all(c)
+            .await?
+    } else {
+        // The other tables number their records.
+        with_table!(t, m => {
+            m::Entity::find()
+                .select_only()
+                .columns([m::Column::Id, m::Column::CrmId, m::Column::CrmSyncStatus])
+                .filter(m::Column::DeletedAt.is_null())
+                .into_tuple::<(i64, Option<String>, CrmSyncStatus)>()
+                .all(c)
+                .await?
+                .into_iter()
+                .map(|(id, crm_id, status)| (id.to_string(), crm_id, status))
+                .collect()
+        })
+    };
+    let total = all.len();
+    let todo: Vec<String> = all
+        .into_iter()
+        .filter(|(_, crm_id, status)| crm_id.is_none() || *status != CrmSyncStatus::Synced)
+        .map(|(id, _, _)| id)
+        .collect();
+    let skipped = total - todo.len();
+    Ok((todo, skipped))
+}
+
 /// How many live (not deleted) records of `t` stand at each `crm_sync_status`.
 pub async fn sync_status_counts(
     c: &impl ConnectionTrait,
