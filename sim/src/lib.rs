@@ -4,11 +4,13 @@
 //! Built so far: the REST API of §3 (signed requests, every record type and endpoint, validation,
 //! unique emails with `409 duplicate` and `existingId`, unique external ids, `If-Match`,
 //! idempotency keys, the rate limit with `Retry-After`, list paging by `updatedSince` and cursor,
-//! batch upserts), with every change recorded as the webhook event §4.2 describes. Not yet: sending
-//! those events as signed webhooks, the admin API and the fault switches (issue 11).
+//! batch upserts); every change sent as a signed webhook (§4, [`webhooks`]); an admin API to change
+//! records as a CRM user would and to drop webhooks ([`server`]). Not yet: the other fault switches
+//! (error rate, latency, outage window).
 
 pub mod server;
 pub mod store;
+pub mod webhooks;
 
 use actix_web::{App, HttpServer, web};
 use server::{Account, Sim};

@@ -22,6 +22,15 @@ struct Cli {
     /// The API secret requests are signed with (the gateway's CRM_API_SECRET).
     #[arg(long, env = "SIM_API_SECRET", default_value = "ts_secret_local")]
     api_secret: String,
+    /// Where to send webhooks (the gateway's `/api/crm/webhooks/treadsoft`); none: not sent.
+    #[arg(long, env = "SIM_WEBHOOK_URL")]
+    webhook_url: Option<String>,
+    /// The webhook signing secret (the gateway's CRM_WEBHOOK_SECRET).
+    #[arg(long, env = "SIM_WEBHOOK_SECRET", default_value = "whsec_local")]
+    webhook_secret: String,
+    /// Divides TreadSoft's webhook retry schedule (1 min ... 10 h): 60 makes the first retry 1 s.
+    #[arg(long, env = "SIM_SPEED", default_value_t = 1.0)]
+    speed: f64,
     /// Requests allowed per 10 s (TreadSoft's is 100).
     #[arg(long, env = "SIM_RATE_LIMIT", default_value_t = 100)]
     rate_limit: u32,
@@ -39,7 +48,13 @@ async fn main() -> anyhow::Result<()> {
     };
     let listener = TcpListener::bind(&cli.bind)?;
     eprintln!("treadsoft-sim listening on http://{}", listener.local_addr()?);
-    let server = treadsoft_sim::serve(Arc::new(Sim::new(account)), listener)?;
+    let sim = Arc::new(Sim::new(account));
+    if let Some(url) = cli.webhook_url {
+        eprintln!("sending webhooks to {url}");
+        let hooks = treadsoft_sim::webhooks::Webhooks { url, secret: cli.webhook_secret, speed: cli.speed };
+        tokio::spawn(treadsoft_sim::webhooks::run(sim.clone(), hooks));
+    }
+    let server = treadsoft_sim::serve(sim, listener)?;
     let handle = server.handle();
     tokio::spawn(async move {
         let _ = tokio::signal::ctrl_c().await;

@@ -41,12 +41,23 @@ struct Answered {
     at: Instant,
 }
 
+/// Faults switched on through the admin API.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Faults {
+    /// Changes are not sent as webhooks (lost, as when TreadSoft gives up on a delivery).
+    #[serde(default)]
+    pub drop_webhooks: bool,
+}
+
 /// The simulator's state: the account, its records, and what the API remembers between calls.
 pub struct Sim {
     pub account: Account,
     pub store: Mutex<Store>,
     calls: Mutex<VecDeque<Instant>>,
     answered: Mutex<HashMap<String, Answered>>,
+    faults: Mutex<Faults>,
+    sent: Mutex<crate::webhooks::Sent>,
 }
 
 impl Sim {
@@ -56,11 +67,22 @@ impl Sim {
             store: Mutex::new(Store::default()),
             calls: Mutex::new(VecDeque::new()),
             answered: Mutex::new(HashMap::new()),
+            faults: Mutex::new(Faults::default()),
+            sent: Mutex::new(crate::webhooks::Sent::default()),
         }
     }
 
     pub fn store(&self) -> std::sync::MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn faults(&self) -> std::sync::MutexGuard<'_, Faults> {
+        self.faults.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// What the webhook sender has done so far.
+    pub fn sent(&self) -> std::sync::MutexGuard<'_, crate::webhooks::Sent> {
+        self.sent.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -134,6 +156,14 @@ fn rate(sim: &Sim) -> (Result<(), Duration>, u32) {
 /// Every request: authenticate, rate-limit, replay an idempotent answer or do the call, and
 /// answer with a request id.
 pub async fn handle(req: HttpRequest, body: web::Bytes, sim: web::Data<Sim>) -> HttpResponse {
+    if req.path().starts_with("/admin/") {
+        let (status, answer) = admin(&sim, &req, &body);
+        return if answer.is_null() {
+            HttpResponse::build(status).finish()
+        } else {
+            HttpResponse::build(status).json(answer)
+        };
+    }
     let request_id = format!("req_{}", uuid::Uuid::new_v4().simple());
     let (status, answer, request_id, remaining, retry_after) = match authenticate(&sim, &req, &body) {
         Err((status, answer)) => (status, answer, request_id, None, None),
@@ -322,4 +352,43 @@ fn batch_upsert(
         });
     }
     Ok((StatusCode::OK, json!({ "results": results })))
+}
+
+/// The admin API, as a CRM user working in TreadSoft's own screens (`changeSource: "ui"`, no
+/// request id), unauthenticated: the simulator is a local test tool.
+/// - `GET /admin/R`: every live record of a collection;
+/// - `POST /admin/R`, `PATCH /admin/R/{id}`, `DELETE /admin/R/{id}`: change records;
+/// - `GET /admin/webhooks`: what the webhook sender has done;
+/// - `PUT /admin/faults` `{"dropWebhooks": true}`: switch faults on or off.
+fn admin(sim: &Sim, req: &HttpRequest, body: &[u8]) -> (StatusCode, Value) {
+    let source = Source { change_source: "ui", request_id: None };
+    let segments: Vec<&str> = req.path().trim_start_matches("/admin/").split('/').collect();
+    let result = match (req.method().as_str(), segments.as_slice()) {
+        ("GET", ["webhooks"]) => Ok((StatusCode::OK, json!(*sim.sent()))),
+        ("PUT", ["faults"]) => match serde_json::from_slice::<Faults>(body) {
+            Ok(faults) => {
+                *sim.faults() = faults;
+                Ok((StatusCode::OK, json!(faults)))
+            }
+            Err(e) => Err(error(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", e.to_string())),
+        },
+        (method, [collection, rest @ ..]) => match (Collection::parse(collection), method, rest) {
+            (Some(c), "GET", []) => {
+                let (data, _) = sim.store().list(c, None, None, usize::MAX);
+                Ok((StatusCode::OK, json!({ "data": data })))
+            }
+            (Some(c), "POST", []) => object(body).and_then(|input| {
+                sim.store().create(c, &input, &source).map(|r| (StatusCode::CREATED, r)).map_err(refused)
+            }),
+            (Some(c), "PATCH", [id]) => object(body).and_then(|input| {
+                sim.store().update(c, id, &input, None, &source).map(|r| (StatusCode::OK, r)).map_err(refused)
+            }),
+            (Some(c), "DELETE", [id]) => {
+                sim.store().delete(c, id, &source).map(|()| (StatusCode::NO_CONTENT, Value::Null)).map_err(refused)
+            }
+            _ => Err(error(StatusCode::NOT_FOUND, "not_found", format!("no admin route {method} {}", req.path()))),
+        },
+        _ => Err(error(StatusCode::NOT_FOUND, "not_found", format!("no admin route {}", req.path()))),
+    };
+    result.unwrap_or_else(|e| e)
 }

@@ -165,3 +165,89 @@ async fn bad_signatures_bad_fields_and_too_many_requests_are_refused_as_treadsof
         other => panic!("the fourth call in 10 s should be rate limited, got {other:?}"),
     }
 }
+
+/// Polls `check` every 20 ms until it is true, for at most 10 s.
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < Duration::from_secs(10), "{what} did not happen within 10 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_gateway_and_the_simulator_keep_each_other_in_sync_both_ways() {
+    // The simulator, then the gateway pointed at it, then the simulator's webhooks at the gateway.
+    let (sim, sim_url, server) = crate::start_local(account(10_000)).unwrap();
+    tokio::spawn(server);
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = crm_gateway::config::Settings::default().validate().unwrap();
+    config.database.url = format!("sqlite://{}", dir.path().join("gateway.db").display());
+    config.bind_addr = "127.0.0.1:0".parse().unwrap();
+    config.http_workers = 1;
+    config.webhook_secrets = vec!["whsec_e2e".to_owned().into()];
+    config.crm = crm_gateway::config::CrmProvider::TreadSoft(TreadSoftConfig {
+        api_url: sim_url.parse().unwrap(),
+        api_key: "ts_key_test".to_owned().into(),
+        api_secret: "ts_secret_test".to_owned().into(),
+    });
+    config.crm_rate_limit = RateLimit { requests: 10_000, period: Duration::from_secs(1) };
+    let app = crm_gateway::startup::Application::build(config).await.unwrap();
+    let gateway = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until(std::future::pending()));
+    let hooks = crate::webhooks::Webhooks {
+        url: format!("{gateway}/api/crm/webhooks/treadsoft"),
+        secret: "whsec_e2e".into(),
+        speed: 3600.0,
+    };
+    tokio::spawn(crate::webhooks::run(sim.clone(), hooks));
+    let http = reqwest::Client::new();
+
+    // Site → CRM: an owner registered on the site appears in TreadSoft, linked by its id.
+    let registered: Value = http
+        .post(format!("{gateway}/api/owner/register"))
+        .json(&json!({"name": "Mary Smith", "email": "mary@example.com", "phone": "+44 1"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let user_id = registered["user"]["id"].as_str().unwrap().to_owned();
+    eventually("the owner in TreadSoft", async || {
+        sim.store().by_external_id(crate::store::Collection::Contacts, &user_id).is_some()
+    })
+    .await;
+    let contacts: Value = http.get(format!("{sim_url}/admin/contacts")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(contacts["data"][0]["externalId"], json!(user_id), "the admin API lists it");
+    let crm_id = contacts["data"][0]["id"].as_str().unwrap().to_owned();
+
+    // CRM → site: a CRM user edits the contact; its webhook changes the site's user.
+    let edited = http
+        .patch(format!("{sim_url}/admin/contacts/{crm_id}"))
+        .json(&json!({"phone": "+44 20 7946 0000"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(edited.status(), reqwest::StatusCode::OK);
+    let phone_on_the_site = async |http: &reqwest::Client| -> Value {
+        let record: Value =
+            http.get(format!("{gateway}/api/crm/records/user/{user_id}")).send().await.unwrap().json().await.unwrap();
+        record["record"]["phone"].clone()
+    };
+    eventually("the site's user changed", async || phone_on_the_site(&http).await == json!("+44 20 7946 0000")).await;
+    assert!(sim.sent().delivered >= 1);
+
+    // A webhook lost for good: the site does not see the change (what import will heal).
+    let dropped =
+        http.put(format!("{sim_url}/admin/faults")).json(&json!({"dropWebhooks": true})).send().await.unwrap();
+    assert_eq!(dropped.status(), reqwest::StatusCode::OK);
+    let given_up = sim.sent().given_up;
+    http.patch(format!("{sim_url}/admin/contacts/{crm_id}"))
+        .json(&json!({"phone": "+44 1 lost"}))
+        .send()
+        .await
+        .unwrap();
+    eventually("the dropped delivery", async || sim.sent().given_up > given_up).await;
+    assert_eq!(phone_on_the_site(&http).await, json!("+44 20 7946 0000"));
+}
