@@ -5,8 +5,8 @@
 //! unique emails with `409 duplicate` and `existingId`, unique external ids, `If-Match`,
 //! idempotency keys, the rate limit with `Retry-After`, list paging by `updatedSince` and cursor,
 //! batch upserts); every change sent as a signed webhook (§4, [`webhooks`]); an admin API to change
-//! records as a CRM user would and to drop webhooks ([`server`]). Not yet: the other fault switches
-//! (error rate, latency, outage window).
+//! records as a CRM user would, and fault switches: dropped webhooks, an error rate, added
+//! latency, an outage window ([`server`]).
 
 pub mod server;
 pub mod store;

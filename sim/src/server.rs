@@ -42,12 +42,36 @@ struct Answered {
 }
 
 /// Faults switched on through the admin API.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Faults {
     /// Changes are not sent as webhooks (lost, as when TreadSoft gives up on a delivery).
     #[serde(default)]
     pub drop_webhooks: bool,
+    /// The share of API calls (0 to 1) answered `503 server_error` instead of being done.
+    #[serde(default)]
+    pub error_rate: f64,
+    /// Milliseconds added before every API answer.
+    #[serde(default)]
+    pub latency_ms: u64,
+    /// Every API call is answered `503` until this time (Unix seconds): an outage window. Set
+    /// with `outageSeconds` (from now); 0 ends it.
+    #[serde(default)]
+    pub outage_until: Option<i64>,
+}
+
+/// What `PUT /admin/faults` takes: the faults, with an outage given as its length from now.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct FaultsRequest {
+    #[serde(default)]
+    drop_webhooks: bool,
+    #[serde(default)]
+    error_rate: f64,
+    #[serde(default)]
+    latency_ms: u64,
+    #[serde(default)]
+    outage_seconds: u64,
 }
 
 /// The simulator's state: the account, its records, and what the API remembers between calls.
@@ -165,6 +189,15 @@ pub async fn handle(req: HttpRequest, body: web::Bytes, sim: web::Data<Sim>) -> 
         };
     }
     let request_id = format!("req_{}", uuid::Uuid::new_v4().simple());
+    let faults = *sim.faults();
+    if faults.latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
+    }
+    let down = faults.outage_until.is_some_and(|until| chrono::Utc::now().timestamp() < until);
+    if down || (faults.error_rate > 0.0 && fastrand::f64() < faults.error_rate) {
+        let (status, answer) = error(StatusCode::SERVICE_UNAVAILABLE, "server_error", "simulated failure");
+        return HttpResponse::build(status).insert_header(("X-TreadSoft-Request-Id", request_id.as_str())).json(answer);
+    }
     let (status, answer, request_id, remaining, retry_after) = match authenticate(&sim, &req, &body) {
         Err((status, answer)) => (status, answer, request_id, None, None),
         Ok(()) => match rate(&sim) {
@@ -359,14 +392,25 @@ fn batch_upsert(
 /// - `GET /admin/R`: every live record of a collection;
 /// - `POST /admin/R`, `PATCH /admin/R/{id}`, `DELETE /admin/R/{id}`: change records;
 /// - `GET /admin/webhooks`: what the webhook sender has done;
-/// - `PUT /admin/faults` `{"dropWebhooks": true}`: switch faults on or off.
+/// - `PUT /admin/faults` `{"dropWebhooks", "errorRate", "latencyMs", "outageSeconds"}`: switch
+///   faults on or off (what is not given is off).
 fn admin(sim: &Sim, req: &HttpRequest, body: &[u8]) -> (StatusCode, Value) {
     let source = Source { change_source: "ui", request_id: None };
     let segments: Vec<&str> = req.path().trim_start_matches("/admin/").split('/').collect();
     let result = match (req.method().as_str(), segments.as_slice()) {
         ("GET", ["webhooks"]) => Ok((StatusCode::OK, json!(*sim.sent()))),
-        ("PUT", ["faults"]) => match serde_json::from_slice::<Faults>(body) {
-            Ok(faults) => {
+        ("PUT", ["faults"]) => match serde_json::from_slice::<FaultsRequest>(body) {
+            Ok(asked) if !(0.0..=1.0).contains(&asked.error_rate) => {
+                Err(error(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", "errorRate: 0 to 1"))
+            }
+            Ok(asked) => {
+                let faults = Faults {
+                    drop_webhooks: asked.drop_webhooks,
+                    error_rate: asked.error_rate,
+                    latency_ms: asked.latency_ms,
+                    outage_until: (asked.outage_seconds > 0)
+                        .then(|| chrono::Utc::now().timestamp() + asked.outage_seconds as i64),
+                };
                 *sim.faults() = faults;
                 Ok((StatusCode::OK, json!(faults)))
             }

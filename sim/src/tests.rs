@@ -251,3 +251,37 @@ async fn the_gateway_and_the_simulator_keep_each_other_in_sync_both_ways() {
     eventually("the dropped delivery", async || sim.sent().given_up > given_up).await;
     assert_eq!(phone_on_the_site(&http).await, json!("+44 20 7946 0000"));
 }
+
+#[tokio::test]
+async fn faults_make_the_api_fail_slow_or_down_until_switched_off() {
+    let (sim, client) = started(10_000, "ts_secret_test");
+    let faults = |f: crate::server::Faults| *sim.faults() = f;
+
+    faults(crate::server::Faults { error_rate: 1.0, ..Default::default() });
+    assert!(matches!(client.ping().await, Err(CrmError::Transient { status: Some(503), .. })));
+    faults(crate::server::Faults { outage_until: Some(chrono::Utc::now().timestamp() + 60), ..Default::default() });
+    assert!(matches!(client.ping().await, Err(CrmError::Transient { status: Some(503), .. })));
+    faults(crate::server::Faults { latency_ms: 150, ..Default::default() });
+    let started = std::time::Instant::now();
+    client.ping().await.expect("slow, not failing");
+    assert!(started.elapsed() >= Duration::from_millis(150), "the answer came before the added latency");
+    faults(crate::server::Faults::default());
+    client.ping().await.expect("switched off");
+}
+
+#[tokio::test]
+async fn the_admin_api_switches_faults_and_refuses_nonsense() {
+    let (sim, url, server) = crate::start_local(account(100)).unwrap();
+    tokio::spawn(server);
+    let http = reqwest::Client::new();
+    let put = |body: Value| http.put(format!("{url}/admin/faults")).json(&body).send();
+
+    let on = put(json!({"errorRate": 0.5, "outageSeconds": 30})).await.unwrap();
+    assert_eq!(on.status(), reqwest::StatusCode::OK);
+    assert_eq!(sim.faults().error_rate, 0.5);
+    assert!(sim.faults().outage_until.is_some_and(|t| t > chrono::Utc::now().timestamp()));
+    assert_eq!(put(json!({"errorRate": 2})).await.unwrap().status(), reqwest::StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(put(json!({"colour": "red"})).await.unwrap().status(), reqwest::StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(put(json!({})).await.unwrap().status(), reqwest::StatusCode::OK);
+    assert_eq!(*sim.faults(), crate::server::Faults::default(), "what is not given is off");
+}
