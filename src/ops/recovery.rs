@@ -309,15 +309,49 @@ pub struct OutboxEntry {
     pub updated_at: DateTime<Utc>,
 }
 
-/// A webhook event about the record.
+/// A webhook event as received and what became of it: a record's events (`inspect`) and the
+/// status's recent ones.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct InboxEntry {
+pub struct InboxEvent {
     pub event_id: String,
     pub event_type: String,
+    pub record_type: Option<String>,
+    pub crm_id: Option<String>,
+    /// The record's name as the event carries it (a contact's first and last name, a property's
+    /// title, ...), so an operator recognises it; exactly as TreadSoft sent it.
+    pub name: Option<String>,
     pub outcome: String,
     pub reason: Option<String>,
     pub received_at: DateTime<Utc>,
+}
+
+impl From<crm_inbox::Model> for InboxEvent {
+    fn from(row: crm_inbox::Model) -> Self {
+        Self {
+            name: record_name(&row.payload),
+            event_id: row.event_id,
+            event_type: row.event_type,
+            record_type: row.record_type,
+            crm_id: row.crm_id,
+            outcome: row.outcome,
+            reason: row.reason,
+            received_at: row.received_at,
+        }
+    }
+}
+
+/// The name an event's record goes by, from its stored payload.
+fn record_name(payload: &str) -> Option<String> {
+    let event: Value = serde_json::from_str(payload).ok()?;
+    let data = event.pointer("/object/data")?;
+    let text = |key: &str| data.get(key).and_then(Value::as_str).filter(|s| !s.is_empty());
+    match (text("firstName"), text("lastName")) {
+        (Some(first), Some(last)) => return Some(format!("{first} {last}")),
+        (Some(one), None) | (None, Some(one)) => return Some(one.to_owned()),
+        (None, None) => {}
+    }
+    ["name", "title", "guestName", "email"].into_iter().find_map(text).map(str::to_owned)
 }
 
 /// Everything the gateway knows of one record's sync.
@@ -333,7 +367,7 @@ pub struct Inspection {
     /// When TreadSoft's record was deleted here, if it was (a tombstone).
     pub tombstoned_at: Option<DateTime<Utc>>,
     pub outbox: Vec<OutboxEntry>,
-    pub inbox: Vec<InboxEntry>,
+    pub inbox: Vec<InboxEvent>,
     pub logs: Vec<LogEntry>,
 }
 
@@ -392,13 +426,7 @@ pub async fn inspect(c: &impl ConnectionTrait, t: RecordType, id: &str) -> Resul
                 .all(c)
                 .await?
                 .into_iter()
-                .map(|row| InboxEntry {
-                    event_id: row.event_id,
-                    event_type: row.event_type,
-                    outcome: row.outcome,
-                    reason: row.reason,
-                    received_at: row.received_at,
-                })
+                .map(InboxEvent::from)
                 .collect();
             let tombstone = sync_tombstones::Entity::find_by_id((t.as_str().to_owned(), crm_id.clone())).one(c).await?;
             (inbox, tombstone.map(|t| t.created_at))

@@ -4,7 +4,7 @@
 use crate::crm::CrmClient;
 use crate::error::{ApiError, resource};
 use crate::ops::metrics::{CrmCall, Metrics};
-use crate::ops::recovery::{Filter, InboundFailure, OutboundFailure, inbound_failures, outbound_failures};
+use crate::ops::recovery::{Filter, InboundFailure, InboxEvent, OutboundFailure, inbound_failures, outbound_failures};
 use crate::state::AppState;
 use crate::sync::mapping::RecordType;
 use crate::sync::records;
@@ -13,6 +13,7 @@ use chrono::{DateTime, Duration as TimeDelta, Utc};
 use entity::enums::CrmSyncStatus;
 use entity::enums::OutboxStatus;
 use entity::{crm_inbox, crm_outbox};
+use sea_orm::sea_query::{Expr, Func};
 use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde::Serialize;
 use std::sync::Arc;
@@ -119,35 +120,6 @@ pub struct Webhooks {
     pub last_received_at: Option<DateTime<Utc>>,
 }
 
-/// A webhook event as received, for the list of recent ones.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RecentEvent {
-    pub event_id: String,
-    pub event_type: String,
-    pub record_type: Option<String>,
-    pub crm_id: Option<String>,
-    /// The record's name as the event carries it (a contact's first and last name, a property's
-    /// title, ...), so an operator recognises it; exactly as TreadSoft sent it.
-    pub name: Option<String>,
-    pub outcome: String,
-    pub reason: Option<String>,
-    pub received_at: DateTime<Utc>,
-}
-
-/// The name an event's record goes by, from its stored payload.
-fn record_name(payload: &str) -> Option<String> {
-    let event: serde_json::Value = serde_json::from_str(payload).ok()?;
-    let data = event.pointer("/object/data")?;
-    let text = |key: &str| data.get(key).and_then(serde_json::Value::as_str).filter(|s| !s.is_empty());
-    match (text("firstName"), text("lastName")) {
-        (Some(first), Some(last)) => return Some(format!("{first} {last}")),
-        (Some(one), None) | (None, Some(one)) => return Some(one.to_owned()),
-        (None, None) => {}
-    }
-    ["name", "title", "guestName", "email"].into_iter().find_map(text).map(str::to_owned)
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Failures {
@@ -187,7 +159,7 @@ pub struct Status {
     pub crm: CrmStatus,
     pub failures: Failures,
     /// The last webhook events received, newest first.
-    pub recent_events: Vec<RecentEvent>,
+    pub recent_events: Vec<InboxEvent>,
 }
 
 /// Checks the CRM's health at most once per [`HEALTH_TTL`], whoever asks. While a check is under
@@ -240,32 +212,40 @@ pub struct StatusCache(tokio::sync::Mutex<Option<(Instant, Arc<Status>)>>);
 /// How long a computed status is served again.
 pub const STATUS_TTL: Duration = Duration::from_secs(1);
 
+/// Webhook events by outcome over the last hour and the last day, in one pass over the day's
+/// rows (the hour is part of the day).
 async fn webhook_counts(
     c: &impl ConnectionTrait,
-    since: DateTime<Utc>,
+    now: DateTime<Utc>,
     metrics: &Metrics,
-) -> Result<WebhookCounts, DbErr> {
-    let rows: Vec<(String, i64)> = crm_inbox::Entity::find()
+) -> Result<(WebhookCounts, WebhookCounts), DbErr> {
+    let (hour, day) = (now - TimeDelta::hours(1), now - TimeDelta::days(1));
+    let in_the_hour = Expr::case(crm_inbox::Column::ReceivedAt.gte(hour), 1).finally(0);
+    let rows: Vec<(String, i64, i64)> = crm_inbox::Entity::find()
         .select_only()
         .column(crm_inbox::Column::Outcome)
-        .column_as(crm_inbox::Column::EventId.count(), "n")
-        .filter(crm_inbox::Column::ReceivedAt.gte(since))
+        .column_as(Expr::from(Func::sum(in_the_hour)), "last_hour")
+        .column_as(crm_inbox::Column::EventId.count(), "last_day")
+        .filter(crm_inbox::Column::ReceivedAt.gte(day))
         .group_by(crm_inbox::Column::Outcome)
         .into_tuple()
         .all(c)
         .await?;
-    let mut counts = WebhookCounts { duplicate: metrics.duplicates_since(since) as i64, ..Default::default() };
-    for (outcome, n) in rows {
-        match outcome.as_str() {
-            "applied" => counts.applied = n,
-            "stale" => counts.stale = n,
-            "echo" => counts.echo = n,
-            "waiting" => counts.waiting = n,
-            "failed" => counts.failed = n,
-            _ => {}
+    let mut last_hour = WebhookCounts { duplicate: metrics.duplicates_since(hour) as i64, ..Default::default() };
+    let mut last_day = WebhookCounts { duplicate: metrics.duplicates_since(day) as i64, ..Default::default() };
+    for (outcome, hour_n, day_n) in rows {
+        for (counts, n) in [(&mut last_hour, hour_n), (&mut last_day, day_n)] {
+            match outcome.as_str() {
+                "applied" => counts.applied = n,
+                "stale" => counts.stale = n,
+                "echo" => counts.echo = n,
+                "waiting" => counts.waiting = n,
+                "failed" => counts.failed = n,
+                _ => {}
+            }
         }
     }
-    Ok(counts)
+    Ok((last_hour, last_day))
 }
 
 /// Reads the whole status from the database (`c`, a reader) and this instance's state.
@@ -297,11 +277,8 @@ pub async fn status(
         .into_tuple()
         .one(c)
         .await?;
-    let webhooks = Webhooks {
-        last_hour: webhook_counts(c, now - TimeDelta::hours(1), metrics).await?,
-        last_day: webhook_counts(c, now - TimeDelta::days(1), metrics).await?,
-        last_received_at: last_received_at.flatten(),
-    };
+    let (last_hour, last_day) = webhook_counts(c, now, metrics).await?;
+    let webhooks = Webhooks { last_hour, last_day, last_received_at: last_received_at.flatten() };
 
     let everything = Filter::default();
     let outbound = outbound_failures(c, &everything, None, RECENT_FAILURES).await?.items;
@@ -314,16 +291,7 @@ pub async fn status(
         .all(c)
         .await?
         .into_iter()
-        .map(|row| RecentEvent {
-            name: record_name(&row.payload),
-            event_id: row.event_id,
-            event_type: row.event_type,
-            record_type: row.record_type,
-            crm_id: row.crm_id,
-            outcome: row.outcome,
-            reason: row.reason,
-            received_at: row.received_at,
-        })
+        .map(InboxEvent::from)
         .collect();
 
     let crm = CrmStatus {

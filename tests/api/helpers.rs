@@ -389,6 +389,17 @@ fn init_test_logging() {
     }
 }
 
+/// Registers owner `user_1` (Mary Smith, mary@example.com) through `POST /api/events`, then has
+/// TreadSoft refuse its create for good (`422`) in the next delivery step: a dead letter.
+pub async fn dead_lettered_owner(app: &TestApp, stub: &crate::treadsoft_stub::Stub) {
+    let owner = serde_json::json!({"id": "user_1", "name": "Mary Smith", "email": "mary@example.com", "phone": null,
+        "companyName": null, "role": "owner", "membershipStatus": "pending"});
+    let response = app.post_events(&serde_json::json!({"id": "ev_1", "type": "owner.registered", "data": owner})).await;
+    assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED);
+    stub.fail_next(422, "validation_failed", None);
+    app.deliver_pending().await;
+}
+
 /// A JSON error body's `error.code`.
 pub async fn error_code(response: reqwest::Response) -> String {
     let body: serde_json::Value = response.json().await.expect("a JSON error body");

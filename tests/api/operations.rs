@@ -36,12 +36,7 @@ pub(crate) async fn some_of_everything(database: TestDatabase) -> (TestApp, Stub
     assert_eq!(unsigned.status(), StatusCode::UNAUTHORIZED);
     // Everything queued so far goes out (the link-back of crm_c1), then the owner, refused.
     app.deliver_pending().await;
-    let owner = json!({"id": "user_1", "name": "Mary Smith", "email": "mary@example.com", "phone": null,
-        "companyName": null, "role": "owner", "membershipStatus": "pending"});
-    let response = app.post_events(&json!({"id": "ev_1", "type": "owner.registered", "data": owner})).await;
-    assert_eq!(response.status(), StatusCode::ACCEPTED);
-    stub.fail_next(422, "validation_failed", None);
-    app.deliver_pending().await;
+    crate::helpers::dead_lettered_owner(&app, &stub).await;
     (app, stub)
 }
 

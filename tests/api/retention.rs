@@ -7,9 +7,7 @@ use chrono::{Duration, Utc};
 use crm_gateway::ops::retention::{self, BATCH, Pruned};
 use entity::enums::{OutboxOperation, OutboxStatus};
 use entity::{crm_inbox, crm_outbox, crm_requests, crm_sync_logs, sync_tombstones};
-use reqwest::StatusCode;
 use sea_orm::{ActiveValue::NotSet, EntityTrait, QueryOrder, Set};
-use serde_json::json;
 
 fn log(id_hint: usize, days_ago: i64) -> crm_sync_logs::ActiveModel {
     crm_sync_logs::ActiveModel {
@@ -177,12 +175,7 @@ async fn dead_letters_are_retried_by_themselves_when_asked(database: TestDatabas
         c.auto_retry_interval = Some(std::time::Duration::from_millis(200));
     })
     .await;
-    let owner = json!({"id": "user_1", "name": "Mary Smith", "email": "mary@example.com", "phone": null,
-        "companyName": null, "role": "owner", "membershipStatus": "pending"});
-    let response = app.post_events(&json!({"id": "ev_1", "type": "owner.registered", "data": owner})).await;
-    assert_eq!(response.status(), StatusCode::ACCEPTED);
-    stub.fail_next(422, "validation_failed", None);
-    app.deliver_pending().await;
+    crate::helpers::dead_lettered_owner(&app, &stub).await;
     assert_eq!(crm_outbox::Entity::find().one(app.db.reader()).await.unwrap().unwrap().status, "failed");
 
     // The upkeep makes it due again; the next delivery step sends it.
