@@ -78,6 +78,39 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Read TreadSoft's records and apply them here as webhooks are applied (last-writer-wins,
+    /// linked by crm_id, externalId, then email), parents before children. Resumable: an
+    /// interrupted import goes on from the last page it applied; a finished one, run again,
+    /// reads what changed since (with a 5-minute overlap).
+    Import {
+        /// contact (or user), property, enquiry, booking, membership, or all.
+        #[arg(long = "type", default_value = "all")]
+        record_type: String,
+        /// Read the records changed since this time (RFC 3339) instead of going on from where
+        /// the last import stopped.
+        #[arg(long)]
+        since: Option<String>,
+        /// Apply each page in a transaction that is rolled back: print what it would do.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON (and no progress) instead of a progress bar and a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare every record with TreadSoft field by field and report the differences; exits 1
+    /// when there are any (after --fix: when some are left).
+    Audit {
+        /// contact (or user), property, enquiry, booking, membership, or all.
+        #[arg(long = "type", default_value = "all")]
+        record_type: String,
+        /// Resolve each difference by last-writer-wins: apply TreadSoft's newer values here,
+        /// queue the newer local ones for delivery. Without it nothing is changed.
+        #[arg(long)]
+        fix: bool,
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show one record's sync state: its row, field stamps, outbox rows, webhook events and logs.
     Inspect {
         /// contact (or user), property, enquiry, booking, membership.
@@ -178,6 +211,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Prune { dry_run, json } => crate::ops::report::prune(config, dry_run, json).await,
         Command::Inspect { record_type, id, json } => crate::ops::report::inspect(config, record_type, id, json).await,
+        Command::Import { record_type, since, dry_run, json } => {
+            let types = crate::pull::commands::types_arg(&record_type)?;
+            let since = since.as_deref().map(|text| rfc3339("--since", text)).transpose()?;
+            crate::pull::commands::import(config, types, since, dry_run, json).await
+        }
+        Command::Audit { record_type, fix, json } => {
+            let types = crate::pull::commands::types_arg(&record_type)?;
+            if crate::pull::commands::audit(config, types, fix, json).await? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Sign { .. } => unreachable!("handled above"),
     }
 }
@@ -244,19 +289,19 @@ async fn outbox_retry(
 }
 
 /// The sync context a one-shot command applies events with: its clock after every stamp stored.
-async fn sync_context(config: &Config, db: &Db) -> anyhow::Result<Arc<SyncContext>> {
+pub(crate) async fn sync_context(config: &Config, db: &Db) -> anyhow::Result<Arc<SyncContext>> {
     let floor = stamps::max_stamp(db.reader()).await?;
     Ok(Arc::new(SyncContext { precedence: config.tie_winner, hlc: Hlc::starting_after(floor) }))
 }
 
+/// A time given as option `name`, in RFC 3339.
+fn rfc3339(name: &str, text: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    text.parse::<chrono::DateTime<chrono::Utc>>()
+        .with_context(|| format!("{name}: expected an RFC 3339 time such as 2026-12-01T00:00:00Z, got {text:?}"))
+}
+
 async fn replay_failed(config: Config, since: Option<String>) -> anyhow::Result<()> {
-    let since = since
-        .map(|text| {
-            text.parse::<chrono::DateTime<chrono::Utc>>().with_context(|| {
-                format!("--since: expected an RFC 3339 time such as 2026-12-01T00:00:00Z, got {text:?}")
-            })
-        })
-        .transpose()?;
+    let since = since.as_deref().map(|text| rfc3339("--since", text)).transpose()?;
     let (db, writer) = open(&config).await?;
     let sync = sync_context(&config, &db).await?;
     let summary = crate::sync::inbox::replay_failed(&writer, db.reader(), sync, since).await?;

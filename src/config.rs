@@ -81,6 +81,10 @@ pub struct Settings {
     /// heals without a person. Off by default.
     #[arg(long, env = "CRM_AUTO_RETRY_INTERVAL", global = true)]
     pub crm_auto_retry_interval: Option<String>,
+    /// Read TreadSoft's records changed since the last pass this often (e.g. 15m, 1h) and apply
+    /// them, so a change whose webhook never came still lands. Off by default.
+    #[arg(long, env = "CRM_RECONCILE_INTERVAL", global = true)]
+    pub crm_reconcile_interval: Option<String>,
     /// Database: sqlite://PATH (default sqlite://crm-gateway.db) or postgres://USER@HOST/DB.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
     pub database_url: Option<String>,
@@ -174,6 +178,8 @@ pub struct Config {
     pub retention: Retention,
     /// How often dead letters are made due again; `None`: never by themselves.
     pub auto_retry_interval: Option<Duration>,
+    /// `None`: no scheduled reconciliation.
+    pub reconcile_interval: Option<Duration>,
     pub database: DatabaseConfig,
     pub bind_addr: SocketAddr,
     pub api_token: Option<SecretString>,
@@ -314,6 +320,17 @@ fn parse_positive<T: std::str::FromStr + PartialOrd + Default>(value: &str) -> R
     }
 }
 
+/// An interval of at least a minute (`30m`, `1h`), or `off`.
+fn interval_or_off(v: &str) -> Result<Option<Duration>, String> {
+    match v.to_ascii_lowercase().as_str() {
+        "off" | "0" | "false" | "never" => Ok(None),
+        _ => crate::crm::rate_limit::parse_duration(v)
+            .filter(|d| *d >= Duration::from_secs(60))
+            .map(Some)
+            .ok_or_else(|| format!("expected an interval of at least a minute such as 30m or 1h, or off, got {v:?}")),
+    }
+}
+
 fn parse_database_url(value: &str) -> Result<String, String> {
     let scheme = value.split(':').next().unwrap_or_default();
     match scheme {
@@ -421,17 +438,9 @@ impl Settings {
             );
         }
         let auto_retry_interval =
-            problems.parse("CRM_AUTO_RETRY_INTERVAL", self.crm_auto_retry_interval.as_deref(), None, |v| {
-                match v.to_ascii_lowercase().as_str() {
-                    "off" | "0" | "false" | "never" => Ok(None),
-                    _ => crate::crm::rate_limit::parse_duration(v)
-                        .filter(|d| *d >= Duration::from_secs(60))
-                        .map(Some)
-                        .ok_or_else(|| {
-                            format!("expected an interval of at least a minute such as 30m or 1h, or off, got {v:?}")
-                        }),
-                }
-            });
+            problems.parse("CRM_AUTO_RETRY_INTERVAL", self.crm_auto_retry_interval.as_deref(), None, interval_or_off);
+        let reconcile_interval =
+            problems.parse("CRM_RECONCILE_INTERVAL", self.crm_reconcile_interval.as_deref(), None, interval_or_off);
         if delivery_lease <= crm_request_timeout * 2 {
             problems.add(
                 "CRM_DELIVERY_LEASE_SECS",
@@ -502,6 +511,7 @@ impl Settings {
             retry_schedule,
             retention,
             auto_retry_interval,
+            reconcile_interval,
             database,
             bind_addr,
             api_token: non_empty(&self.gateway_api_token).map(|t| SecretString::from(t.to_owned())),
@@ -570,6 +580,7 @@ mod tests {
                 "CRM_LOG_RETENTION_DAYS" => s.crm_log_retention_days = v,
                 "CRM_TOMBSTONE_RETENTION_DAYS" => s.crm_tombstone_retention_days = v,
                 "CRM_AUTO_RETRY_INTERVAL" => s.crm_auto_retry_interval = v,
+                "CRM_RECONCILE_INTERVAL" => s.crm_reconcile_interval = v,
                 other => panic!("unknown test variable {other}"),
             }
         }
@@ -597,20 +608,33 @@ mod tests {
         assert_eq!(config.retention.sync_logs, Duration::from_secs(90 * 86_400), "the seed keeps 90 days");
         assert_eq!(config.retention.tombstones, Duration::from_secs(30 * 86_400));
         assert_eq!(config.auto_retry_interval, None, "off unless asked");
-        let config =
-            settings(&[("CRM_LOG_RETENTION_DAYS", "30"), ("CRM_AUTO_RETRY_INTERVAL", "30m")]).validate().unwrap();
+        assert_eq!(config.reconcile_interval, None, "off unless asked");
+        let config = settings(&[
+            ("CRM_LOG_RETENTION_DAYS", "30"),
+            ("CRM_AUTO_RETRY_INTERVAL", "30m"),
+            ("CRM_RECONCILE_INTERVAL", "1h"),
+        ])
+        .validate()
+        .unwrap();
+        assert_eq!(config.reconcile_interval, Some(Duration::from_secs(3600)));
         assert_eq!(config.retention.sync_logs, Duration::from_secs(30 * 86_400));
         assert_eq!(config.auto_retry_interval, Some(Duration::from_secs(1800)));
         let err = settings(&[
             ("CRM_TOMBSTONE_RETENTION_DAYS", "3"),
             ("CRM_AUTO_RETRY_INTERVAL", "10s"),
+            ("CRM_RECONCILE_INTERVAL", "30s"),
             ("CRM_LOG_RETENTION_DAYS", "4294967296"),
         ])
         .validate()
         .unwrap_err();
         assert_eq!(
             variables(err),
-            ["CRM_LOG_RETENTION_DAYS", "CRM_TOMBSTONE_RETENTION_DAYS", "CRM_AUTO_RETRY_INTERVAL"]
+            [
+                "CRM_LOG_RETENTION_DAYS",
+                "CRM_TOMBSTONE_RETENTION_DAYS",
+                "CRM_AUTO_RETRY_INTERVAL",
+                "CRM_RECONCILE_INTERVAL"
+            ]
         );
     }
 

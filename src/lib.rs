@@ -16,6 +16,7 @@ pub mod error;
 pub mod inbound;
 pub mod ops;
 pub mod outbound;
+pub mod pull;
 pub mod startup;
 pub mod state;
 pub mod sync;

@@ -85,6 +85,7 @@ impl Application {
             delivery: delivery.clone(),
             retention: config.retention,
             auto_retry: config.auto_retry_interval,
+            reconcile: reconcile_with(&config, &db, &writer, &sync, &delivery),
         };
         background.push(tokio::spawn(maintenance::run(upkeep, stopped.clone())));
         let listener = TcpListener::bind(config.bind_addr)
@@ -235,4 +236,28 @@ pub async fn shutdown_signal() {
         () = ctrl_c => {}
         () = terminate => {}
     }
+}
+
+/// What scheduled reconciliation reads with, when `CRM_RECONCILE_INTERVAL` asks for it: the
+/// delivery's own client, so both share one rate limiter.
+fn reconcile_with(
+    config: &Config,
+    db: &Db,
+    writer: &Writer,
+    sync: &Arc<SyncContext>,
+    delivery: &Arc<Delivery>,
+) -> Option<(std::time::Duration, crate::pull::import::Importer)> {
+    let every = config.reconcile_interval?;
+    if !matches!(config.crm, crate::config::CrmProvider::TreadSoft(_)) {
+        tracing::warn!("CRM_RECONCILE_INTERVAL is set but the CRM is the mock (CRM_ENABLED=false): no reconciliation");
+        return None;
+    }
+    let importer = crate::pull::import::Importer {
+        db: db.clone(),
+        writer: writer.clone(),
+        crm: delivery.crm(),
+        sync: sync.clone(),
+        overlap: crate::pull::import::OVERLAP,
+    };
+    Some((every, importer))
 }

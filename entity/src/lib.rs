@@ -6,6 +6,8 @@
 
 pub mod app_events;
 pub mod bookings;
+pub mod crm_audits;
+pub mod crm_import_cursors;
 pub mod crm_inbox;
 pub mod crm_outbox;
 pub mod crm_requests;

@@ -9,6 +9,7 @@ mod m20260102_000001_create_sync_tables;
 mod m20260103_000001_create_app_events;
 mod m20260104_000001_user_email_key;
 mod m20261203_000001_operations_indexes;
+mod m20261204_000001_import_and_audit;
 
 pub struct Migrator;
 
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20260103_000001_create_app_events::Migration),
             Box::new(m20260104_000001_user_email_key::Migration),
             Box::new(m20261203_000001_operations_indexes::Migration),
+            Box::new(m20261204_000001_import_and_audit::Migration),
         ]
     }
 }

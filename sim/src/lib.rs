@@ -32,6 +32,24 @@ pub fn serve(sim: Arc<Sim>, listener: TcpListener) -> std::io::Result<actix_web:
     .run())
 }
 
+/// Adds `n` contacts (`Seed0 Contact`, `seed0@example.com`, ...) as records that were in the CRM
+/// before the gateway: no webhook is sent for them.
+pub fn seed_contacts(sim: &Sim, n: usize) {
+    let source = store::Source { change_source: "ui", request_id: None };
+    let mut store = sim.store();
+    let start = store.counts().get("contacts").copied().unwrap_or(0);
+    for i in start..start + n {
+        let fields = serde_json::json!({"firstName": format!("Seed{i}"), "lastName": "Contact",
+            "email": format!("seed{i}@example.com"), "phone": null, "companyName": null,
+            "role": "owner", "membershipStatus": "active"});
+        if let serde_json::Value::Object(fields) = fields {
+            // Unique emails by construction: a refusal cannot happen.
+            let _ = store.create(store::Collection::Contacts, &fields, &source);
+        }
+    }
+    store.take_changes();
+}
+
 /// A simulator for `account` on a free port of 127.0.0.1: its state, its base URL, and the server
 /// (to spawn or await).
 pub fn start_local(account: Account) -> std::io::Result<(Arc<Sim>, String, actix_web::dev::Server)> {
@@ -42,5 +60,7 @@ pub fn start_local(account: Account) -> std::io::Result<(Arc<Sim>, String, actix
     Ok((sim, url, server))
 }
 
+#[cfg(test)]
+mod pull_tests;
 #[cfg(test)]
 mod tests;

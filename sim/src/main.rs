@@ -34,6 +34,10 @@ struct Cli {
     /// Requests allowed per 10 s (TreadSoft's is 100).
     #[arg(long, env = "SIM_RATE_LIMIT", default_value_t = 100)]
     rate_limit: u32,
+    /// Start with this many contacts (as a CRM that existed before the gateway; no webhooks
+    /// are sent for them), for trying `crm-gateway import`.
+    #[arg(long, env = "SIM_SEED_CONTACTS", default_value_t = 0)]
+    seed_contacts: usize,
 }
 
 #[actix_web::main]
@@ -49,6 +53,10 @@ async fn main() -> anyhow::Result<()> {
     let listener = TcpListener::bind(&cli.bind)?;
     eprintln!("treadsoft-sim listening on http://{}", listener.local_addr()?);
     let sim = Arc::new(Sim::new(account));
+    if cli.seed_contacts > 0 {
+        treadsoft_sim::seed_contacts(&sim, cli.seed_contacts);
+        eprintln!("seeded {} contacts", cli.seed_contacts);
+    }
     if let Some(url) = cli.webhook_url {
         eprintln!("sending webhooks to {url}");
         let hooks = treadsoft_sim::webhooks::Webhooks { url, secret: cli.webhook_secret, speed: cli.speed };

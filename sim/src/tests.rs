@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 use std::sync::Arc;
 use std::time::Duration;
 
-fn account(rate_limit: u32) -> Account {
+pub(crate) fn account(rate_limit: u32) -> Account {
     Account {
         account_id: "acc_test".into(),
         api_key: "ts_key_test".into(),
@@ -167,7 +167,7 @@ async fn bad_signatures_bad_fields_and_too_many_requests_are_refused_as_treadsof
 }
 
 /// Polls `check` every 20 ms until it is true, for at most 10 s.
-async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+pub(crate) async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
     let started = std::time::Instant::now();
     while !check().await {
         assert!(started.elapsed() < Duration::from_secs(10), "{what} did not happen within 10 s");
@@ -178,30 +178,9 @@ async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
 #[tokio::test]
 async fn the_gateway_and_the_simulator_keep_each_other_in_sync_both_ways() {
     // The simulator, then the gateway pointed at it, then the simulator's webhooks at the gateway.
-    let (sim, sim_url, server) = crate::start_local(account(10_000)).unwrap();
-    tokio::spawn(server);
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = crm_gateway::config::Settings::default().validate().unwrap();
-    config.database.url = format!("sqlite://{}", dir.path().join("gateway.db").display());
-    config.bind_addr = "127.0.0.1:0".parse().unwrap();
-    config.http_workers = 1;
-    config.webhook_secrets = vec!["whsec_e2e".to_owned().into()];
-    config.crm = crm_gateway::config::CrmProvider::TreadSoft(TreadSoftConfig {
-        api_url: sim_url.parse().unwrap(),
-        api_key: "ts_key_test".to_owned().into(),
-        api_secret: "ts_secret_test".to_owned().into(),
-    });
-    config.crm_rate_limit = RateLimit { requests: 10_000, period: Duration::from_secs(1) };
-    let app = crm_gateway::startup::Application::build(config).await.unwrap();
-    let gateway = format!("http://127.0.0.1:{}", app.port());
-    tokio::spawn(app.run_until(std::future::pending()));
-    let hooks = crate::webhooks::Webhooks {
-        url: format!("{gateway}/api/crm/webhooks/treadsoft"),
-        secret: "whsec_e2e".into(),
-        speed: 3600.0,
-    };
-    tokio::spawn(crate::webhooks::run(sim.clone(), hooks));
-    let http = reqwest::Client::new();
+    let pair = crate::pull_tests::pair(crate::pull_tests::Backend::Sqlite).await.unwrap();
+    let (sim, sim_url, gateway, http) =
+        (pair.sim.clone(), pair.sim_url.clone(), pair.gateway.clone(), pair.http.clone());
 
     // Site → CRM: an owner registered on the site appears in TreadSoft, linked by its id.
     let registered: Value = http

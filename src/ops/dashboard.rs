@@ -143,6 +143,18 @@ fn layout() -> Markup {
                                 dt { "Last received" } dd data-field="webhooks.lastReceived" { "–" }
                             }
                         }
+                        article class="card" id="audit-card" {
+                            h2 { "Consistency" }
+                            div class="card-status" {
+                                span id="audit-state" class="badge" data-state="unknown" { "–" }
+                            }
+                            dl class="facts" {
+                                dt { "Last audit" } dd data-field="audit.at" { "–" }
+                                dt { "Differences" } dd data-field="audit.differences" { "–" }
+                                dt { "Pending, not compared" } dd data-field="audit.pending" { "–" }
+                                dt { "Import read through" } dd data-field="import.through" { "–" }
+                            }
+                        }
                     }
                     div class="columns" {
                         section class="panel" {

@@ -3,15 +3,19 @@
 //!   them, e.g. across a crash), every [`SWEEP_INTERVAL`];
 //! - rows past their keep time are deleted ([`retention`]) a minute after start, then daily;
 //! - with `CRM_AUTO_RETRY_INTERVAL`, dead-lettered deliveries are made due again at that pace,
-//!   so a fixed outage heals without a person.
+//!   so a fixed outage heals without a person;
+//! - with `CRM_RECONCILE_INTERVAL`, TreadSoft's records changed since the last pass are read and
+//!   applied ([`reconcile`]), so a change whose webhook never came still lands.
 
 use crate::config::Retention;
 use crate::db::Db;
 use crate::ops::retention;
 use crate::outbound::outbox;
 use crate::outbound::worker::Delivery;
+use crate::pull::import::{self, Importer, Start};
 use crate::sync::apply::SyncContext;
 use crate::sync::inbox;
+use crate::sync::mapping::RecordType;
 use crate::writer::{WriteError, Writer};
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +36,8 @@ pub struct Upkeep {
     pub retention: Retention,
     /// `None`: dead letters wait for a person.
     pub auto_retry: Option<Duration>,
+    /// `CRM_RECONCILE_INTERVAL` and what a pass reads with; `None`: no reconciliation.
+    pub reconcile: Option<(Duration, Importer)>,
 }
 
 /// One sweep: applies waiting events whose parent exists; returns how many parents it released.
@@ -50,10 +56,13 @@ pub async fn run(upkeep: Upkeep, mut stop: watch::Receiver<bool>) {
     // Off: a tick that never comes (a century away).
     let retry_every = upkeep.auto_retry.unwrap_or(Duration::from_secs(100 * 365 * 24 * 3600));
     let mut retries = interval_at(start + retry_every, retry_every);
-    for timer in [&mut sweeps, &mut prunes, &mut retries] {
+    let reconcile_every = upkeep.reconcile.as_ref().map_or(retry_every, |(every, _)| *every);
+    let mut reconciles = interval_at(start + PRUNE_DELAY.min(reconcile_every), reconcile_every);
+    for timer in [&mut sweeps, &mut prunes, &mut retries, &mut reconciles] {
         timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
     }
     let mut pruning: Option<tokio::task::JoinHandle<()>> = None;
+    let mut reconciling: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         tokio::select! {
             _ = sweeps.tick() => match sweep(&upkeep.writer, upkeep.sync.clone()).await {
@@ -76,6 +85,11 @@ pub async fn run(upkeep: Upkeep, mut stop: watch::Receiver<bool>) {
                     Err(e) => tracing::error!(error = %crate::error::ErrorChain(&e), "retrying dead letters failed"),
                 }
             }
+            _ = reconciles.tick(), if upkeep.reconcile.is_some() => {
+                if reconciling.as_ref().is_none_or(|task| task.is_finished()) {
+                    reconciling = Some(tokio::spawn(reconcile(upkeep.clone(), stop.clone())));
+                }
+            }
             changed = stop.changed() => {
                 // Err: every sender is gone, so no stop will ever come; stop now rather than spin.
                 if changed.is_err() {
@@ -87,10 +101,57 @@ pub async fn run(upkeep: Upkeep, mut stop: watch::Receiver<bool>) {
             break;
         }
     }
-    if let Some(task) = pruning
-        && let Err(e) = task.await
-    {
-        tracing::error!(error = %e, "the prune task failed");
+    for task in [pruning, reconciling].into_iter().flatten() {
+        if let Err(e) = task.await {
+            tracing::error!(error = %e, "an upkeep task failed");
+        }
+    }
+}
+
+/// One reconciliation: for each record type, parents first, the records changed since the last
+/// pass (with its overlap) are read and applied. Skipped for a type another instance passed over
+/// within half the interval. Stops between pages when the gateway stops; the next pass resumes.
+pub async fn reconcile(upkeep: Arc<Upkeep>, stop: watch::Receiver<bool>) {
+    let Some((every, importer)) = &upkeep.reconcile else { return };
+    let recent = match import::positions(upkeep.db.reader()).await {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::error!(error = %crate::error::ErrorChain(&e), "reconciliation cannot read its positions");
+            return;
+        }
+    };
+    let half = chrono::Duration::from_std(*every / 2).unwrap_or_default();
+    for t in RecordType::ALL {
+        let fresh = recent.iter().any(|row| {
+            row.record_type == t.as_str() && row.finished_at.is_some_and(|at| chrono::Utc::now() - at < half)
+        });
+        if fresh {
+            continue;
+        }
+        let mut stopped = stop.clone();
+        let pass = importer.pass(t, Start::Resume, false, &import::Quiet);
+        let summary = tokio::select! {
+            summary = pass => summary,
+            _ = stopped.wait_for(|stop| *stop) => return,
+        };
+        match summary {
+            Ok(s) if s.created + s.updated + s.failed + s.waiting == 0 => {
+                tracing::debug!(record = t.as_str(), seen = s.seen, "reconciled: nothing missed")
+            }
+            Ok(s) => tracing::info!(
+                record = t.as_str(),
+                seen = s.seen,
+                created = s.created,
+                updated = s.updated,
+                failed = s.failed,
+                waiting = s.waiting,
+                "reconciled changes whose webhook did not arrive"
+            ),
+            Err(e) => {
+                tracing::error!(record = t.as_str(), error = %crate::error::ErrorChain(&e), "reconciliation stopped");
+                return;
+            }
+        }
     }
 }
 

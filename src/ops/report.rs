@@ -25,13 +25,13 @@ impl ListArgs {
     }
 }
 
-fn table(header: &[&str]) -> Table {
+pub(crate) fn table(header: &[&str]) -> Table {
     let mut table = Table::new();
     table.load_style(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic).set_header(header);
     table
 }
 
-fn when(at: DateTime<Utc>) -> String {
+pub(crate) fn when(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%d %H:%M:%S").to_string()
 }
 
@@ -45,7 +45,7 @@ fn section(title: &str, table: &Table) {
 }
 
 /// A cell's text, shortened to `max` characters (an error or a body can be long).
-fn short(text: Option<&str>, max: usize) -> String {
+pub(crate) fn short(text: Option<&str>, max: usize) -> String {
     let text = text.unwrap_or("–");
     if text.chars().count() <= max {
         return text.to_owned();

@@ -160,6 +160,22 @@ pub struct Status {
     pub failures: Failures,
     /// The last webhook events received, newest first.
     pub recent_events: Vec<InboxEvent>,
+    /// The last consistency audit (`crm-gateway audit`), if one ran.
+    pub last_audit: Option<crate::pull::audit::LastAudit>,
+    /// How far the import and reconciliation have read each record type's listing.
+    pub import: Vec<ImportPosition>,
+}
+
+/// How far the import has read one record type's TreadSoft listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImportPosition {
+    pub record_type: String,
+    /// The newest `updatedAt` applied.
+    pub through: Option<DateTime<Utc>>,
+    /// When the last pass ended; `None` while one is under way (or was interrupted).
+    pub finished_at: Option<DateTime<Utc>>,
+    pub records: i64,
 }
 
 /// Checks the CRM's health at most once per [`HEALTH_TTL`], whoever asks. While a check is under
@@ -308,6 +324,17 @@ pub async fn status(
         crm,
         failures: Failures { outbound, inbound },
         recent_events,
+        last_audit: crate::pull::audit::last(c).await?,
+        import: crate::pull::import::positions(c)
+            .await?
+            .into_iter()
+            .map(|p| ImportPosition {
+                record_type: p.record_type,
+                through: p.last_updated_at,
+                finished_at: p.finished_at,
+                records: p.records,
+            })
+            .collect(),
     })
 }
 

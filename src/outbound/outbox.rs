@@ -123,6 +123,24 @@ async fn undelivered(
     query.all(c).await
 }
 
+/// The ids of `t`'s records with a delivery not done (pending, in flight or failed), links aside.
+pub async fn undelivered_ids(
+    c: &impl ConnectionTrait,
+    t: RecordType,
+) -> Result<std::collections::HashSet<String>, DbErr> {
+    let ids: Vec<String> = crm_outbox::Entity::find()
+        .select_only()
+        .column(crm_outbox::Column::RecordId)
+        .distinct()
+        .filter(crm_outbox::Column::RecordType.eq(t.as_str()))
+        .filter(crm_outbox::Column::Status.is_in([OutboxStatus::Pending, OutboxStatus::InFlight, OutboxStatus::Failed]))
+        .filter(crm_outbox::Column::Operation.ne(OutboxOperation::Link))
+        .into_tuple()
+        .all(c)
+        .await?;
+    Ok(ids.into_iter().collect())
+}
+
 /// The record's `crm_sync_status` given its deliveries (other than `except`): `failed` if one is
 /// dead-lettered, `pending` if one is queued or in flight, else `synced`.
 pub async fn sync_status(

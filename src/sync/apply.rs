@@ -62,15 +62,17 @@ pub(super) struct Decision {
     pub(super) waiting_for: Option<String>,
     /// A TreadSoft record that now has a local record: events waiting for it can go ahead.
     pub(super) linked: Option<(RecordType, String)>,
+    /// The event created the local record.
+    pub(super) created: bool,
 }
 
 impl Decision {
     pub(super) fn new(outcome: Outcome, reason: impl Into<String>) -> Self {
-        Self { outcome, reason: Some(reason.into()), waiting_for: None, linked: None }
+        Self { outcome, reason: Some(reason.into()), waiting_for: None, linked: None, created: false }
     }
 
     fn applied(linked: Option<(RecordType, String)>) -> Self {
-        Self { outcome: Outcome::Applied, reason: None, waiting_for: None, linked }
+        Self { outcome: Outcome::Applied, reason: None, waiting_for: None, linked, created: false }
     }
 }
 
@@ -106,7 +108,9 @@ pub(super) async fn apply_event(v: Txn<'_, '_>, ctx: &SyncContext, raw: &Value) 
         return Ok(Decision::new(Outcome::Failed, format!("unknown record type in {:?}", event.event_type)));
     };
     let action = match action {
-        "created" => Action::Created,
+        // `imported`: a record read from a listing (the import and reconciliation), applied as a
+        // creation is, every field compared.
+        "created" | "imported" => Action::Created,
         "updated" => Action::Updated,
         "deleted" => Action::Deleted,
         other => return Ok(Decision::new(Outcome::Failed, format!("unknown action {other:?}"))),
@@ -333,7 +337,7 @@ async fn create(
     }
     log_applied(v, t, &local_id, &object.id, "create", raw);
     ctx.hlc.observe(version.stamp);
-    Ok(Decision::applied(Some((t, object.id.clone()))))
+    Ok(Decision { created: true, ..Decision::applied(Some((t, object.id.clone()))) })
 }
 
 #[allow(clippy::too_many_arguments)]

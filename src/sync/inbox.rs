@@ -53,6 +53,9 @@ pub struct EventResult {
     pub outcome: Outcome,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Whether applying it created the local record (not part of the answer TreadSoft reads).
+    #[serde(skip)]
+    pub created: bool,
 }
 
 /// The events of one delivery, as the writer groups them.
@@ -132,7 +135,7 @@ async fn receive_set(
                     let event_id = event_id(raw);
                     match applied.remove(&event_id).filter(|_| first.get(&event_id) == Some(&(d, e))) {
                         Some(result) => result,
-                        None => EventResult { event_id, outcome: Outcome::Duplicate, reason: None },
+                        None => EventResult { event_id, outcome: Outcome::Duplicate, reason: None, created: false },
                     }
                 })
                 .collect()
@@ -162,7 +165,7 @@ pub async fn receive(
 ) -> Result<EventResult, DbErr> {
     let row = inbox_row(delivery_id, raw, Utc::now());
     if insert_new(c, [&row]).await?.is_empty() {
-        return Ok(EventResult { event_id: row.event_id, outcome: Outcome::Duplicate, reason: None });
+        return Ok(EventResult { event_id: row.event_id, outcome: Outcome::Duplicate, reason: None, created: false });
     }
     let (result, linked) = apply_guarded(c, ctx, row, raw.clone(), false).await?;
     release_waiting(c, ctx, linked).await?;
@@ -235,6 +238,7 @@ async fn apply_rows(
             event_id: row.event_id.clone(),
             outcome: decision.outcome,
             reason: decision.reason.clone(),
+            created: decision.created,
         });
         queue.extend(decision.linked.clone());
         outcomes.record(&mut view, row, &decision, again);
@@ -551,8 +555,12 @@ async fn apply_guarded(
     .write(c)
     .await?;
     let decision = Decision::new(Outcome::Failed, format!("database error: {error}"));
-    let result =
-        EventResult { event_id: row.event_id.clone(), outcome: decision.outcome, reason: decision.reason.clone() };
+    let result = EventResult {
+        event_id: row.event_id.clone(),
+        outcome: decision.outcome,
+        reason: decision.reason.clone(),
+        created: decision.created,
+    };
     let mut outcomes = Outcomes::default();
     outcomes.record(&mut View::new(c), row, &decision, again);
     outcomes.write(c).await?;

@@ -229,6 +229,13 @@ pub async fn update(
     })
 }
 
+/// Every record of `t`, deleted or not, in key order, unlocked (the audit's read).
+pub async fn all(c: &impl ConnectionTrait, t: RecordType) -> Result<Vec<Local>, DbErr> {
+    with_table!(t, m => {
+        m::Entity::find().order_by_asc(m::Column::Id).all(c).await?.into_iter().map(|model| to_local(t, model)).collect()
+    })
+}
+
 /// Every record of `t` whose `crm_id` is in `crm_ids`, whose primary key is in `ids`, or (users)
 /// whose email key is in `email_keys`, deleted or not: the set form of the `find_*` functions.
 /// Rows are locked in primary key order on PostgreSQL, so two instances locking overlapping sets

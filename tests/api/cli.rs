@@ -204,3 +204,115 @@ async fn logs_failures_inspect_and_replay_failed_show_what_the_database_holds() 
     let replayed: serde_json::Value = serde_json::from_str(&run(&["inbox", "replay-failed"])).unwrap();
     assert_eq!(replayed, serde_json::json!({"replayed": 1, "outcomes": {"failed": 1}}));
 }
+
+/// The terminal's final screen from what a program wrote to it: each line as the last `\r`
+/// left it, escape sequences removed.
+fn screen(raw: &str) -> String {
+    let plain = {
+        let mut out = String::new();
+        let mut chars = raw.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                // CSI: ESC [ parameters final-byte.
+                if chars.peek() == Some(&'[') {
+                    chars.next();
+                    for c in chars.by_ref() {
+                        if c.is_ascii_alphabetic() {
+                            break;
+                        }
+                    }
+                }
+                continue;
+            }
+            out.push(c);
+        }
+        out
+    };
+    plain
+        .split('\n')
+        .map(|line| line.rsplit('\r').find(|part| !part.trim().is_empty()).unwrap_or("").trim_end().to_owned())
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test]
+async fn import_shows_progress_on_a_terminal_log_lines_otherwise_and_resumes_with_nothing_applied_twice() {
+    let stub = crate::treadsoft_stub::Stub::start().await;
+    for i in 0..450 {
+        stub.state().add(
+            "contacts",
+            serde_json::json!({"firstName": format!("Guest{i}"), "lastName": "Smith",
+                "email": format!("g{i}@example.com"), "phone": null, "companyName": null,
+                "role": "guest", "membershipStatus": "active"}),
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("CRM_ENABLED", "true".to_owned()),
+        ("CRM_API_URL", stub.server.uri()),
+        ("CRM_API_KEY", crate::treadsoft_stub::API_KEY.to_owned()),
+        ("CRM_API_SECRET", crate::treadsoft_stub::API_SECRET.to_owned()),
+        ("DATABASE_URL", format!("sqlite://{}", dir.path().join("import.db").display())),
+    ];
+
+    // Not a terminal: log lines on standard error, the summary table on standard output.
+    let output = gateway(dir.path()).envs(env.clone()).args(["import", "--type", "contact"]).output().unwrap();
+    let (out, err) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{err}");
+    assert!(err.contains("import: contacts: reading changes since the beginning"), "{err}");
+    assert!(err.contains("import: contacts: done, 450 records"), "{err}");
+    assert!(out.contains("│ contact") && out.contains("450"), "the summary table:\n{out}");
+
+    // Again, for a script: it reads from five minutes before the last record seen (the stub's
+    // records are a second apart, the last at 10:07:30), and applies nothing twice.
+    let again = gateway(dir.path()).envs(env.clone()).args(["import", "--type", "contact", "--json"]).output().unwrap();
+    assert!(again.status.success());
+    let summary: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    let contacts = &summary["types"][0];
+    assert_eq!(contacts["since"], "2025-01-05T10:02:30Z", "{summary}");
+    assert_eq!((contacts["seen"].as_u64(), contacts["unchanged"].as_u64()), (Some(301), Some(301)), "{summary}");
+    assert_eq!((contacts["created"].as_u64(), contacts["updated"].as_u64()), (Some(0), Some(0)));
+    assert!(again.stderr.is_empty() || !String::from_utf8_lossy(&again.stderr).contains("import:"), "--json is quiet");
+
+    // The audit: both sides equal; then a change TreadSoft never told of is found, with both
+    // values, and the exit code says so.
+    let audit = gateway(dir.path()).envs(env.clone()).args(["audit", "--type", "contact"]).output().unwrap();
+    let shown = String::from_utf8_lossy(&audit.stdout);
+    assert_eq!(audit.status.code(), Some(0), "{shown}{}", String::from_utf8_lossy(&audit.stderr));
+    assert!(shown.contains("No differences") && shown.contains("│ contact"), "{shown}");
+    {
+        let mut state = stub.state();
+        let guest = state.records.values_mut().find(|r| r["email"] == "g7@example.com").unwrap();
+        guest["phone"] = serde_json::json!("+44 7 changed");
+        guest["version"] = serde_json::json!(2);
+        guest["updatedAt"] = serde_json::json!("2025-01-06T09:00:00.000Z");
+    }
+    let audit = gateway(dir.path()).envs(env.clone()).args(["audit", "--type", "contact"]).output().unwrap();
+    let shown = String::from_utf8_lossy(&audit.stdout);
+    assert_eq!(audit.status.code(), Some(1), "differences remain: {shown}");
+    assert!(shown.contains("field values") && shown.contains("+44 7 changed"), "{shown}");
+    assert!(shown.contains("TreadSoft wins") && shown.contains("1 difference(s)"), "{shown}");
+
+    // A real terminal (a pseudo-terminal through script(1)): a progress bar that ends full.
+    let mut command = format!("{BIN} import --type contact --since 2020-01-01T00:00:00Z");
+    command.insert_str(0, "stty cols 120; ");
+    let output = Command::new("script")
+        .args(["-q", "-e", "-c", &command, "/dev/null"])
+        .envs(env)
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let raw = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "{raw}");
+    let shown = screen(&raw);
+    let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(folder.join("import-progress.txt"), &shown).unwrap();
+    std::fs::write(folder.join("import-progress.raw"), &raw).unwrap();
+    let bar = shown.lines().find(|l| l.contains("contacts [")).unwrap_or_else(|| panic!("no bar in\n{shown}"));
+    assert!(bar.contains("100%") && bar.contains("450 records in"), "the bar ends full, with the counts: {bar}");
+    assert!(raw.contains("\u{1b}["), "drawn with terminal escapes, not log lines");
+    assert!(!shown.contains("import: contacts:"), "no log lines on a terminal:\n{shown}");
+}

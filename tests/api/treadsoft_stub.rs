@@ -44,6 +44,18 @@ pub struct State {
 }
 
 impl State {
+    /// Adds a record as a CRM user would (no call is recorded); returns its id.
+    pub fn add(&mut self, collection: &str, fields: Value) -> String {
+        self.next += 1;
+        let id = format!("crm_{}_{}", record_type(collection), self.next);
+        let mut record = fields;
+        record["id"] = json!(id);
+        record["version"] = json!(1);
+        record["updatedAt"] = json!(format!("2025-01-05T10:{:02}:{:02}.000Z", (self.next / 60) % 60, self.next % 60));
+        self.records.insert((collection.to_owned(), id.clone()), record);
+        id
+    }
+
     /// The live records of a collection.
     pub fn all(&self, collection: &str) -> Vec<Value> {
         self.records.iter().filter(|((c, _), _)| c == collection).map(|(_, r)| r.clone()).collect()
@@ -163,6 +175,24 @@ impl Respond for Responder {
                 }
             }
             ("GET", ["me"]) => (200, json!({"accountId": "acc_ge_houses", "apiKeyId": API_KEY})),
+            ("GET", [collection]) => {
+                // Live records by updatedAt then id, from `updatedSince`; the cursor is an offset.
+                let query: HashMap<String, String> = request.url.query_pairs().into_owned().collect();
+                let since = query.get("updatedSince").cloned().unwrap_or_default();
+                let limit: usize = query.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100);
+                let from: usize = query.get("cursor").and_then(|c| c.parse().ok()).unwrap_or(0);
+                let mut live: Vec<Value> = state
+                    .all(collection)
+                    .into_iter()
+                    .filter(|r| r["updatedAt"].as_str().unwrap_or_default() >= since.as_str())
+                    .collect();
+                live.sort_by(|a, b| {
+                    (a["updatedAt"].as_str(), a["id"].as_str()).cmp(&(b["updatedAt"].as_str(), b["id"].as_str()))
+                });
+                let page: Vec<Value> = live.iter().skip(from).take(limit).cloned().collect();
+                let next = (from + limit < live.len()).then(|| (from + limit).to_string());
+                (200, json!({"data": page, "nextCursor": next}))
+            }
             ("GET", [collection, id]) => match state.records.get(&(collection.to_string(), id.to_string())) {
                 Some(record) => (200, record.clone()),
                 None => (404, json!({"error": {"code": "not_found", "message": "no such record"}})),

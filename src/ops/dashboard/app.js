@@ -135,6 +135,34 @@ function renderOverview(status) {
   field('webhooks.lastReceived', ago(hooks.lastReceivedAt), hooks.lastReceivedAt || '');
 }
 
+function renderAudit(status) {
+  const audit = status.lastAudit;
+  if (!audit) {
+    badge($('audit-state'), 'unknown', 'No audit yet');
+    field('audit.at', 'never', 'run: crm-gateway audit');
+    field('audit.differences', '–');
+    field('audit.pending', '–');
+  } else {
+    const c = audit.counts;
+    const left = audit.fixed ? c.left : audit.differences;
+    if (left === 0) badge($('audit-state'), 'ok', audit.fixed ? 'Fixed: none left' : 'Both sides equal');
+    else badge($('audit-state'), 'bad', left + (audit.fixed ? ' left for a person' : ' differences'));
+    field('audit.at', ago(audit.finishedAt) + (audit.fixed ? ' (with --fix)' : ''), audit.finishedAt);
+    field(
+      'audit.differences',
+      count(audit.differences) + ' (' + count(c.differingFields) + ' fields, ' + count(c.onlyInCrm) +
+        ' only in CRM, ' + count(c.onlyLocal) + ' only here)',
+      audit.recordTypes,
+    );
+    field('audit.pending', count(c.pending));
+  }
+  const through = status.import
+    .filter((p) => p.through)
+    .map((p) => p.through)
+    .sort();
+  field('import.through', through.length ? ago(through[0]) : 'never', through.length ? through[0] : 'run: crm-gateway import');
+}
+
 function renderRecords(status) {
   const oldest = {};
   for (const row of status.outbox.byType) {
@@ -247,6 +275,7 @@ function badgeText(state, text) {
 function render(status) {
   renderCrm(status.crm);
   renderOverview(status);
+  renderAudit(status);
   renderRecords(status);
   renderFailures(status);
   renderRecent(status);

@@ -79,6 +79,11 @@ enum Attempt {
 }
 
 impl Delivery {
+    /// The CRM client (and its rate limiter) deliveries go through.
+    pub fn crm(&self) -> Arc<dyn CrmClient> {
+        self.crm.clone()
+    }
+
     pub fn new(
         db: Db,
         writer: Writer,
