@@ -7,8 +7,8 @@
 #
 #   bench/scripts/import-10k.sh [CONTACTS]
 #
-# Needs the release binaries (cargo build --release --bin crm-gateway -p treadsoft-sim and -p
-# crm-gateway), GNU time, and PostgreSQL at TEST_POSTGRES_URL for the second half.
+# Needs the release binaries (cargo build --release -p crm-gateway -p treadsoft-sim), GNU time
+# (Debian's package time), and PostgreSQL at TEST_POSTGRES_URL for the second half.
 set -euo pipefail
 CONTACTS="${1:-10000}"
 TARGET="${CARGO_TARGET_DIR:-target}/release"
@@ -23,10 +23,11 @@ trap cleanup EXIT
 
 "$TARGET/treadsoft-sim" --bind 127.0.0.1:18090 --seed-contacts "$CONTACTS" 2> "$work/sim.log" &
 sim_pid=$!
-for _ in $(seq 1 100); do
-    grep -q "listening" "$work/sim.log" 2>/dev/null && break
+for _ in $(seq 1 600); do
+    grep -q "seeded" "$work/sim.log" 2>/dev/null && break
     sleep 0.1
 done
+grep "seeded" "$work/sim.log"
 
 export CRM_ENABLED=true CRM_API_URL=http://127.0.0.1:18090 CRM_API_KEY=ts_key_local CRM_API_SECRET=ts_secret_local
 export CRM_RATE_LIMIT=100/10s RUST_LOG=warn
@@ -36,7 +37,8 @@ import() {
     local start end
     start=$(date +%s.%N)
     DATABASE_URL="$url" /usr/bin/time -f "%M" -o "$work/rss" \
-        "$TARGET/crm-gateway" import --type contact --json > "$work/out.json" 2> "$work/err.txt"
+        "$TARGET/crm-gateway" import --type contact --json > "$work/out.json" 2> "$work/err.txt" \
+        || { echo "$label: the import failed:"; cat "$work/err.txt"; return 1; }
     end=$(date +%s.%N)
     python3 - "$label" "$start" "$end" "$work/out.json" "$work/rss" <<'PY'
 import json, sys

@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value, json};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// A record collection: its REST name, record type and id prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -185,10 +185,20 @@ struct Stored {
 #[derive(Debug, Default)]
 pub struct Store {
     records: BTreeMap<(Collection, String), Stored>,
+    /// The live records by their unique fields: (collection, `email` lower-cased or
+    /// `externalId`, value) → id.
+    unique: HashMap<(Collection, &'static str, String), String>,
     next_id: u64,
     /// The last timestamp given, so that each change is stamped later than the one before.
     last_ms: i64,
     changes: Vec<Change>,
+}
+
+/// The fields no two live records of a collection share.
+const UNIQUE: [&str; 2] = ["email", "externalId"];
+
+fn unique_key(c: Collection, field: &'static str, value: &str) -> (Collection, &'static str, String) {
+    (c, field, if field == "email" { value.to_lowercase() } else { value.to_owned() })
 }
 
 fn stamp(at: DateTime<Utc>) -> String {
@@ -212,16 +222,28 @@ impl Store {
         self.live(c, id).map(|r| Value::Object(r.body.clone()))
     }
 
-    fn find_by(&self, c: Collection, field: &str, value: &str, except: Option<&str>) -> Option<String> {
-        self.records
-            .iter()
-            .filter(|((coll, id), r)| *coll == c && r.deleted_at.is_none() && Some(id.as_str()) != except)
-            .find(|(_, r)| match (field, r.body.get(field).and_then(Value::as_str)) {
-                ("email", Some(email)) => email.to_lowercase() == value.to_lowercase(),
-                (_, Some(v)) => v == value,
-                _ => false,
-            })
-            .map(|((_, id), _)| id.clone())
+    /// The live record (other than `except`) whose unique `field` (`email`, compared without
+    /// case, or `externalId`) is `value`.
+    fn find_by(&self, c: Collection, field: &'static str, value: &str, except: Option<&str>) -> Option<String> {
+        self.unique.get(&unique_key(c, field, value)).filter(|id| Some(id.as_str()) != except).cloned()
+    }
+
+    /// Moves a record's entries in the unique index from `before` to `after` (`None`: none).
+    fn reindex(
+        &mut self,
+        c: Collection,
+        id: &str,
+        before: Option<&Map<String, Value>>,
+        after: Option<&Map<String, Value>>,
+    ) {
+        for field in UNIQUE {
+            if let Some(value) = before.and_then(|b| b.get(field)).and_then(Value::as_str) {
+                self.unique.remove(&unique_key(c, field, value));
+            }
+            if let Some(value) = after.and_then(|a| a.get(field)).and_then(Value::as_str) {
+                self.unique.insert(unique_key(c, field, value), id.to_owned());
+            }
+        }
     }
 
     /// The live record whose `externalId` is `external_id`.
@@ -298,6 +320,7 @@ impl Store {
         body.insert("version".into(), json!(1));
         body.insert("createdAt".into(), json!(stamp(now)));
         body.insert("updatedAt".into(), json!(stamp(now)));
+        self.reindex(c, &id, None, Some(&body));
         self.records.insert((c, id.clone()), Stored { body: body.clone(), deleted_at: None });
         self.record_change(c, &id, "created", changed, source);
         Ok(Value::Object(body))
@@ -323,6 +346,7 @@ impl Store {
         if changed.is_empty() {
             return Ok(Value::Object(current.body.clone()));
         }
+        let before = current.body.clone();
         let now = self.now();
         let stored = self.records.get_mut(&(c, id.to_owned())).ok_or(Refused::NotFound)?;
         let version = stored.body.get("version").and_then(Value::as_i64).unwrap_or(1) + 1;
@@ -332,6 +356,7 @@ impl Store {
         stored.body.insert("version".into(), json!(version));
         stored.body.insert("updatedAt".into(), json!(stamp(now)));
         let body = stored.body.clone();
+        self.reindex(c, id, Some(&before), Some(&body));
         self.record_change(c, id, "updated", changed, source);
         Ok(Value::Object(body))
     }
@@ -345,6 +370,8 @@ impl Store {
         stored.body.insert("version".into(), json!(version));
         stored.body.insert("updatedAt".into(), json!(stamp(now)));
         stored.deleted_at = Some(now);
+        let body = stored.body.clone();
+        self.reindex(c, id, Some(&body), None);
         self.record_change(c, id, "deleted", Vec::new(), source);
         Ok(())
     }
@@ -416,5 +443,45 @@ impl Store {
             }
         }
         counts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn contact(email: &str) -> Map<String, Value> {
+        json!({"firstName": "A", "lastName": "B", "email": email, "role": "owner", "membershipStatus": "active"})
+            .as_object()
+            .unwrap()
+            .clone()
+    }
+
+    #[test]
+    fn unique_fields_follow_creates_changes_and_deletes() {
+        let ui = Source { change_source: "ui", request_id: None };
+        let mut store = Store::default();
+        let id = |v: Value| v["id"].as_str().unwrap().to_owned();
+        let a = id(store.create(Collection::Contacts, &contact("A@example.com"), &ui).unwrap());
+        assert!(matches!(
+            store.create(Collection::Contacts, &contact("a@EXAMPLE.com"), &ui),
+            Err(Refused::Duplicate(existing)) if existing == a
+        ));
+        store.update(Collection::Contacts, &a, &contact("new@example.com"), None, &ui).unwrap();
+        let b = id(store.create(Collection::Contacts, &contact("a@example.com"), &ui).unwrap());
+        assert!(
+            matches!(store.update(Collection::Contacts, &b, &contact("NEW@example.com"), None, &ui),
+                Err(Refused::Duplicate(existing)) if existing == a),
+            "an email changed to another's is refused"
+        );
+        store.delete(Collection::Contacts, &a, &ui).unwrap();
+        store.update(Collection::Contacts, &b, &contact("new@example.com"), None, &ui).expect("free after the delete");
+        let mut linked = contact("x@example.com");
+        linked.insert("externalId".into(), json!("user_1"));
+        store.create(Collection::Contacts, &linked, &ui).unwrap();
+        let mut same = contact("y@example.com");
+        same.insert("externalId".into(), json!("user_1"));
+        assert!(matches!(store.create(Collection::Contacts, &same, &ui), Err(Refused::Invalid(_))));
+        assert!(store.by_external_id(Collection::Contacts, "user_1").is_some());
     }
 }
