@@ -402,3 +402,34 @@ async fn an_interrupted_import_resumes_where_it_stopped_and_reconciliation_reads
 async fn an_interrupted_import_resumes_where_it_stopped_and_reconciliation_reads_only_what_changed_on_postgres() {
     an_interrupted_import_resumes_where_it_stopped_and_reconciliation_reads_only_what_changed(Backend::Postgres).await;
 }
+
+async fn scheduled_reconciliation_lands_a_lost_change_and_skips_what_another_instance_just_read(backend: Backend) {
+    let Some(p) = pair(backend).await else { return };
+    let (_stop, stop) = tokio::sync::watch::channel(false);
+    let every = Duration::from_secs(3600);
+    let first = crm_gateway::ops::maintenance::reconcile(&p.importer, every, stop.clone()).await;
+    assert_eq!(first.len(), 5, "every record type read on the first run");
+
+    p.faults(json!({"dropWebhooks": true})).await;
+    let lost = p.crm_create("contacts", contact("Lou", "lou@example.com")).await;
+    // Within half the interval of the last pass (another instance's, or this one's): skipped.
+    let skipped = crm_gateway::ops::maintenance::reconcile(&p.importer, every, stop.clone()).await;
+    assert!(skipped.is_empty(), "{skipped:?}");
+    assert_eq!(p.count(&format!("SELECT COUNT(*) FROM \"user\" WHERE crm_id = '{lost}'")).await, 0);
+
+    // The next scheduled run (here, a short interval: every pass is older than half of it).
+    let again = crm_gateway::ops::maintenance::reconcile(&p.importer, Duration::ZERO, stop).await;
+    assert_eq!((again[0].record_type, again[0].created), ("contact", 1), "{again:?}");
+    assert_eq!(p.count(&format!("SELECT COUNT(*) FROM \"user\" WHERE crm_id = '{lost}'")).await, 1);
+    p.finish().await;
+}
+
+#[tokio::test]
+async fn scheduled_reconciliation_lands_a_lost_change_and_skips_what_another_instance_just_read_on_sqlite() {
+    scheduled_reconciliation_lands_a_lost_change_and_skips_what_another_instance_just_read(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn scheduled_reconciliation_lands_a_lost_change_and_skips_what_another_instance_just_read_on_postgres() {
+    scheduled_reconciliation_lands_a_lost_change_and_skips_what_another_instance_just_read(Backend::Postgres).await;
+}

@@ -87,7 +87,12 @@ pub async fn run(upkeep: Upkeep, mut stop: watch::Receiver<bool>) {
             }
             _ = reconciles.tick(), if upkeep.reconcile.is_some() => {
                 if reconciling.as_ref().is_none_or(|task| task.is_finished()) {
-                    reconciling = Some(tokio::spawn(reconcile(upkeep.clone(), stop.clone())));
+                    let (upkeep, stop) = (upkeep.clone(), stop.clone());
+                    reconciling = Some(tokio::spawn(async move {
+                        if let Some((every, importer)) = &upkeep.reconcile {
+                            reconcile(importer, *every, stop).await;
+                        }
+                    }));
                 }
             }
             changed = stop.changed() => {
@@ -111,16 +116,17 @@ pub async fn run(upkeep: Upkeep, mut stop: watch::Receiver<bool>) {
 /// One reconciliation: for each record type, parents first, the records changed since the last
 /// pass (with its overlap) are read and applied. Skipped for a type another instance passed over
 /// within half the interval. Stops between pages when the gateway stops; the next pass resumes.
-pub async fn reconcile(upkeep: Arc<Upkeep>, stop: watch::Receiver<bool>) {
-    let Some((every, importer)) = &upkeep.reconcile else { return };
-    let recent = match import::positions(upkeep.db.reader()).await {
+/// Returns the summary of each record type it read.
+pub async fn reconcile(importer: &Importer, every: Duration, stop: watch::Receiver<bool>) -> Vec<import::Summary> {
+    let mut done = Vec::new();
+    let recent = match import::positions(importer.db.reader()).await {
         Ok(rows) => rows,
         Err(e) => {
             tracing::error!(error = %crate::error::ErrorChain(&e), "reconciliation cannot read its positions");
-            return;
+            return done;
         }
     };
-    let half = chrono::Duration::from_std(*every / 2).unwrap_or_default();
+    let half = chrono::Duration::from_std(every / 2).unwrap_or_default();
     for t in RecordType::ALL {
         let fresh = recent.iter().any(|row| {
             row.record_type == t.as_str() && row.finished_at.is_some_and(|at| chrono::Utc::now() - at < half)
@@ -132,27 +138,32 @@ pub async fn reconcile(upkeep: Arc<Upkeep>, stop: watch::Receiver<bool>) {
         let pass = importer.pass(t, Start::Resume, false, &import::Quiet);
         let summary = tokio::select! {
             summary = pass => summary,
-            _ = stopped.wait_for(|stop| *stop) => return,
+            _ = stopped.wait_for(|stop| *stop) => return done,
         };
         match summary {
-            Ok(s) if s.created + s.updated + s.failed + s.waiting == 0 => {
-                tracing::debug!(record = t.as_str(), seen = s.seen, "reconciled: nothing missed")
+            Ok(s) => {
+                if s.created + s.updated + s.failed + s.waiting == 0 {
+                    tracing::debug!(record = t.as_str(), seen = s.seen, "reconciled: nothing missed");
+                } else {
+                    tracing::info!(
+                        record = t.as_str(),
+                        seen = s.seen,
+                        created = s.created,
+                        updated = s.updated,
+                        failed = s.failed,
+                        waiting = s.waiting,
+                        "reconciled changes whose webhook did not arrive"
+                    );
+                }
+                done.push(s);
             }
-            Ok(s) => tracing::info!(
-                record = t.as_str(),
-                seen = s.seen,
-                created = s.created,
-                updated = s.updated,
-                failed = s.failed,
-                waiting = s.waiting,
-                "reconciled changes whose webhook did not arrive"
-            ),
             Err(e) => {
                 tracing::error!(record = t.as_str(), error = %crate::error::ErrorChain(&e), "reconciliation stopped");
-                return;
+                return done;
             }
         }
     }
+    done
 }
 
 async fn prune(upkeep: Arc<Upkeep>, stop: watch::Receiver<bool>) {

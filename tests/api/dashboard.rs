@@ -199,5 +199,24 @@ async fn the_dashboard_shows_live_changes_retries_a_failure_and_escapes_what_it_
     assert_eq!(client.execute("return window.loadedOnce === true;", vec![]).await.unwrap(), json!(true));
     screenshot(client, "dashboard-3-retried").await;
 
+    // An audit's counts appear on the Consistency card. The stub's record for the webhook's
+    // contact holds no fields, so the audit finds it differs from the site's.
+    assert_eq!(text_of(client, "#audit-state").await, "? No audit yet");
+    let importer = crm_gateway::pull::import::Importer {
+        db: app.db.clone(),
+        writer: app.writer.clone(),
+        crm: app.delivery.crm(),
+        sync: app.sync.clone(),
+        overlap: crm_gateway::pull::import::OVERLAP,
+    };
+    let contacts = [crm_gateway::sync::mapping::RecordType::Contact];
+    let quiet = crm_gateway::pull::import::Quiet;
+    let report = crm_gateway::pull::audit::run(&importer, &contacts, false, &quiet).await.unwrap();
+    assert_eq!((report.counts.compared, report.counts.differing_records), (2, 1), "{:#?}", report.items);
+    until(client, "the audit's counts", "document.getElementById('audit-state').textContent.endsWith('1 difference')")
+        .await;
+    assert!(text_of(client, "[data-field='audit.differences']").await.starts_with("1 ("));
+    screenshot(client, "dashboard-4-audit").await;
+
     browser.client.clone().close().await.unwrap();
 }

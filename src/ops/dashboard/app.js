@@ -146,7 +146,8 @@ function renderAudit(status) {
     const c = audit.counts;
     const left = audit.fixed ? c.left : audit.differences;
     if (left === 0) badge($('audit-state'), 'ok', audit.fixed ? 'Fixed: none left' : 'Both sides equal');
-    else badge($('audit-state'), 'bad', left + (audit.fixed ? ' left for a person' : ' differences'));
+    else if (audit.fixed) badge($('audit-state'), 'bad', left + ' left for a person');
+    else badge($('audit-state'), 'bad', left + (left === 1 ? ' difference' : ' differences'));
     field('audit.at', ago(audit.finishedAt) + (audit.fixed ? ' (with --fix)' : ''), audit.finishedAt);
     field(
       'audit.differences',
