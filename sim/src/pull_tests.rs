@@ -433,3 +433,79 @@ async fn scheduled_reconciliation_lands_a_lost_change_and_skips_what_another_ins
 async fn scheduled_reconciliation_lands_a_lost_change_and_skips_what_another_instance_just_read_on_postgres() {
     scheduled_reconciliation_lands_a_lost_change_and_skips_what_another_instance_just_read(Backend::Postgres).await;
 }
+
+async fn a_listing_never_reverts_a_local_change_waiting_for_delivery_and_a_refused_cursor_restarts_the_pass(
+    backend: Backend,
+) {
+    let Some(p) = pair(backend).await else { return };
+    let registered: Value = p
+        .http
+        .post(format!("{}/api/owner/register", p.gateway))
+        .json(&json!({"name": "Ann Site", "email": "ann@example.com", "phone": "+44 10"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ann = registered["user"]["id"].as_str().unwrap().to_owned();
+    p.delivered().await;
+    let crm_id = p.text(&format!("SELECT crm_id FROM \"user\" WHERE id = '{ann}'")).await.unwrap();
+
+    // TreadSoft down: the site's new phone waits in the outbox (its first attempt failed). Then,
+    // webhooks lost, a CRM user changes another field: the listing carries a newer stamp, and
+    // the phone from before.
+    p.faults(json!({"outageSeconds": 3600, "dropWebhooks": true})).await;
+    let changed = p
+        .http
+        .post(format!("{}/api/events", p.gateway))
+        .json(&json!({"id": "ev_phone", "type": "owner.updated", "data": {"id": ann, "phone": "+44 new here"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), reqwest::StatusCode::ACCEPTED);
+    let waiting = "SELECT COUNT(*) FROM crm_outbox WHERE status = 'pending' AND last_error IS NOT NULL";
+    crate::tests::eventually("the attempt during the outage", async || p.count(waiting).await == 1).await;
+    p.faults(json!({"dropWebhooks": true})).await;
+    p.crm_patch("contacts", &crm_id, json!({"companyName": "Set in the CRM"})).await;
+    let before_delivery = p.importer.crm.get(RecordType::Contact, &crm_id).await.unwrap();
+    let pass = p.importer.pass(RecordType::Contact, Start::Resume, false, &Quiet).await.unwrap();
+    assert_eq!(pass.updated, 1, "{pass:?}");
+    let phone = format!("SELECT phone FROM \"user\" WHERE id = '{ann}'");
+    assert_eq!(p.text(&phone).await.as_deref(), Some("+44 new here"), "the waiting local change stands");
+    let company = format!("SELECT company_name FROM \"user\" WHERE id = '{ann}'");
+    assert_eq!(p.text(&company).await.as_deref(), Some("Set in the CRM"), "the CRM's change lands");
+
+    // Delivered now; a listing read before that lands late: the delivered value stays.
+    let row: i64 = p.count("SELECT MAX(id) FROM crm_outbox").await;
+    let retried = p.http.post(format!("{}/api/crm/outbox/{row}/retry", p.gateway)).send().await.unwrap();
+    assert!(retried.status().is_success(), "{}", retried.text().await.unwrap());
+    p.delivered().await;
+    let late = crm_gateway::pull::import::event_with_id(RecordType::Contact, &before_delivery, "import:late".into());
+    let incoming = crm_gateway::sync::inbox::Incoming { delivery_id: "late".into(), events: Arc::new(vec![late]) };
+    let results = p.importer.apply_events(incoming).await.unwrap();
+    assert_ne!(results[0].outcome, crm_gateway::sync::inbox::Outcome::Applied, "{results:?}");
+    assert_eq!(p.text(&phone).await.as_deref(), Some("+44 new here"), "an older listing cannot undo a delivery");
+
+    // An interrupted pass whose stored cursor TreadSoft no longer takes is read again.
+    p.execute("UPDATE crm_import_cursors SET cursor = 'not-a-cursor', finished_at = NULL").await;
+    let again = p.importer.pass(RecordType::Contact, Start::Resume, false, &Quiet).await.unwrap();
+    assert!(!again.resumed && again.seen == 1, "restarted from the pass's start: {again:?}");
+    p.finish().await;
+}
+
+#[tokio::test]
+async fn a_listing_never_reverts_a_local_change_waiting_for_delivery_and_a_refused_cursor_restarts_the_pass_on_sqlite()
+{
+    a_listing_never_reverts_a_local_change_waiting_for_delivery_and_a_refused_cursor_restarts_the_pass(Backend::Sqlite)
+        .await;
+}
+
+#[tokio::test]
+async fn a_listing_never_reverts_a_local_change_waiting_for_delivery_and_a_refused_cursor_restarts_the_pass_on_postgres()
+ {
+    a_listing_never_reverts_a_local_change_waiting_for_delivery_and_a_refused_cursor_restarts_the_pass(
+        Backend::Postgres,
+    )
+    .await;
+}

@@ -157,9 +157,13 @@ pub async fn reconcile(importer: &Importer, every: Duration, stop: watch::Receiv
                 }
                 done.push(s);
             }
-            Err(e) => {
+            // TreadSoft unreachable or refusing: the other types would fail alike; try next time.
+            Err(e @ import::PassError::Crm { source: crate::crm::CrmError::Transient { .. }, .. }) => {
                 tracing::error!(record = t.as_str(), error = %crate::error::ErrorChain(&e), "reconciliation stopped");
                 return done;
+            }
+            Err(e) => {
+                tracing::error!(record = t.as_str(), error = %crate::error::ErrorChain(&e), "reconciling this type failed");
             }
         }
     }

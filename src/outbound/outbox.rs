@@ -175,8 +175,17 @@ pub async fn unconfirmed_fields(
 
 /// [`unconfirmed_fields`] from the record's undelivered rows.
 pub fn unconfirmed_of(undelivered: &[crm_outbox::Model]) -> Option<BTreeSet<String>> {
+    fields_of(undelivered.iter().filter(|r| r.status != OutboxStatus::Failed))
+}
+
+/// The local fields of the undelivered rows given, dead-lettered ones included; `None`: every field.
+pub fn undelivered_fields(undelivered: &[crm_outbox::Model]) -> Option<BTreeSet<String>> {
+    fields_of(undelivered.iter())
+}
+
+fn fields_of<'a>(rows: impl Iterator<Item = &'a crm_outbox::Model>) -> Option<BTreeSet<String>> {
     let mut fields = BTreeSet::new();
-    for row in undelivered.iter().filter(|r| r.status != OutboxStatus::Failed) {
+    for row in rows {
         match row.fields.as_deref().map(serde_json::from_str::<BTreeSet<String>>) {
             Some(Ok(listed)) => fields.extend(listed),
             _ => return None,

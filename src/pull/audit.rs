@@ -145,6 +145,8 @@ pub enum Item {
         id: String,
         #[serde(rename = "crmId")]
         crm_id: String,
+        /// TreadSoft answered 404 for it; `false`: not asked, the listing lacked too many.
+        confirmed: bool,
     },
     DeletedHereLiveThere {
         #[serde(rename = "recordType")]
@@ -276,6 +278,9 @@ async fn load(importer: &Importer, t: RecordType, progress: &dyn Progress) -> Re
             _ => break,
         }
     }
+    // A record changed while the listing was read comes twice (before and after): its latest.
+    crm.sort_by(|a: &CrmRecord, b: &CrmRecord| a.id.cmp(&b.id).then(b.version.cmp(&a.version)));
+    crm.dedup_by(|later, first| later.id == first.id);
     Ok(Sides { locals, crm, undelivered })
 }
 
@@ -315,26 +320,51 @@ async fn audit_type(
         }
     }
     let listed: HashSet<&str> = sides.crm.iter().map(|r| r.id.as_str()).collect();
-    // Links to records the listing does not hold: asked one by one (a 404 confirms it is gone;
-    // a record listed late by a race comes back and is compared like the others).
-    let mut missing: Vec<usize> = Vec::new();
+    // Links to records the listing does not hold. When that is more than half of the type's
+    // links, or the listing is empty, TreadSoft is more likely the wrong account or URL than
+    // missing them all: they are reported unconfirmed and never deleted. Otherwise each is asked
+    // for (a 404 confirms it is gone; a record listed late by a race comes back and is compared).
+    let linked_live = by_crm.values().filter(|l| l.len() == 1 && !sides.locals[l[0]].is_deleted()).count();
+    let unlisted: Vec<usize> = by_crm
+        .iter()
+        .filter_map(|(crm_id, locals)| match locals.as_slice() {
+            &[i] if !listed.contains(crm_id)
+                && !sides.locals[i].is_deleted()
+                && !sides.undelivered.contains(&sides.locals[i].id) =>
+            {
+                Some(i)
+            }
+            _ => None,
+        })
+        .collect();
+    let implausible = !unlisted.is_empty() && (sides.crm.is_empty() || unlisted.len() * 2 > linked_live);
+    let mut missing: Vec<(usize, bool)> = Vec::new();
     let mut late: Vec<CrmRecord> = Vec::new();
-    for (crm_id, locals) in &by_crm {
-        let &[i] = locals.as_slice() else { continue };
-        let local = &sides.locals[i];
-        if listed.contains(crm_id) || local.is_deleted() || sides.undelivered.contains(&local.id) {
+    for &i in &unlisted {
+        if implausible {
+            missing.push((i, false));
             continue;
         }
-        match importer.crm.get(t, crm_id).await {
+        let crm_id = sides.locals[i].crm_id().unwrap_or_default().to_owned();
+        match importer.patiently(t, progress, || importer.crm.get(t, &crm_id)).await {
             Ok(record) => late.push(record),
-            Err(CrmError::NotFound { .. }) => missing.push(i),
-            Err(source) => return Err(import::PassError::Crm { record: t.as_str(), source }),
+            Err(import::PassError::Crm { source: CrmError::NotFound { .. }, .. }) => missing.push((i, true)),
+            Err(e) => return Err(e),
         }
     }
     sides.crm.extend(late);
 
     let keys: Vec<stamps::Key> = by_crm.values().flatten().map(|&i| (t, sides.locals[i].id.clone())).collect();
     let stored = stamps::field_versions_of(importer.db.reader(), &keys).await?;
+    let precedence = importer.sync.precedence;
+    // Deleted here, live there: a delete that came from TreadSoft (a webhook, an audit's 404)
+    // left a tombstone of TreadSoft's; such a record is not deleted there again by a fix.
+    let deleted_linked: Vec<stamps::Key> = by_crm
+        .iter()
+        .filter(|(_, l)| l.len() == 1 && sides.locals[l[0]].is_deleted())
+        .map(|(crm_id, _)| (t, (*crm_id).to_owned()))
+        .collect();
+    let tombstones = stamps::tombstones_of(importer.db.reader(), &deleted_linked).await?;
     let mut apply_crm: Vec<&CrmRecord> = Vec::new();
     let mut queue: Vec<(String, Operation, Option<Vec<&'static str>>)> = Vec::new();
 
@@ -361,10 +391,25 @@ async fn audit_type(
                         id: local.id.clone(),
                         crm_id: record.id.clone(),
                     });
-                    queue.push((local.id.clone(), Operation::Delete, None));
+                    let from_treadsoft =
+                        tombstones.get(&(t, record.id.clone())).is_some_and(|v| v.origin == Origin::Crm);
+                    if !from_treadsoft {
+                        queue.push((local.id.clone(), Operation::Delete, None));
+                    } else if fix {
+                        counts.left += 1;
+                        report.fixes.push(Fix {
+                            record_type: t.as_str(),
+                            id: Some(local.id.clone()),
+                            crm_id: Some(record.id.clone()),
+                            action: "left for a person: deleted here because TreadSoft said so (a webhook or an \
+                                     audit's 404), yet TreadSoft lists it; delete it there, or restore it here"
+                                .into(),
+                            done: false,
+                        });
+                    }
                 } else {
                     counts.compared += 1;
-                    let fields = compare(run, t, local, record, stored.get(&(t, local.id.clone())), links);
+                    let fields = compare(run, t, local, record, stored.get(&(t, local.id.clone())), links, precedence);
                     if fields.is_empty() {
                         counts.matching += 1;
                         continue;
@@ -417,15 +462,14 @@ async fn audit_type(
             }
         }
     }
-    let linked_live = by_crm.values().filter(|l| l.len() == 1).count();
-    let deletes_allowed = missing.len() * 2 <= linked_live.max(1) || missing.len() <= 1;
-    for &i in &missing {
+    for &(i, confirmed) in &missing {
         let local = &sides.locals[i];
         counts.missing_in_crm += 1;
         report.items.push(Item::MissingInCrm {
             record_type: t.as_str(),
             id: local.id.clone(),
             crm_id: local.crm_id().unwrap_or_default().to_owned(),
+            confirmed,
         });
     }
 
@@ -434,39 +478,40 @@ async fn audit_type(
     }
     fix_crm_side(importer, t, &apply_crm, report, &mut counts).await?;
     fix_local_side(importer, t, queue, report, &mut counts).await?;
-    if deletes_allowed {
-        let gone: Vec<(String, String)> = missing
-            .iter()
-            .map(|&i| (sides.locals[i].id.clone(), sides.locals[i].crm_id().unwrap_or_default().to_owned()))
-            .collect();
-        fix_missing(importer, t, gone, report, &mut counts).await?;
-    } else {
-        for &i in &missing {
-            counts.left += 1;
-            report.fixes.push(Fix {
-                record_type: t.as_str(),
-                id: Some(sides.locals[i].id.clone()),
-                crm_id: sides.locals[i].crm_id().map(str::to_owned),
-                action: format!(
-                    "left for a person: TreadSoft answers 404 for {} of {linked_live} linked {}s; check CRM_API_URL \
-                     and the account before deleting them here",
-                    missing.len(),
-                    t.as_str()
-                ),
-                done: false,
-            });
-        }
+    let gone: Vec<(String, String, i64)> = missing
+        .iter()
+        .filter(|(_, confirmed)| *confirmed)
+        .map(|&(i, _)| {
+            let local = &sides.locals[i];
+            // After every TreadSoft version of it seen here.
+            let seen = stored.get(&(t, local.id.clone())).into_iter().flat_map(|f| f.values());
+            let last = seen.filter(|v| v.origin == Origin::Crm).map(|v| v.stamp.seq).max().unwrap_or(0);
+            (local.id.clone(), local.crm_id().unwrap_or_default().to_owned(), last + 1)
+        })
+        .collect();
+    fix_missing(importer, t, gone, report, &mut counts).await?;
+    for &(i, _) in missing.iter().filter(|(_, confirmed)| !confirmed) {
+        counts.left += 1;
+        report.fixes.push(Fix {
+            record_type: t.as_str(),
+            id: Some(sides.locals[i].id.clone()),
+            crm_id: sides.locals[i].crm_id().map(str::to_owned),
+            action: format!(
+                "left for a person: TreadSoft's listing lacks {} of {linked_live} linked {}s; check CRM_API_URL and \
+                 the account, then audit again",
+                unlisted.len(),
+                t.as_str()
+            ),
+            done: false,
+        });
     }
     Ok(counts)
 }
 
-/// TreadSoft id → the local id (as the models serialize it) of each live linked record.
+/// TreadSoft id → the local id (as the models serialize it) of each linked record, deleted ones
+/// too (a reference to a record deleted here still names it).
 fn link_map(locals: &[Local]) -> HashMap<String, Value> {
-    locals
-        .iter()
-        .filter(|l| !l.is_deleted())
-        .filter_map(|l| Some((l.crm_id()?.to_owned(), l.values.get("id")?.clone())))
-        .collect()
+    locals.iter().filter_map(|l| Some((l.crm_id()?.to_owned(), l.values.get("id")?.clone()))).collect()
 }
 
 /// The event id a fix applies TreadSoft's record under: new for each audit (so it is applied
@@ -486,6 +531,7 @@ fn compare(
     record: &CrmRecord,
     stored: Option<&HashMap<String, Version>>,
     links: &HashMap<RecordType, HashMap<String, Value>>,
+    precedence: Origin,
 ) -> Vec<FieldDiff> {
     let crm_version = Version {
         stamp: Stamp { ms: record.updated_at.map_or(0, |at| at.timestamp_millis()), seq: record.version },
@@ -511,8 +557,8 @@ fn compare(
             continue;
         }
         let local_version = stored.and_then(|s| s.get(field.local)).unwrap_or(&fallback);
-        // The precedence only breaks exact ties; TreadSoft's side wins them by default.
-        let newer = if lww::wins(&crm_version, Some(local_version), Origin::Crm) { "crm" } else { "local" };
+        // As the apply decides: the precedence (SYNC_TIE_WINNER) breaks exact ties.
+        let newer = if lww::wins(&crm_version, Some(local_version), precedence) { "crm" } else { "local" };
         out.push(FieldDiff {
             field: field.local,
             local: ours,
@@ -540,7 +586,7 @@ async fn fix_crm_side(
         let incoming = Incoming { delivery_id: format!("audit-{run}-{}", t.as_str()), events: Arc::new(events) };
         let results = importer.apply_events(incoming).await?;
         for (record, result) in chunk.iter().zip(results) {
-            let done = matches!(result.outcome, Outcome::Applied | Outcome::Echo | Outcome::Stale);
+            let done = matches!(result.outcome, Outcome::Applied | Outcome::Echo);
             if done {
                 counts.fixed += 1;
             } else {
@@ -614,11 +660,12 @@ async fn fix_local_side(
 }
 
 /// Applies TreadSoft's delete of each record it answered 404 for, as its lost webhook would
-/// have. The delete's time is not known: it is stamped now, and after every TreadSoft version.
+/// have. The delete's time is not known: it is stamped now, with the version after the last
+/// TreadSoft version seen here.
 async fn fix_missing(
     importer: &Importer,
     t: RecordType,
-    gone: Vec<(String, String)>,
+    gone: Vec<(String, String, i64)>,
     report: &mut Report,
     counts: &mut Counts,
 ) -> Result<(), import::PassError> {
@@ -627,13 +674,13 @@ async fn fix_missing(
     for chunk in gone.chunks(import::PAGE_SIZE as usize) {
         let events: Vec<Value> = chunk
             .iter()
-            .map(|(_, crm_id)| {
+            .map(|(_, crm_id, version)| {
                 json!({
                     "id": format!("audit:{run}:{}:{crm_id}:deleted", t.as_str()),
                     "type": format!("{}.deleted", t.as_str()),
                     "changeSource": "import",
                     "object": {
-                        "type": t.as_str(), "id": crm_id, "version": i64::MAX,
+                        "type": t.as_str(), "id": crm_id, "version": version,
                         "updatedAt": now, "deletedAt": now, "data": null,
                     },
                 })
@@ -642,7 +689,7 @@ async fn fix_missing(
         let incoming =
             Incoming { delivery_id: format!("audit-{run}-{}-deletes", t.as_str()), events: Arc::new(events) };
         let results = importer.apply_events(incoming).await?;
-        for ((id, crm_id), result) in chunk.iter().zip(results) {
+        for ((id, crm_id, _), result) in chunk.iter().zip(results) {
             let done = result.outcome == Outcome::Applied;
             if done {
                 counts.fixed += 1;

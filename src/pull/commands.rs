@@ -167,8 +167,12 @@ fn print_audit(report: &Report) {
                 Item::OnlyLocal { record_type, id } => {
                     vec!["only here".into(), (*record_type).into(), id.clone(), "–".into(), String::new()]
                 }
-                Item::MissingInCrm { record_type, id, crm_id } => vec![
-                    "linked to a record TreadSoft answers 404 for".into(),
+                Item::MissingInCrm { record_type, id, crm_id, confirmed } => vec![
+                    if *confirmed {
+                        "linked to a record TreadSoft answers 404 for".into()
+                    } else {
+                        "linked to a record TreadSoft's listing lacks (not asked)".into()
+                    },
                     (*record_type).into(),
                     id.clone(),
                     crm_id.clone(),

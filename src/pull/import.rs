@@ -22,10 +22,12 @@ use crate::sync::mapping::RecordType;
 use crate::writer::{WriteError, Writer};
 use chrono::{DateTime, Utc};
 use entity::crm_import_cursors as cursors;
+use entity::crm_inbox;
 use sea_orm::sea_query::OnConflict;
-use sea_orm::{DatabaseTransaction, DbErr, EntityTrait, TransactionTrait};
+use sea_orm::{ColumnTrait, DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QuerySelect, TransactionTrait};
 use serde::Serialize;
 use serde_json::{Value, json};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -104,8 +106,18 @@ impl Summary {
         }
     }
 
-    fn count(&mut self, record: &CrmRecord, result: &EventResult) {
+    /// Counts `result`; `before`: the outcome the inbox holds for an event listed before, when
+    /// it failed or waits.
+    fn count(&mut self, record: &CrmRecord, result: &EventResult, before: Option<&(Outcome, String)>) {
         self.seen += 1;
+        let result = match before {
+            Some((outcome, reason)) if result.outcome == Outcome::Duplicate => &EventResult {
+                outcome: *outcome,
+                reason: Some(format!("{reason} (as when it was listed before)")),
+                ..result.clone()
+            },
+            _ => result,
+        };
         match result.outcome {
             Outcome::Applied if result.created => self.created += 1,
             Outcome::Applied => self.updated += 1,
@@ -190,17 +202,18 @@ impl Importer {
         loop {
             let page = match self.fetch(t, since, cursor.as_deref(), progress).await {
                 Ok(page) => page,
-                // A stored cursor TreadSoft no longer takes: read again from the last record
-                // applied; what was applied already comes back as duplicates.
-                Err(PassError::Crm { source: CrmError::Permanent { status: 400, .. }, .. })
+                // A stored cursor TreadSoft no longer takes (400, or 422 naming the cursor): the
+                // interrupted pass is read again from its start; what it applied already comes
+                // back as duplicates.
+                Err(PassError::Crm { source: CrmError::Permanent { status: 400 | 422, .. }, .. })
                     if resumed && summary.pages == 0 && cursor.is_some() =>
                 {
                     tracing::warn!(
                         record = t.as_str(),
-                        "the stored listing cursor was refused: reading from the last record applied"
+                        %since,
+                        "the stored listing cursor was refused: reading the interrupted pass again from its start"
                     );
-                    let from = position.last_updated_at.unwrap_or(since);
-                    return Box::pin(self.pass(t, Start::Since(from), dry_run, progress)).await;
+                    return Box::pin(self.pass(t, Start::Since(since), dry_run, progress)).await;
                 }
                 Err(e) => return Err(e),
             };
@@ -213,21 +226,49 @@ impl Importer {
                 delivery_id: format!("import-{}-{run}-{}", t.as_str(), summary.pages + 1),
                 events: Arc::new(events),
             };
-            let row = position.row(t, page.next_cursor.clone());
+            // An empty page ends the pass, whatever cursor it carries.
+            let next = page.next_cursor.clone().filter(|_| !page.data.is_empty());
+            let row = position.row(t, next.clone());
             let results = if dry_run { self.try_page(incoming).await? } else { self.apply_page(incoming, row).await? };
+            let before = self.earlier_outcomes(&results).await?;
             for (record, result) in page.data.iter().zip(&results) {
-                summary.count(record, result);
+                summary.count(record, result, before.get(&result.event_id));
             }
             summary.pages += 1;
             summary.through = summary.through.max(through);
             progress.page(&summary);
-            match page.next_cursor {
-                Some(next) if !page.data.is_empty() => cursor = Some(next),
-                _ => break,
+            match next {
+                Some(next) => cursor = Some(next),
+                None => break,
             }
         }
         progress.finished(&summary);
         Ok(summary)
+    }
+
+    /// What became of the events a page found already in the inbox (listed before), where that
+    /// was not to be applied: an event that failed or waits still does, and is counted so.
+    async fn earlier_outcomes(&self, results: &[EventResult]) -> Result<HashMap<String, (Outcome, String)>, DbErr> {
+        let ids: Vec<&str> =
+            results.iter().filter(|r| r.outcome == Outcome::Duplicate).map(|r| r.event_id.as_str()).collect();
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows: Vec<(String, String, Option<String>)> = crm_inbox::Entity::find()
+            .select_only()
+            .columns([crm_inbox::Column::EventId, crm_inbox::Column::Outcome, crm_inbox::Column::Reason])
+            .filter(crm_inbox::Column::EventId.is_in(ids))
+            .filter(crm_inbox::Column::Outcome.is_in([Outcome::Failed.as_str(), Outcome::Waiting.as_str()]))
+            .into_tuple()
+            .all(self.db.reader())
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, outcome, reason)| {
+                let outcome = if outcome == Outcome::Failed.as_str() { Outcome::Failed } else { Outcome::Waiting };
+                (id, (outcome, reason.unwrap_or_default()))
+            })
+            .collect())
     }
 
     /// One listing page, tried again while TreadSoft is refusing for a while.
@@ -238,10 +279,25 @@ impl Importer {
         cursor: Option<&str>,
         progress: &dyn Progress,
     ) -> Result<crate::crm::Page, PassError> {
+        self.patiently(t, progress, || self.crm.list_since(t, since, cursor, PAGE_SIZE)).await
+    }
+
+    /// Runs the TreadSoft call `call` makes, again after a wait while TreadSoft refuses for a
+    /// while (429, 5xx, no answer: its `Retry-After`, else 2, 4, 8, ... s), at most [`FETCH_TRIES`] times.
+    pub(crate) async fn patiently<T, F, Fut>(
+        &self,
+        t: RecordType,
+        progress: &dyn Progress,
+        mut call: F,
+    ) -> Result<T, PassError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, CrmError>>,
+    {
         let mut tries = 0;
         loop {
-            match self.crm.list_since(t, since, cursor, PAGE_SIZE).await {
-                Ok(page) => return Ok(page),
+            match call().await {
+                Ok(answer) => return Ok(answer),
                 Err(CrmError::Transient { status, message, retry_after }) if tries + 1 < FETCH_TRIES => {
                     tries += 1;
                     let wait =
@@ -250,7 +306,7 @@ impl Importer {
                         Some(status) => format!("TreadSoft answered {status}: {message}"),
                         None => message,
                     };
-                    tracing::info!(record = t.as_str(), tries, ?wait, %why, "listing again after a wait");
+                    tracing::info!(record = t.as_str(), tries, ?wait, %why, "calling TreadSoft again after a wait");
                     progress.waiting(t, &why, wait);
                     tokio::time::sleep(wait).await;
                 }
@@ -279,7 +335,7 @@ impl Importer {
     }
 
     /// Applies events as a webhook delivery is applied (no listing position saved).
-    pub(crate) async fn apply_events(&self, incoming: Incoming) -> Result<Vec<EventResult>, PassError> {
+    pub async fn apply_events(&self, incoming: Incoming) -> Result<Vec<EventResult>, PassError> {
         let ctx = self.sync.clone();
         let results = self
             .writer

@@ -169,6 +169,15 @@ pub(super) async fn apply_event(v: Txn<'_, '_>, ctx: &SyncContext, raw: &Value) 
             Some(fields) => candidates.retain(|f| !fields.contains(f.local)),
         }
         echo_reason = "a local change to these fields is still being delivered";
+    } else if event.change_source.as_deref() == Some("import") {
+        // A listed record carries one stamp for all its fields: a field changed here and not yet
+        // delivered (or dead-lettered) shows TreadSoft's value from before that change, however
+        // new the record's stamp. The local change stands until it is delivered.
+        match outbox::undelivered_fields(v.undelivered(i).await?) {
+            None => candidates.clear(),
+            Some(fields) => candidates.retain(|f| !fields.contains(f.local)),
+        }
+        echo_reason = "a local change to these fields is waiting for delivery";
     }
 
     let mapped = match map_fields(v, &candidates, data).await? {

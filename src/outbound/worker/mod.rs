@@ -67,6 +67,9 @@ enum Attempt {
         action: &'static str,
         request: Value,
         response: Value,
+        /// The version TreadSoft answered with the whole record (`updatedAt` in ms, `version`):
+        /// the sent fields hold that version's values now.
+        answered: Option<(i64, i64)>,
     },
     Skipped(String),
     /// Not now, and not a failure (a parent not yet in the CRM).

@@ -6,11 +6,14 @@ use crate::crm::CrmError;
 use crate::outbound::outbox;
 use crate::outbound::retry::RetrySchedule;
 use crate::sync::apply::SyncContext;
+use crate::sync::hlc::Stamp;
 use crate::sync::inbox;
 use crate::sync::log::SyncLog;
+use crate::sync::lww::{Origin, Version};
 use crate::sync::mapping::RecordType;
 use crate::sync::records;
 use crate::sync::records::Local;
+use crate::sync::stamps;
 use chrono::{DateTime, Utc};
 use entity::enums::OutboxStatus;
 use entity::{crm_outbox, crm_requests};
@@ -108,6 +111,7 @@ pub(super) async fn record(
     let mut requests = Vec::new();
     let mut logs = Vec::new();
     let mut counted: Vec<Counted> = Vec::with_capacity(held.len());
+    let mut restamps: Vec<(RecordType, String, &'static str, Version)> = Vec::new();
     for (row, attempt) in held {
         let Some(t) = RecordType::parse(&row.record_type) else {
             let update = RowUpdate::finish(OutboxStatus::Failed, Some("unknown record type".into()), None);
@@ -117,7 +121,21 @@ pub(super) async fn record(
         };
         let key = (t, row.record_id.clone());
         let update = match attempt {
-            Attempt::Done { crm_id, request_id, action, request, response } => {
+            Attempt::Done { crm_id, request_id, action, request, response, answered } => {
+                if let (Some((ms, version)), true) = (answered, undelivered_others(&undelivered, &key, row.id) == 0) {
+                    // The sent fields now hold TreadSoft's version `version`: stamped so, a listing
+                    // read before this write (an older version, its older values) cannot undo it.
+                    // Not while another change of the record waits: its fields stay the local ones.
+                    let stamp = Version {
+                        stamp: Stamp { ms: *ms, seq: *version },
+                        origin: Origin::Crm,
+                        event_id: request_id.clone().unwrap_or_default(),
+                    };
+                    sync.hlc.observe(stamp.stamp);
+                    for field in sent_fields(t, row) {
+                        restamps.push((t, row.record_id.clone(), field, stamp.clone()));
+                    }
+                }
                 if let Some(local) = locals.get(&key) {
                     let mut changes = Map::new();
                     let link = crm_id.as_ref().filter(|_| *action != "delete" && local.crm_id().is_none());
@@ -228,6 +246,7 @@ pub(super) async fn record(
             records::overwrite_many(txn, t, rows).await?;
         }
     }
+    stamps::write_field_versions(txn, restamps.iter().map(|(t, id, field, v)| (*t, id.as_str(), *field, v))).await?;
     let on_conflict = OnConflict::column(crm_requests::Column::RequestId).do_nothing().to_owned();
     crate::db::insert_all(txn, requests, Some(on_conflict)).await?;
     crate::db::insert_all(txn, logs, None).await?;
@@ -247,4 +266,19 @@ pub(super) async fn record(
     }
     inbox::release_waiting(txn, sync, linked).await?;
     Ok(counted)
+}
+
+/// How many undelivered rows of record `key` there are besides row `this`.
+fn undelivered_others(
+    undelivered: &HashMap<(RecordType, String), Vec<crm_outbox::Model>>,
+    key: &(RecordType, String),
+    this: i64,
+) -> usize {
+    undelivered.get(key).map_or(0, |rows| rows.iter().filter(|r| r.id != this).count())
+}
+
+/// The local fields a delivery row sent: those it lists, or every field of the type.
+fn sent_fields(t: RecordType, row: &crm_outbox::Model) -> Vec<&'static str> {
+    let listed: Option<Vec<String>> = row.fields.as_deref().and_then(|f| serde_json::from_str(f).ok());
+    t.fields().iter().map(|f| f.local).filter(|f| listed.as_ref().is_none_or(|l| l.iter().any(|x| x == f))).collect()
 }

@@ -113,6 +113,7 @@ impl Delivery {
                 action: "update",
                 request,
                 response: record_json(&written.record),
+                answered: written.record.updated_at.map(|at| (at.timestamp_millis(), written.record.version)),
             },
             Err(error) => Attempt::Failed { error, action: "update", request },
         }
@@ -123,15 +124,21 @@ impl Delivery {
         let result = self.crm.delete(t, crm_id).await;
         self.breaker.observe(result.as_ref().map(drop));
         match result {
-            Ok(request_id) => {
-                Attempt::Done { crm_id: None, request_id, action: "delete", request, response: Value::Null }
-            }
+            Ok(request_id) => Attempt::Done {
+                crm_id: None,
+                request_id,
+                action: "delete",
+                request,
+                response: Value::Null,
+                answered: None,
+            },
             Err(CrmError::NotFound { .. }) => Attempt::Done {
                 crm_id: None,
                 request_id: None,
                 action: "delete",
                 request,
                 response: json!({ "note": "already deleted in the CRM" }),
+                answered: None,
             },
             Err(error) => Attempt::Failed { error, action: "delete", request },
         }
@@ -167,6 +174,7 @@ impl Delivery {
                                 action: "create",
                                 request: Value::Object(payload),
                                 response: json!({ "id": item.id, "status": item.status }),
+                                answered: None,
                             },
                             Some(item) => match item.error.as_ref().and_then(|e| e.existing_id.clone()) {
                                 Some(existing) => match records::find_by_crm_id(self.db.reader(), t, &existing).await {
