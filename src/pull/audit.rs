@@ -292,6 +292,11 @@ fn synced_here(t: RecordType, local: &Local) -> bool {
         || local.values.get("role").and_then(Value::as_str) == Some("owner")
 }
 
+/// Whether `field` of `local` is synced: not the role of an admin (admins are not synced).
+fn synced_field(t: RecordType, local: &Local, field: &str) -> bool {
+    !(t == RecordType::Contact && field == "role" && local.values.get("role").and_then(Value::as_str) == Some("admin"))
+}
+
 async fn audit_type(
     importer: &Importer,
     t: RecordType,
@@ -553,7 +558,7 @@ fn compare(
             Err(e) => json!({ "unreadable": e.to_string() }),
         };
         let ours = local.values.get(field.local).cloned().unwrap_or(Value::Null);
-        if ours == theirs {
+        if ours == theirs || !synced_field(t, local, field.local) {
             continue;
         }
         let local_version = stored.and_then(|s| s.get(field.local)).unwrap_or(&fallback);

@@ -180,6 +180,11 @@ pub(super) async fn apply_event(v: Txn<'_, '_>, ctx: &SyncContext, raw: &Value) 
         echo_reason = "a local change to these fields is waiting for delivery";
     }
 
+    if t == RecordType::Contact && v.local(i).values.get("role").and_then(Value::as_str) == Some("admin") {
+        // Admins are not synced (TreadSoft knows owners and guests): a linked user made admin
+        // here stays admin whatever role TreadSoft holds.
+        candidates.retain(|f| f.local != "role");
+    }
     let mapped = match map_fields(v, &candidates, data).await? {
         Ok(mapped) => mapped,
         Err(decision) => return Ok(decision),

@@ -517,7 +517,25 @@ async fn two_instances_on_postgres_take_the_same_event_once() {
     crate::helpers::run_db_test(crate::helpers::Backend::Postgres, two_instances_take_the_same_event_once).await;
 }
 
+async fn an_admin_stays_admin_whatever_role_treadsoft_holds(app: TestApp) {
+    let applied = app.deliver(&[event("evt_1", "contact.created", "crm_c1", 1, 0, &[], contact("+44 1", None))]).await;
+    assert_eq!(applied, ["applied"]);
+    let mut made_admin: user::ActiveModel = user_by_crm_id(&app, "crm_c1").await.into();
+    made_admin.role = Set(entity::enums::Role::Admin);
+    made_admin.update(app.db.writer()).await.unwrap();
+
+    let mut data = contact("+44 2", None);
+    data["role"] = json!("guest");
+    let changed = app.deliver(&[event("evt_2", "contact.updated", "crm_c1", 2, 60, &["role", "phone"], data)]).await;
+
+    assert_eq!(changed, ["applied"]);
+    let user = user_by_crm_id(&app, "crm_c1").await;
+    assert_eq!(user.phone.as_deref(), Some("+44 2"), "the other field applies");
+    assert_eq!(user.role, entity::enums::Role::Admin, "admins are not synced");
+}
+
 on_both_databases!(
+    an_admin_stays_admin_whatever_role_treadsoft_holds,
     many_concurrent_deliveries_are_all_stored,
     a_signed_delivery_creates_the_contact_as_a_user,
     refusals_say_which_check_failed_and_store_nothing,
