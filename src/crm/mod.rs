@@ -1,6 +1,7 @@
 //! The CRM service layer: one [`CrmClient`] trait, a TreadSoft implementation and a mock, chosen
 //! at start-up by the configuration (as the seed's factory does).
 
+pub mod hubspot;
 pub mod mock;
 pub mod rate_limit;
 pub mod signing;

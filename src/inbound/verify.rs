@@ -104,7 +104,8 @@ pub fn verify(
     Ok(())
 }
 
-fn present(value: Option<&str>) -> Option<&str> {
+/// A header's text, trimmed, if it is there and not blank.
+pub(crate) fn present(value: Option<&str>) -> Option<&str> {
     value.map(str::trim).filter(|s| !s.is_empty())
 }
 
