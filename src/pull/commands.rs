@@ -136,7 +136,7 @@ fn print_audit(report: &Report) {
         "duplicate links",
         "pending",
     ]);
-    for (t, c) in &report.by_type {
+    for (t, c) in report.record_types.iter().filter_map(|t| Some((t, report.by_type.get(t)?))) {
         counts.add_row(vec![
             (*t).to_owned(),
             c.compared.to_string(),

@@ -17,6 +17,11 @@ fn span(since: DateTime<Utc>, now: DateTime<Utc>) -> u64 {
     (now - since).num_seconds().max(1) as u64
 }
 
+/// The plural a line names a record type by (`contacts`, `properties`, ...).
+fn plural(record_type: &'static str) -> &'static str {
+    RecordType::parse(record_type).map_or(record_type, RecordType::collection)
+}
+
 fn rate(seen: u64, elapsed: Duration) -> u64 {
     (seen as f64 / elapsed.as_secs_f64().max(0.001)).round() as u64
 }
@@ -78,11 +83,11 @@ impl Progress for Shown {
                 bar.reset();
                 bar.set_length(span(summary.since, now));
                 bar.set_position(0);
-                bar.set_prefix(format!("{}s", summary.record_type));
+                bar.set_prefix(plural(summary.record_type).to_owned());
                 bar.set_message(format!("{how} changes since {from}"));
             }
             None if self.every != Duration::MAX => {
-                self.line(&format!("import: {}s: {how} changes since {from}", summary.record_type));
+                self.line(&format!("import: {}: {how} changes since {from}", plural(summary.record_type)));
             }
             None => {}
         }
@@ -104,8 +109,8 @@ impl Progress for Shown {
                     state.last_line = Some(Instant::now());
                     let through = summary.through.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string());
                     self.line(&format!(
-                        "import: {}s: {} records in {} pages ({per_second}/s), through {}",
-                        summary.record_type,
+                        "import: {}: {} records in {} pages ({per_second}/s), through {}",
+                        plural(summary.record_type),
                         summary.seen,
                         summary.pages,
                         through.as_deref().unwrap_or("–"),
@@ -119,7 +124,7 @@ impl Progress for Shown {
         let text = format!("{why}; trying again in {:.0?}", wait);
         match &self.bar {
             Some(bar) => bar.set_message(text),
-            None if self.every != Duration::MAX => self.line(&format!("import: {}s: {text}", t.as_str())),
+            None if self.every != Duration::MAX => self.line(&format!("import: {}: {text}", t.collection())),
             None => {}
         }
     }
