@@ -1,4 +1,6 @@
 //! HubSpot, the second CRM (issue 12). Built so far: the webhook signature check
-//! ([`signature`]). Not yet: the provider seam, the payload's parse, the objects API client.
+//! ([`signature`]) and a delivery's parse and fold ([`events`]). Not yet: the provider seam, the
+//! webhook route, the objects API client, the mapping file.
 
+pub mod events;
 pub mod signature;
