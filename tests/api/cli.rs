@@ -256,6 +256,21 @@ async fn import_shows_progress_on_a_terminal_log_lines_otherwise_and_resumes_wit
         ("DATABASE_URL", format!("sqlite://{}", dir.path().join("import.db").display())),
     ];
 
+    // A dry run says what it would do and writes nothing: the audit still finds every contact
+    // only in TreadSoft.
+    let dry = gateway(dir.path())
+        .envs(env.clone())
+        .args(["import", "--type", "contact", "--dry-run", "--json"])
+        .output()
+        .unwrap();
+    assert!(dry.status.success(), "{}", String::from_utf8_lossy(&dry.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&dry.stdout).unwrap();
+    assert_eq!((summary["dryRun"].as_bool(), summary["types"][0]["created"].as_u64()), (Some(true), Some(450)));
+    let audit = gateway(dir.path()).envs(env.clone()).args(["audit", "--type", "contact", "--json"]).output().unwrap();
+    assert_eq!(audit.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&audit.stdout).unwrap();
+    assert_eq!(report["counts"]["onlyInCrm"], 450, "the dry run wrote nothing");
+
     // Not a terminal: log lines on standard error, the summary table on standard output.
     let output = gateway(dir.path()).envs(env.clone()).args(["import", "--type", "contact"]).output().unwrap();
     let (out, err) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
