@@ -45,6 +45,11 @@ pub enum Command {
         #[arg(long)]
         timestamp: Option<i64>,
     },
+    /// HubSpot's account: `hubspot setup` creates the properties the mapping needs.
+    Hubspot {
+        #[command(subcommand)]
+        command: HubSpotCommand,
+    },
     /// Work with the webhook inbox.
     Inbox {
         #[command(subcommand)]
@@ -175,6 +180,20 @@ pub struct ListArgs {
 }
 
 #[derive(Subcommand)]
+pub enum HubSpotCommand {
+    /// Create in HubSpot the properties the mapping needs and the account lacks (the unique id
+    /// property of each object, and the custom ones), and print what exists and what was created.
+    Setup {
+        /// Check only: print what would be created, create nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 pub enum InboxCommand {
     /// Apply a stored event again (e.g. one that failed), and print what became of it.
     Replay {
@@ -200,6 +219,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match command {
         Command::Serve => serve(config).await,
         Command::Migrate => migrate(config).await,
+        Command::Hubspot { command: HubSpotCommand::Setup { dry_run, json } } => {
+            crate::crm::hubspot::setup::command(&config, dry_run, json).await
+        }
         Command::Inbox { command: InboxCommand::Replay { event_id } } => replay(config, event_id).await,
         Command::Inbox { command: InboxCommand::ReplayFailed { since } } => replay_failed(config, since).await,
         Command::Outbox { command: OutboxCommand::Retry { id, all: _, record_type, record_id } } => {

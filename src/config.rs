@@ -4,6 +4,8 @@
 //! present). Raw values are collected by clap, then [`Settings::validate`] checks all of them at
 //! once and reports every problem, each naming its variable, so a bad deployment fails in one go.
 
+use crate::crm::hubspot::client::HubSpotConfig;
+use crate::crm::hubspot::mapping::Mapping;
 use crate::crm::rate_limit::RateLimit;
 use crate::outbound::retry::RetrySchedule;
 use crate::sync::lww::Origin;
@@ -11,6 +13,7 @@ use clap::Args;
 use secrecy::SecretString;
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use url::Url;
 
@@ -23,13 +26,25 @@ pub struct Settings {
     /// Talk to a real CRM (`true`) or to the built-in mock that only logs (`false`, the default).
     #[arg(long, env = "CRM_ENABLED", global = true)]
     pub crm_enabled: Option<String>,
-    /// Which CRM to talk to when CRM_ENABLED=true: `treadsoft` (default) or `mock`.
+    /// Which CRM the gateway syncs with: `treadsoft` (default) or `hubspot` (`mock`: TreadSoft's
+    /// webhooks, the mock client). CRM_ENABLED=false always uses the mock client.
     #[arg(long, env = "CRM_PROVIDER", global = true)]
     pub crm_provider: Option<String>,
-    /// Base URL of the CRM's REST API, e.g. https://api.treadsoft.com. Required when CRM_ENABLED=true.
+    /// Base URL of the CRM's REST API, e.g. https://api.treadsoft.com. Required for TreadSoft when
+    /// CRM_ENABLED=true; HubSpot's default is https://api.hubapi.com.
     #[arg(long, env = "CRM_API_URL", global = true)]
     pub crm_api_url: Option<String>,
-    /// The CRM API key. Required when CRM_ENABLED=true.
+    /// HubSpot: the exact public URL HubSpot sends webhooks to (its v3 signature covers it).
+    #[arg(long, env = "CRM_WEBHOOK_URL", global = true)]
+    pub crm_webhook_url: Option<String>,
+    /// HubSpot: a TOML file mapping record types to objects and fields to properties; every key
+    /// left out keeps its documented default.
+    #[arg(long, env = "CRM_MAPPING_FILE", global = true)]
+    pub crm_mapping_file: Option<String>,
+    /// HubSpot: most records in one batch call. Default 100.
+    #[arg(long, env = "CRM_BATCH_SIZE", global = true)]
+    pub crm_batch_size: Option<String>,
+    /// The CRM API key (HubSpot: a private app's access token). Required when CRM_ENABLED=true.
     #[arg(long, env = "CRM_API_KEY", hide_env_values = true, global = true)]
     pub crm_api_key: Option<String>,
     /// The CRM API secret that signs each request. Required when CRM_ENABLED=true.
@@ -112,13 +127,41 @@ pub struct Settings {
     pub http_workers: Option<String>,
 }
 
-/// Which CRM implementation serves the gateway.
+/// Which CRM client serves the gateway.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CrmProvider {
     /// Logs every operation and answers with generated ids; never touches the network.
     Mock,
     /// TreadSoft's partner API, with its credentials.
     TreadSoft(TreadSoftConfig),
+    /// HubSpot's CRM objects API, with a private app's token.
+    HubSpot(HubSpotConfig),
+}
+
+/// Whose webhooks the gateway takes and whose field names it maps (`CRM_PROVIDER`): the only
+/// webhook route that answers is this provider's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Provider {
+    TreadSoft,
+    HubSpot(HubSpotInbound),
+}
+
+/// What HubSpot's webhook receiver needs, whether the client is HubSpot's or the mock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubSpotInbound {
+    /// `CRM_WEBHOOK_URL` as written (HubSpot signs the URL exactly as configured in HubSpot);
+    /// `None` refuses every delivery (503).
+    pub webhook_url: Option<String>,
+    pub mapping: Arc<Mapping>,
+}
+
+impl Provider {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::TreadSoft => "treadsoft",
+            Self::HubSpot(_) => "hubspot",
+        }
+    }
 }
 
 /// Credentials and address of a TreadSoft account.
@@ -156,6 +199,7 @@ pub enum SqliteSynchronous {
 /// Validated configuration. Secrets are [`SecretString`]s: `Debug` shows `[REDACTED]`.
 #[derive(Debug, Clone)]
 pub struct Config {
+    pub provider: Provider,
     pub crm: CrmProvider,
     /// Webhook signing secrets, newest first; empty when unset.
     pub webhook_secrets: Vec<SecretString>,
@@ -241,11 +285,12 @@ impl fmt::Debug for DatabaseConfig {
 }
 
 impl Config {
-    /// The CRM's name for logs: `mock` or `treadsoft`.
+    /// The CRM's name for logs: `mock`, `treadsoft` or `hubspot`.
     pub fn crm_name(&self) -> &'static str {
         match self.crm {
             CrmProvider::Mock => "mock",
             CrmProvider::TreadSoft(_) => "treadsoft",
+            CrmProvider::HubSpot(_) => "hubspot",
         }
     }
 }
@@ -352,14 +397,16 @@ impl Settings {
         let mut problems = Problems::default();
 
         let enabled = problems.parse("CRM_ENABLED", self.crm_enabled.as_deref(), false, parse_bool);
-        let provider = non_empty(&self.crm_provider).map(str::to_ascii_lowercase);
-        if let Some(p) = provider.as_deref().filter(|p| !matches!(*p, "treadsoft" | "mock")) {
-            problems.add("CRM_PROVIDER", format!("unknown provider {p:?}; expected treadsoft or mock"));
-        }
-        let crm = if enabled && provider.as_deref().unwrap_or("treadsoft") == "treadsoft" {
-            self.treadsoft(&mut problems)
-        } else {
-            CrmProvider::Mock
+        let name = non_empty(&self.crm_provider).map(str::to_ascii_lowercase);
+        let name = name.as_deref().unwrap_or("treadsoft");
+        let (provider, crm) = match name {
+            "treadsoft" if enabled => (Provider::TreadSoft, self.treadsoft(&mut problems)),
+            "treadsoft" | "mock" => (Provider::TreadSoft, CrmProvider::Mock),
+            "hubspot" => self.hubspot(enabled, &mut problems),
+            other => {
+                problems.add("CRM_PROVIDER", format!("unknown provider {other:?}; expected treadsoft or hubspot"));
+                (Provider::TreadSoft, CrmProvider::Mock)
+            }
         };
 
         let webhook_secrets = non_empty(&self.crm_webhook_secret)
@@ -499,6 +546,7 @@ impl Settings {
             return Err(ConfigError(problems.0));
         }
         Ok(Config {
+            provider,
             crm,
             webhook_secrets,
             webhook_tolerance_secs,
@@ -528,17 +576,7 @@ impl Settings {
                 problems.add("CRM_API_URL", WHY);
                 None
             }
-            Some(raw) => match Url::parse(raw) {
-                Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => Some(url),
-                Ok(_) => {
-                    problems.add("CRM_API_URL", format!("expected an http(s) URL, got {raw:?}"));
-                    None
-                }
-                Err(e) => {
-                    problems.add("CRM_API_URL", format!("not a valid URL ({e}): {raw:?}"));
-                    None
-                }
-            },
+            Some(raw) => http_url(problems, "CRM_API_URL", raw),
         };
         let mut secret = |variable: &'static str, raw: &Option<String>| {
             let value = non_empty(raw).map(|s| SecretString::from(s.to_owned()));
@@ -554,6 +592,56 @@ impl Settings {
                 CrmProvider::TreadSoft(TreadSoftConfig { api_url, api_key, api_secret })
             }
             _ => CrmProvider::Mock,
+        }
+    }
+
+    /// HubSpot: the receiver's URL and mapping, and (when enabled) the client's token.
+    fn hubspot(&self, enabled: bool, problems: &mut Problems) -> (Provider, CrmProvider) {
+        let webhook_url = non_empty(&self.crm_webhook_url)
+            .and_then(|raw| http_url(problems, "CRM_WEBHOOK_URL", raw).map(|_| raw.to_owned()));
+        let mapping = match non_empty(&self.crm_mapping_file) {
+            None => Mapping::default(),
+            Some(path) => Mapping::load(std::path::Path::new(path)).unwrap_or_else(|e| {
+                problems.add("CRM_MAPPING_FILE", e.0);
+                Mapping::default()
+            }),
+        };
+        let mapping = Arc::new(mapping);
+        let batch_size = problems.parse("CRM_BATCH_SIZE", self.crm_batch_size.as_deref(), 100, |v| {
+            parse_positive::<usize>(v)
+                .and_then(|n| if n <= 1000 { Ok(n) } else { Err(format!("expected at most 1000, got {n}")) })
+        });
+        let inbound = Provider::HubSpot(HubSpotInbound { webhook_url, mapping: mapping.clone() });
+        if !enabled {
+            return (inbound, CrmProvider::Mock);
+        }
+        let api_url =
+            http_url(problems, "CRM_API_URL", non_empty(&self.crm_api_url).unwrap_or("https://api.hubapi.com"));
+        let access_token = non_empty(&self.crm_api_key).map(|s| SecretString::from(s.to_owned()));
+        if access_token.is_none() {
+            problems.add("CRM_API_KEY", "required when CRM_ENABLED=true: the private app's access token");
+        }
+        let crm = match (api_url, access_token) {
+            (Some(api_url), Some(access_token)) => {
+                CrmProvider::HubSpot(HubSpotConfig { api_url, access_token, batch_size, mapping })
+            }
+            _ => CrmProvider::Mock,
+        };
+        (inbound, crm)
+    }
+}
+
+/// An http(s) URL with a host, or a problem for `variable`.
+fn http_url(problems: &mut Problems, variable: &'static str, raw: &str) -> Option<Url> {
+    match Url::parse(raw) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => Some(url),
+        Ok(_) => {
+            problems.add(variable, format!("expected an http(s) URL, got {raw:?}"));
+            None
+        }
+        Err(e) => {
+            problems.add(variable, format!("not a valid URL ({e}): {raw:?}"));
+            None
         }
     }
 }
@@ -572,6 +660,9 @@ mod tests {
                 "CRM_API_URL" => s.crm_api_url = v,
                 "CRM_API_KEY" => s.crm_api_key = v,
                 "CRM_API_SECRET" => s.crm_api_secret = v,
+                "CRM_WEBHOOK_URL" => s.crm_webhook_url = v,
+                "CRM_MAPPING_FILE" => s.crm_mapping_file = v,
+                "CRM_BATCH_SIZE" => s.crm_batch_size = v,
                 "CRM_WEBHOOK_SECRET" => s.crm_webhook_secret = v,
                 "DATABASE_URL" => s.database_url = v,
                 "BIND_ADDR" => s.bind_addr = v,
@@ -600,6 +691,42 @@ mod tests {
         assert_eq!(config.bind_addr.to_string(), "127.0.0.1:8080");
         assert_eq!(config.log_format, LogFormat::Human);
         assert!(config.api_token.is_none());
+    }
+
+    #[test]
+    fn hubspot_takes_its_token_a_default_url_and_a_mapping_file_that_must_be_right() {
+        let config = settings(&[
+            ("CRM_PROVIDER", "HubSpot"),
+            ("CRM_ENABLED", "true"),
+            ("CRM_API_KEY", "pat-1"),
+            ("CRM_WEBHOOK_URL", "https://gw.example.com/api/crm/webhooks/hubspot"),
+        ])
+        .validate()
+        .unwrap();
+        let CrmProvider::HubSpot(hubspot) = &config.crm else { panic!("{:?}", config.crm) };
+        assert_eq!(hubspot.api_url.as_str(), "https://api.hubapi.com/");
+        assert_eq!(hubspot.batch_size, 100);
+        let Provider::HubSpot(inbound) = &config.provider else { panic!() };
+        assert_eq!(inbound.webhook_url.as_deref(), Some("https://gw.example.com/api/crm/webhooks/hubspot"));
+        assert_eq!(config.crm_name(), "hubspot");
+
+        // Disabled: HubSpot's webhooks, the mock client.
+        let config = settings(&[("CRM_PROVIDER", "hubspot")]).validate().unwrap();
+        assert_eq!((config.provider.name(), config.crm_name()), ("hubspot", "mock"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("mapping.toml");
+        std::fs::write(&file, "[contact.properties]\nnickname = \"x\"\n").unwrap();
+        let err = settings(&[
+            ("CRM_PROVIDER", "hubspot"),
+            ("CRM_ENABLED", "true"),
+            ("CRM_WEBHOOK_URL", "not a url"),
+            ("CRM_MAPPING_FILE", file.to_str().unwrap()),
+            ("CRM_BATCH_SIZE", "0"),
+        ])
+        .validate()
+        .unwrap_err();
+        assert_eq!(variables(err), ["CRM_WEBHOOK_URL", "CRM_MAPPING_FILE", "CRM_BATCH_SIZE", "CRM_API_KEY"]);
     }
 
     #[test]

@@ -116,6 +116,7 @@ impl Application {
                         .route(web::get().to(metrics::metrics_route)),
                 )
                 .configure(|cfg| inbound::routes::routes(cfg, webhook_limit))
+                .configure(|cfg| inbound::hubspot::routes(cfg, webhook_limit))
                 .service(
                     web::scope("/api")
                         .wrap(actix_web::middleware::from_fn(auth::require_api_token))
@@ -248,7 +249,7 @@ fn reconcile_with(
     delivery: &Arc<Delivery>,
 ) -> Option<(std::time::Duration, crate::pull::import::Importer)> {
     let every = config.reconcile_interval?;
-    if !matches!(config.crm, crate::config::CrmProvider::TreadSoft(_)) {
+    if matches!(config.crm, crate::config::CrmProvider::Mock) {
         tracing::warn!("CRM_RECONCILE_INTERVAL is set but the CRM is the mock (CRM_ENABLED=false): no reconciliation");
         return None;
     }

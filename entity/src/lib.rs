@@ -11,6 +11,7 @@ pub mod crm_import_cursors;
 pub mod crm_inbox;
 pub mod crm_outbox;
 pub mod crm_requests;
+pub mod crm_sent_values;
 pub mod crm_sync_logs;
 pub mod enquiries;
 pub mod enums;

@@ -10,6 +10,7 @@ mod m20260103_000001_create_app_events;
 mod m20260104_000001_user_email_key;
 mod m20261203_000001_operations_indexes;
 mod m20261204_000001_import_and_audit;
+mod m20261205_000001_sent_values;
 
 pub struct Migrator;
 
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20260104_000001_user_email_key::Migration),
             Box::new(m20261203_000001_operations_indexes::Migration),
             Box::new(m20261204_000001_import_and_audit::Migration),
+            Box::new(m20261205_000001_sent_values::Migration),
         ]
     }
 }

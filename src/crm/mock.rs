@@ -16,6 +16,7 @@ fn record(t: RecordType, id: String, fields: &Map<String, Value>) -> CrmRecord {
         version: 1,
         updated_at: Some(Utc::now()),
         fields: fields.clone(),
+        changed_at: Default::default(),
     }
     .with_type(t)
 }
@@ -65,6 +66,11 @@ impl CrmClient for MockCrm {
     async fn get(&self, t: RecordType, id: &str) -> Result<CrmRecord, CrmError> {
         tracing::info!(crm = "mock", record = t.as_str(), id, "get");
         Err(CrmError::NotFound { message: "the mock CRM keeps no records".into() })
+    }
+
+    /// The mock keeps no records: a receiver falls back to what the events themselves carry.
+    async fn read_many(&self, _: RecordType, _: &[String]) -> Result<Vec<CrmRecord>, CrmError> {
+        Ok(Vec::new())
     }
 
     async fn list_since(&self, t: RecordType, since: DateTime<Utc>, _: Option<&str>, _: u32) -> Result<Page, CrmError> {

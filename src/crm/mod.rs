@@ -30,6 +30,10 @@ pub struct CrmRecord {
     /// Every field of the record, the common ones included.
     #[serde(flatten)]
     pub fields: Map<String, Value>,
+    /// When each field took its current value, where the CRM says (HubSpot's property history);
+    /// the others are stamped by `updated_at`.
+    #[serde(skip)]
+    pub changed_at: std::collections::BTreeMap<String, DateTime<Utc>>,
 }
 
 /// A record TreadSoft wrote, and the `X-TreadSoft-Request-Id` of the call that wrote it.
@@ -70,6 +74,9 @@ pub struct ErrorBody {
     pub message: String,
     #[serde(default)]
     pub existing_id: Option<String>,
+    /// The HTTP status of this record's failure within a batch answer, when the CRM gives one.
+    #[serde(default)]
+    pub status: Option<u16>,
 }
 
 /// Why a CRM call failed, sorted by what the caller should do about it.
@@ -130,6 +137,57 @@ impl CrmError {
     }
 }
 
+/// What every CRM client does around a request: waits for the rate limiter, refuses to send once
+/// the caller's deadline ([`send_by`]) has passed, and counts the call's wait, latency and status.
+pub(crate) async fn paced<T>(
+    limiter: &governor::DefaultDirectRateLimiter,
+    metrics: Option<&Metrics>,
+    operation: &'static str,
+    status_of: impl Fn(&T) -> u16,
+    send: impl Future<Output = Result<T, CrmError>>,
+) -> Result<T, CrmError> {
+    let waited = std::time::Instant::now();
+    limiter.until_ready().await;
+    if let Some(metrics) = metrics {
+        metrics.rate_limit_wait_seconds.observe(waited.elapsed().as_secs_f64());
+    }
+    if past_send_by() {
+        return Err(CrmError::NotSent { message: "the deadline passed while waiting for the rate limit".into() });
+    }
+    let started = std::time::Instant::now();
+    let answer = send.await;
+    if let Some(metrics) = metrics {
+        let status = match &answer {
+            Ok(answer) => Some(status_of(answer)),
+            Err(e) => e.status(),
+        };
+        metrics.crm_call(operation, status, started.elapsed(), answer.as_ref().err().map(ToString::to_string));
+    }
+    answer
+}
+
+/// The HTTP client every CRM client sends with: connect and request timeouts, and its name.
+pub(crate) fn http_client(timeout: std::time::Duration) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .connect_timeout(timeout.min(std::time::Duration::from_secs(5)))
+        .timeout(timeout)
+        .user_agent(concat!("crm-gateway/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// A request that got no answer (a timeout, a connection refused): worth retrying.
+pub(crate) fn unanswered(crm: &str, method: &reqwest::Method, path: &str, e: &reqwest::Error) -> CrmError {
+    CrmError::Transient {
+        status: None,
+        message: if e.is_timeout() {
+            format!("{method} {path}: {crm} did not answer in time")
+        } else {
+            format!("{method} {path}: cannot reach {crm}: {e}")
+        },
+        retry_after: None,
+    }
+}
+
 /// What the gateway asks of a CRM, for each record type.
 #[async_trait::async_trait]
 pub trait CrmClient: Send + Sync + std::fmt::Debug {
@@ -156,6 +214,24 @@ pub trait CrmClient: Send + Sync + std::fmt::Debug {
     ) -> Result<Page, CrmError>;
     /// `GET /v1/me`: whether the CRM answers and takes the credentials (the circuit breaker's probe).
     async fn ping(&self) -> Result<(), CrmError>;
+    /// Whether records of type `t` are synced with this CRM at all (a mapping may switch a type
+    /// off): changes of a type that is not are not sent, listed or compared.
+    fn syncs(&self, _t: RecordType) -> bool {
+        true
+    }
+    /// Reads records by CRM id; ids the CRM does not have are left out. By default one `get`
+    /// each; a CRM with a batch read overrides it.
+    async fn read_many(&self, t: RecordType, ids: &[String]) -> Result<Vec<CrmRecord>, CrmError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            match self.get(t, id).await {
+                Ok(record) => out.push(record),
+                Err(CrmError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
     /// `POST /v1/R/batch/upsert` with 1 to 100 records, each with an `externalId`.
     async fn batch_upsert(
         &self,
@@ -173,13 +249,14 @@ pub fn from_config(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Arc
             treadsoft::TreadSoftClient::new(treadsoft.clone(), config.crm_request_timeout, config.crm_rate_limit)?
                 .with_metrics(metrics),
         ),
+        CrmProvider::HubSpot(hubspot) => Arc::new(
+            hubspot::client::HubSpotClient::new(hubspot.clone(), config.crm_request_timeout, config.crm_rate_limit)?
+                .with_metrics(metrics),
+        ),
     })
 }
 
 /// The provider's name, as the status shows it.
 pub fn provider_name(config: &Config) -> &'static str {
-    match &config.crm {
-        CrmProvider::Mock => "mock",
-        CrmProvider::TreadSoft(_) => "treadsoft",
-    }
+    config.crm_name()
 }

@@ -15,7 +15,7 @@ use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Longest `Retry-After` honoured; a larger one is clamped so a bad header cannot park work for days.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
@@ -53,11 +53,7 @@ impl Answer {
 
 impl TreadSoftClient {
     pub fn new(config: TreadSoftConfig, timeout: Duration, rate_limit: RateLimit) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .timeout(timeout)
-            .user_agent(concat!("crm-gateway/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let http = crate::crm::http_client(timeout)?;
         Ok(Self { http, config, limiter: Arc::new(rate_limit.limiter()), metrics: None })
     }
 
@@ -81,24 +77,10 @@ impl TreadSoftClient {
         body: Option<&Value>,
         idempotency_key: Option<&str>,
     ) -> Result<Answer, CrmError> {
-        let waited = Instant::now();
-        self.limiter.until_ready().await;
-        if let Some(metrics) = &self.metrics {
-            metrics.rate_limit_wait_seconds.observe(waited.elapsed().as_secs_f64());
-        }
-        if super::past_send_by() {
-            return Err(CrmError::NotSent { message: "the deadline passed while waiting for the rate limit".into() });
-        }
-        let started = Instant::now();
-        let answer = self.send(method, rest, body, idempotency_key).await;
-        if let Some(metrics) = &self.metrics {
-            let status = match &answer {
-                Ok(answer) => Some(answer.status),
-                Err(e) => e.status(),
-            };
-            metrics.crm_call(operation, status, started.elapsed(), answer.as_ref().err().map(ToString::to_string));
-        }
-        answer
+        super::paced(&self.limiter, self.metrics.as_deref(), operation, |a: &Answer| a.status, async {
+            self.send(method, rest, body, idempotency_key).await
+        })
+        .await
     }
 
     async fn send(
@@ -129,15 +111,7 @@ impl TreadSoftClient {
         if let Some(key) = idempotency_key {
             request = request.header("Idempotency-Key", key);
         }
-        let response = request.send().await.map_err(|e| CrmError::Transient {
-            status: None,
-            message: if e.is_timeout() {
-                format!("{method} {path_only}: TreadSoft did not answer in time")
-            } else {
-                format!("{method} {path_only}: cannot reach TreadSoft: {e}")
-            },
-            retry_after: None,
-        })?;
+        let response = request.send().await.map_err(|e| crate::crm::unanswered("TreadSoft", &method, path_only, &e))?;
         let status = response.status();
         let headers = response.headers().clone();
         let bytes = response.bytes().await.map_err(|e| CrmError::Transient {

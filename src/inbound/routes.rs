@@ -47,6 +47,9 @@ async fn receive_webhook(
         state.metrics.webhook_refusals.get_or_create(&ReasonLabel { reason: e.code.to_owned() }).inc();
         e
     };
+    if state.config.provider != crate::config::Provider::TreadSoft {
+        return Err(ApiError::not_found("TreadSoft is not the configured CRM (CRM_PROVIDER)"));
+    }
     authenticate(&req, &body, &state).map_err(refused)?;
     let delivery = parse_delivery(&req, &body).map_err(refused)?;
     let started = std::time::Instant::now();
@@ -122,7 +125,7 @@ pub fn parse_delivery_body(body: &[u8]) -> Result<Delivery, ApiError> {
     Ok(delivery)
 }
 
-fn unavailable(e: WriteError) -> ApiError {
+pub(super) fn unavailable(e: WriteError) -> ApiError {
     tracing::error!(error = %crate::error::ErrorChain(&e), "a delivery could not be recorded");
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,

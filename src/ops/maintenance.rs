@@ -127,7 +127,7 @@ pub async fn reconcile(importer: &Importer, every: Duration, stop: watch::Receiv
         }
     };
     let half = chrono::Duration::from_std(every / 2).unwrap_or_default();
-    for t in RecordType::ALL {
+    for t in RecordType::ALL.into_iter().filter(|t| importer.crm.syncs(*t)) {
         let fresh = recent.iter().any(|row| {
             row.record_type == t.as_str() && row.finished_at.is_some_and(|at| chrono::Utc::now() - at < half)
         });

@@ -126,12 +126,12 @@ impl Metrics {
         let webhook_events = Family::<OutcomeLabel, Counter>::default();
         registry.register(
             "webhook_events",
-            "Webhook events answered, by outcome (applied, duplicate, stale, echo, waiting, failed)",
+            "Webhook events answered, by outcome (applied, duplicate, stale, echo, waiting, failed, ignored)",
             webhook_events.clone(),
         );
         // Every outcome from the start, at 0: a series that first appears at 1 counts as no
         // increase, and alert sums over absent series are empty.
-        for outcome in ["applied", "duplicate", "stale", "echo", "waiting", "failed"] {
+        for outcome in ["applied", "duplicate", "stale", "echo", "waiting", "failed", "ignored"] {
             let _ = webhook_events.get_or_create(&OutcomeLabel { outcome: outcome.to_owned() });
         }
         let webhook_refusals = Family::<ReasonLabel, Counter>::default();

@@ -110,6 +110,8 @@ pub struct WebhookCounts {
     pub echo: i64,
     pub waiting: i64,
     pub failed: i64,
+    /// Recorded, not applied: subscriptions the gateway does not sync.
+    pub ignored: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -257,6 +259,7 @@ async fn webhook_counts(
                 "echo" => counts.echo = n,
                 "waiting" => counts.waiting = n,
                 "failed" => counts.failed = n,
+                "ignored" => counts.ignored = n,
                 _ => {}
             }
         }

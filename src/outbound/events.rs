@@ -255,7 +255,7 @@ fn kind(event_type: &str) -> Option<(RecordType, &'static str)> {
 }
 
 /// `pricePerNight` → `price_per_night`.
-fn snake_case(name: &str) -> String {
+pub fn snake_case(name: &str) -> String {
     let mut out = String::with_capacity(name.len() + 4);
     for c in name.chars() {
         if c.is_ascii_uppercase() {

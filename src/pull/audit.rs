@@ -614,6 +614,7 @@ fn describe(result: &EventResult) -> String {
         Outcome::Applied if result.created => "created here from TreadSoft's record".to_owned(),
         Outcome::Applied => "applied TreadSoft's newer values here".to_owned(),
         Outcome::Echo | Outcome::Duplicate => "nothing to apply: the values are equal now".to_owned(),
+        Outcome::Ignored => "not applied: not synced".to_owned(),
         Outcome::Stale => "kept the local values: they are newer".to_owned(),
         Outcome::Waiting => "waiting: it refers to a record not here yet".to_owned(),
         Outcome::Failed => "could not apply TreadSoft's record".to_owned(),

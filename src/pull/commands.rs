@@ -24,9 +24,9 @@ pub fn types_arg(name: &str) -> anyhow::Result<Vec<RecordType>> {
 /// The importer a one-shot command works through: the database, its writer and TreadSoft's client.
 async fn importer(config: &Config) -> anyhow::Result<Importer> {
     anyhow::ensure!(
-        matches!(config.crm, CrmProvider::TreadSoft(_)),
+        !matches!(config.crm, CrmProvider::Mock),
         "this command reads TreadSoft: set CRM_ENABLED=true with CRM_API_URL, CRM_API_KEY and CRM_API_SECRET \
-         (the mock CRM has no records)"
+         (or CRM_PROVIDER=hubspot with CRM_API_KEY; the mock CRM has no records)"
     );
     let (db, writer) = crate::cli::open(config).await?;
     let sync = crate::cli::sync_context(config, &db).await?;
@@ -48,6 +48,7 @@ pub async fn import(
     json: bool,
 ) -> anyhow::Result<()> {
     let importer = importer(&config).await?;
+    let types: Vec<RecordType> = types.into_iter().filter(|t| importer.crm.syncs(*t)).collect();
     let shown = Shown::new(json);
     let start = since.map_or(Start::Resume, Start::Since);
     let mut summaries: Vec<Summary> = Vec::new();
@@ -113,6 +114,7 @@ pub async fn import(
 /// `crm-gateway audit`. Returns whether differences remain (the command exits 1 then).
 pub async fn audit(config: Config, types: Vec<RecordType>, fix: bool, json: bool) -> anyhow::Result<bool> {
     let importer = importer(&config).await?;
+    let types: Vec<RecordType> = types.into_iter().filter(|t| importer.crm.syncs(*t)).collect();
     let report = audit::run(&importer, &types, fix, &super::import::Quiet).await.map_err(anyhow::Error::new)?;
     let remaining = if fix { report.counts.left } else { report.counts.differences() };
     if json {

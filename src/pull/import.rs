@@ -17,6 +17,7 @@
 use crate::crm::{CrmClient, CrmError, CrmRecord};
 use crate::db::Db;
 use crate::sync::apply::SyncContext;
+use crate::sync::change::Change;
 use crate::sync::inbox::{self, EventResult, Incoming, Outcome};
 use crate::sync::mapping::RecordType;
 use crate::writer::{WriteError, Writer};
@@ -26,7 +27,7 @@ use entity::crm_inbox;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{ColumnTrait, DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QuerySelect, TransactionTrait};
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -121,7 +122,7 @@ impl Summary {
         match result.outcome {
             Outcome::Applied if result.created => self.created += 1,
             Outcome::Applied => self.updated += 1,
-            Outcome::Echo | Outcome::Duplicate => self.unchanged += 1,
+            Outcome::Echo | Outcome::Duplicate | Outcome::Ignored => self.unchanged += 1,
             Outcome::Stale => self.stale += 1,
             Outcome::Waiting => self.waiting += 1,
             Outcome::Failed => {
@@ -432,27 +433,30 @@ pub async fn positions(c: &impl sea_orm::ConnectionTrait) -> Result<Vec<cursors:
 }
 
 /// The inbox event a listed record is applied as.
+/// Its id names the record's version (its time, for a CRM without versions), so a record listed
+/// again unchanged is a duplicate, and changed, a new event.
 pub fn event_of(t: RecordType, record: &CrmRecord) -> Value {
-    event_with_id(t, record, format!("import:{}:{}:v{}", t.as_str(), record.id, record.version))
+    let version = match record.version {
+        0 => format!("t{}", record.updated_at.map_or(0, |at| at.timestamp_millis())),
+        n => format!("v{n}"),
+    };
+    event_with_id(t, record, format!("import:{}:{}:{version}", t.as_str(), record.id))
 }
 
 /// [`event_of`] with another event id (the audit's fixes use their own, so they always apply).
 pub fn event_with_id(t: RecordType, record: &CrmRecord, id: String) -> Value {
-    json!({
-        "id": id,
-        "type": format!("{}.imported", t.as_str()),
-        "changeSource": "import",
-        "object": {
-            "type": t.as_str(),
-            "id": record.id,
-            "externalId": record.external_id,
-            "version": record.version,
-            "updatedAt": record.updated_at,
-            "createdAt": record.fields.get("createdAt"),
-            "deletedAt": null,
-            "data": record.fields,
-        },
-    })
+    let mut change = Change::of(t, "imported", id, record.id.clone(), record.updated_at.unwrap_or_default());
+    change.change_source = Some("import".into());
+    change.object.external_id = record.external_id.clone();
+    change.object.version = record.version;
+    change.object.created_at = record.fields.get("createdAt").and_then(|v| serde_json::from_value(v.clone()).ok());
+    change.object.data = Some(record.fields.clone());
+    let mut value = change.to_value();
+    if record.updated_at.is_none() {
+        // A record without its time cannot be ordered: the apply refuses it, saying so.
+        value["object"]["updatedAt"] = Value::Null;
+    }
+    value
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! The rules read and write a [`View`]: the group's records and sync state in memory, loaded and
 //! written with a few set statements for the whole group (see [`super::view`]).
 
+use super::change::{Change as Event, ChangedObject as Object};
 use super::hlc::{Hlc, Stamp};
 use super::inbox::{Outcome, waiting_key};
 use super::log::SyncLog;
@@ -11,10 +12,9 @@ use super::lww::{self, Origin, Version};
 use super::mapping::{Field, Mapped, NUL_MESSAGE, RecordType, crm_to_local, nul_at};
 use super::view::View;
 use crate::outbound::outbox;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use entity::crm_outbox;
 use sea_orm::{DatabaseTransaction, DbErr, NotSet, Set};
-use serde::Deserialize;
 use serde_json::{Map, Value};
 
 /// What the apply rules need besides the database.
@@ -24,34 +24,6 @@ pub struct SyncContext {
     pub precedence: Origin,
     /// The clock local writes are stamped with; it observes every stamp applied here.
     pub hlc: Hlc,
-}
-
-/// A webhook event as TreadSoft sends it (API.md §4.2). Unknown members are ignored.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Event {
-    id: String,
-    #[serde(rename = "type")]
-    event_type: String,
-    change_source: Option<String>,
-    request_id: Option<String>,
-    #[serde(default)]
-    changed_fields: Vec<String>,
-    object: Object,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Object {
-    #[serde(rename = "type")]
-    object_type: String,
-    id: String,
-    external_id: Option<String>,
-    version: i64,
-    updated_at: DateTime<Utc>,
-    created_at: Option<DateTime<Utc>>,
-    deleted_at: Option<DateTime<Utc>>,
-    data: Option<Map<String, Value>>,
 }
 
 /// The decision for one event, before it is written to the inbox.
@@ -104,6 +76,9 @@ pub(super) async fn apply_event(v: Txn<'_, '_>, ctx: &SyncContext, raw: &Value) 
     let Some((type_name, action)) = event.event_type.split_once('.') else {
         return Ok(Decision::new(Outcome::Failed, format!("unknown event type {:?}", event.event_type)));
     };
+    if action == "ignored" {
+        return Ok(Decision::new(Outcome::Ignored, event.reason.clone().unwrap_or_else(|| "not synced".into())));
+    }
     let Some(t) = RecordType::parse(type_name).filter(|_| event.object.object_type == type_name) else {
         return Ok(Decision::new(Outcome::Failed, format!("unknown record type in {:?}", event.event_type)));
     };
@@ -264,12 +239,18 @@ async fn locate(v: Txn<'_, '_>, t: RecordType, object: &Object) -> Result<Result
     Ok(Ok(Found::Nothing))
 }
 
-/// The TreadSoft fields the gateway's own request set, when this event is the echo of one.
+/// The CRM fields the gateway's own request set, when this event is the echo of one: by
+/// TreadSoft's request id on an `api` change, or by the key of the value last sent (`echoOf`).
 async fn own_request_fields(v: Txn<'_, '_>, event: &Event) -> Result<Option<Vec<String>>, DbErr> {
+    if let Some((key, hash)) = event.echo_of.as_deref().and_then(super::echo::split) {
+        // The last value sent for this field, and the change sets that value: its echo.
+        let sent = v.own_request(key).await?;
+        return Ok(sent.filter(|(_, sent_hash)| sent_hash.as_deref() == Some(hash)).map(|(fields, _)| fields));
+    }
     let (Some("api"), Some(request_id)) = (event.change_source.as_deref(), event.request_id.as_deref()) else {
         return Ok(None);
     };
-    v.own_request(request_id).await
+    Ok(v.own_request(request_id).await?.map(|(fields, _)| fields))
 }
 
 /// Maps fields to local values, resolving references to local ids. `Err` is the decision for an

@@ -30,6 +30,8 @@ pub enum Outcome {
     Echo,
     Failed,
     Waiting,
+    /// Recorded and answered, not applied: a subscription the gateway does not sync.
+    Ignored,
 }
 
 impl Outcome {
@@ -41,6 +43,7 @@ impl Outcome {
             Self::Echo => "echo",
             Self::Failed => "failed",
             Self::Waiting => "waiting",
+            Self::Ignored => "ignored",
         }
     }
 }

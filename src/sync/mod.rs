@@ -2,6 +2,8 @@
 //! inbound changes.
 
 pub mod apply;
+pub mod change;
+pub mod echo;
 pub mod hlc;
 pub mod inbox;
 pub mod log;

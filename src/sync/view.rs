@@ -18,7 +18,7 @@ use super::records::{self, Local};
 use super::stamps::{self, Key};
 use crate::outbound::outbox;
 use entity::enums::OutboxStatus;
-use entity::{crm_inbox, crm_outbox, crm_requests, crm_sync_logs, user};
+use entity::{crm_inbox, crm_outbox, crm_requests, crm_sent_values, crm_sync_logs, user};
 use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, TryIntoModel};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -52,7 +52,8 @@ pub(crate) struct View<'c, C> {
     new_tombstones: BTreeMap<Key, (Option<String>, Version)>,
     versions: HashMap<Key, HashMap<String, Version>>,
     new_versions: BTreeMap<(RecordType, String, String), Version>,
-    requests: HashMap<String, Option<Vec<String>>>,
+    /// Each request's fields and, for a value sent, its hash.
+    requests: HashMap<String, Option<OwnRequest>>,
     undelivered: HashMap<Key, Vec<crm_outbox::Model>>,
     /// Events waiting for a parent, by waiting key; `waiting_loaded` says which keys' stored ones are in.
     waiting: HashMap<String, Vec<crm_inbox::Model>>,
@@ -100,6 +101,9 @@ impl Wanted {
         }
         if let (Some("api"), Some(request)) = (text("/changeSource"), text("/requestId")) {
             self.requests.push(request.to_owned());
+        }
+        if let Some((key, _)) = text("/echoOf").and_then(super::echo::split) {
+            self.requests.push(key.to_owned());
         }
         for field in t.fields() {
             if let Kind::Ref(target) | Kind::OptRef(target) = field.kind
@@ -202,6 +206,7 @@ impl<'c, C: ConnectionTrait> View<'c, C> {
             }
         }
         let requests: Vec<String> = unique(wanted.requests.into_iter().filter(|r| !self.requests.contains_key(r)));
+        let (sent, requests): (Vec<String>, Vec<String>) = requests.into_iter().partition(|r| r.starts_with("sent:"));
         if !requests.is_empty() {
             let rows = crm_requests::Entity::find()
                 .filter(crm_requests::Column::RequestId.is_in(requests.iter().map(String::as_str)))
@@ -211,7 +216,21 @@ impl<'c, C: ConnectionTrait> View<'c, C> {
                 self.requests.insert(request, None);
             }
             for row in rows {
-                self.requests.insert(row.request_id, Some(serde_json::from_str(&row.fields).unwrap_or_default()));
+                let fields = serde_json::from_str(&row.fields).unwrap_or_default();
+                self.requests.insert(row.request_id, Some((fields, None)));
+            }
+        }
+        if !sent.is_empty() {
+            let rows = crm_sent_values::Entity::find()
+                .filter(crm_sent_values::Column::Key.is_in(sent.iter().map(String::as_str)))
+                .all(self.c)
+                .await?;
+            for key in sent {
+                self.requests.insert(key, None);
+            }
+            for row in rows {
+                let found = sent_value(row);
+                self.requests.insert(found.0, Some(found.1));
             }
         }
         self.load_record_state().await
@@ -432,15 +451,20 @@ impl<'c, C: ConnectionTrait> View<'c, C> {
         }
     }
 
-    /// The TreadSoft fields request `request_id` of the gateway set, if it is one of its own.
-    pub(crate) async fn own_request(&mut self, request_id: &str) -> Result<Option<Vec<String>>, DbErr> {
-        if let Some(fields) = self.requests.get(request_id) {
-            return Ok(fields.clone());
+    /// The CRM fields request `request_id` of the gateway set, if it is one of its own, and for
+    /// a value sent (`sent:...`), that value's hash.
+    pub(crate) async fn own_request(&mut self, request_id: &str) -> Result<Option<OwnRequest>, DbErr> {
+        if let Some(found) = self.requests.get(request_id) {
+            return Ok(found.clone());
         }
-        let row = crm_requests::Entity::find_by_id(request_id).one(self.c).await?;
-        let fields = row.map(|r| serde_json::from_str(&r.fields).unwrap_or_default());
-        self.requests.insert(request_id.to_owned(), fields.clone());
-        Ok(fields)
+        let found = if request_id.starts_with("sent:") {
+            crm_sent_values::Entity::find_by_id(request_id).one(self.c).await?.map(|row| sent_value(row).1)
+        } else {
+            let row = crm_requests::Entity::find_by_id(request_id).one(self.c).await?;
+            row.map(|r| (serde_json::from_str(&r.fields).unwrap_or_default(), None))
+        };
+        self.requests.insert(request_id.to_owned(), found.clone());
+        Ok(found)
     }
 
     /// The undelivered changes of the record in slot `i`.
@@ -675,4 +699,13 @@ fn unique<T: Ord>(items: impl IntoIterator<Item = T>) -> Vec<T> {
     items.sort();
     items.dedup();
     items
+}
+
+/// What the gateway's own write set: the CRM fields, and for a value sent, its hash.
+pub(crate) type OwnRequest = (Vec<String>, Option<String>);
+
+/// A value sent, as [`View::own_request`] answers it: its key, its one field and its hash.
+fn sent_value(row: crm_sent_values::Model) -> (String, OwnRequest) {
+    let field = row.key.rsplit(':').next().unwrap_or_default().to_owned();
+    (row.key, (vec![field], Some(row.value_hash)))
 }

@@ -12,6 +12,8 @@ mod delivery;
 mod events;
 mod groups;
 mod health;
+mod hubspot;
+mod hubspot_stub;
 mod inbound;
 mod instances;
 mod lww_properties;

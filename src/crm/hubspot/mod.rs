@@ -1,8 +1,11 @@
-//! HubSpot, the second CRM (issue 12). Built so far: the webhook signature check
-//! ([`signature`]), a delivery's parse and fold ([`events`]), and the sorting of its API's
-//! answers ([`errors`]). Not yet: the provider seam, the webhook route, the objects API client,
-//! the mapping file.
+//! HubSpot, the second CRM (issue 12): the webhook signature check ([`signature`]), a delivery's
+//! parse and fold ([`events`]), the sorting of its API's answers ([`errors`]), the object and
+//! property mapping ([`mapping`]), the CRM objects client ([`client`]) and the account's set-up
+//! ([`setup`]).
 
+pub mod client;
 pub mod errors;
 pub mod events;
+pub mod mapping;
+pub mod setup;
 pub mod signature;

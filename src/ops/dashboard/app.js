@@ -186,7 +186,7 @@ function renderRecords(status) {
     ),
   );
   const hooks = status.webhooks;
-  const outcomes = ['applied', 'duplicate', 'stale', 'echo', 'waiting', 'failed'];
+  const outcomes = ['applied', 'duplicate', 'stale', 'echo', 'ignored', 'waiting', 'failed'];
   fill(
     $('webhooks').tBodies[0],
     outcomes.map((o) => {
@@ -245,7 +245,7 @@ function renderFailures(status) {
   $('retry-all').disabled = busy || (outbound.length === 0 && inbound.length === 0);
 }
 
-const OUTCOME_STATE = { applied: 'ok', duplicate: 'ok', stale: 'ok', echo: 'ok', waiting: 'warn', failed: 'bad' };
+const OUTCOME_STATE = { applied: 'ok', duplicate: 'ok', stale: 'ok', echo: 'ok', ignored: 'ok', waiting: 'warn', failed: 'bad' };
 
 function renderRecent(status) {
   const events = status.recentEvents;

@@ -6,6 +6,7 @@ use crate::crm::CrmError;
 use crate::outbound::outbox;
 use crate::outbound::retry::RetrySchedule;
 use crate::sync::apply::SyncContext;
+use crate::sync::echo;
 use crate::sync::hlc::Stamp;
 use crate::sync::inbox;
 use crate::sync::log::SyncLog;
@@ -16,7 +17,7 @@ use crate::sync::records::Local;
 use crate::sync::stamps;
 use chrono::{DateTime, Utc};
 use entity::enums::OutboxStatus;
-use entity::{crm_outbox, crm_requests};
+use entity::{crm_outbox, crm_requests, crm_sent_values};
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{ColumnTrait, DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set};
 use serde_json::{Map, Value};
@@ -109,6 +110,7 @@ pub(super) async fn record(
     let mut changed: BTreeMap<(RecordType, String), Map<String, Value>> = BTreeMap::new();
     let mut linked = Vec::new();
     let mut requests = Vec::new();
+    let mut sent_values = Vec::new();
     let mut logs = Vec::new();
     let mut counted: Vec<Counted> = Vec::with_capacity(held.len());
     let mut restamps: Vec<(RecordType, String, &'static str, Version)> = Vec::new();
@@ -158,6 +160,17 @@ pub(super) async fn record(
                             fields: Set(serde_json::to_string(&sent).unwrap_or_default()),
                             created_at: Set(now),
                         });
+                    } else if let (Some(crm_id), true) = (crm_id.as_deref().or(local.crm_id()), *action != "delete") {
+                        // No request id to know the echo by: the value sent, per field.
+                        for (field, value) in request.as_object().into_iter().flatten() {
+                            if field != "externalId" {
+                                sent_values.push(crm_sent_values::ActiveModel {
+                                    key: Set(echo::sent_key(t, crm_id, field)),
+                                    value_hash: Set(echo::value_hash(value)),
+                                    sent_at: Set(now),
+                                });
+                            }
+                        }
                     }
                     logs.push(
                         SyncLog {
@@ -249,6 +262,10 @@ pub(super) async fn record(
     stamps::write_field_versions(txn, restamps.iter().map(|(t, id, field, v)| (*t, id.as_str(), *field, v))).await?;
     let on_conflict = OnConflict::column(crm_requests::Column::RequestId).do_nothing().to_owned();
     crate::db::insert_all(txn, requests, Some(on_conflict)).await?;
+    let replace = OnConflict::column(crm_sent_values::Column::Key)
+        .update_columns([crm_sent_values::Column::ValueHash, crm_sent_values::Column::SentAt])
+        .to_owned();
+    crate::db::insert_all(txn, dedupe_sent(sent_values), Some(replace)).await?;
     crate::db::insert_all(txn, logs, None).await?;
     for (update, ids) in updates {
         let mut query = crm_outbox::Entity::update_many()
@@ -281,4 +298,15 @@ fn undelivered_others(
 fn sent_fields(t: RecordType, row: &crm_outbox::Model) -> Vec<&'static str> {
     let listed: Option<Vec<String>> = row.fields.as_deref().and_then(|f| serde_json::from_str(f).ok());
     t.fields().iter().map(|f| f.local).filter(|f| listed.as_ref().is_none_or(|l| l.iter().any(|x| x == f))).collect()
+}
+
+/// The last of several values sent for one key in a batch (one statement cannot upsert a key twice).
+fn dedupe_sent(rows: Vec<crm_sent_values::ActiveModel>) -> Vec<crm_sent_values::ActiveModel> {
+    let mut last: std::collections::HashMap<String, crm_sent_values::ActiveModel> = std::collections::HashMap::new();
+    for row in rows {
+        if let sea_orm::ActiveValue::Set(key) = &row.key {
+            last.insert(key.clone(), row);
+        }
+    }
+    last.into_values().collect()
 }

@@ -14,6 +14,12 @@ use serde_json::{Map, Value, json};
 impl Delivery {
     /// Builds what a row sends; sends it unless it is a create (those go out in batches).
     pub(super) async fn prepare(&self, t: RecordType, row: &crm_outbox::Model) -> Result<Prepared, DbErr> {
+        if !self.crm.syncs(t) {
+            return Ok(Prepared::Sent(Attempt::Skipped(format!(
+                "{} records are not synced (the mapping)",
+                t.as_str()
+            ))));
+        }
         let Some(local) = records::find_by_id(self.db.reader(), t, &row.record_id).await? else {
             return Ok(Prepared::Sent(Attempt::Skipped("the local record no longer exists".into())));
         };
@@ -196,7 +202,19 @@ impl Delivery {
                                 },
                                 None => {
                                     let e = item.error.clone().unwrap_or_default();
-                                    let error = CrmError::Permanent { status: 422, code: e.code, message: e.message };
+                                    // A record's own 429 or 5xx in a partial answer: only it is sent again.
+                                    let error = match e.status {
+                                        Some(s) if s == 429 || s >= 500 => CrmError::Transient {
+                                            status: Some(s),
+                                            message: e.message,
+                                            retry_after: None,
+                                        },
+                                        s => CrmError::Permanent {
+                                            status: s.unwrap_or(422),
+                                            code: e.code,
+                                            message: e.message,
+                                        },
+                                    };
                                     Attempt::Failed { error, action: "create", request: Value::Object(payload) }
                                 }
                             },

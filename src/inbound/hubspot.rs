@@ -1,0 +1,202 @@
+//! `POST /api/crm/webhooks/hubspot`: HubSpot's deliveries (`hubspot.md` §2), verified by their v3
+//! signature over the configured `CRM_WEBHOOK_URL`, turned into provider-neutral changes and
+//! recorded and applied through the same inbox as TreadSoft's.
+//!
+//! A delivery is an array of up to 100 events, in no particular order, one property each. The
+//! events are folded per object, the touched objects read in one batch read per record type (each
+//! property with its history), and each event becomes one change: a property change stamped by
+//! its property's own change time (else the event's `occurredAt`), a creation with every field, a
+//! deletion. Merges, associations and subscriptions of objects or properties that are not mapped
+//! are recorded as `ignored` and answered 200, so that HubSpot does not send them again.
+
+use super::routes::unavailable;
+use crate::config::{HubSpotInbound, Provider};
+use crate::crm::CrmRecord;
+use crate::crm::hubspot::events::{self, Event, Kind};
+use crate::crm::hubspot::signature;
+use crate::error::{ApiError, resource};
+use crate::ops::metrics::ReasonLabel;
+use crate::state::AppState;
+use crate::sync::change::Change;
+use crate::sync::echo;
+use crate::sync::inbox::Incoming;
+use crate::sync::mapping::RecordType;
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value, json};
+use std::collections::{BTreeMap, HashMap};
+
+pub fn routes(cfg: &mut web::ServiceConfig, body_limit: usize) {
+    cfg.service(
+        resource("/api/crm/webhooks/hubspot", "POST")
+            .app_data(web::PayloadConfig::new(body_limit))
+            .route(web::post().to(receive)),
+    );
+}
+
+#[tracing::instrument(name = "hubspot_webhook", skip_all, fields(events))]
+async fn receive(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let Provider::HubSpot(inbound) = &state.config.provider else {
+        return Err(ApiError::not_found("HubSpot is not the configured CRM (CRM_PROVIDER)"));
+    };
+    let refused = |e: ApiError| {
+        state.metrics.webhook_refusals.get_or_create(&ReasonLabel { reason: e.code.to_owned() }).inc();
+        e
+    };
+    authenticate(&req, &body, &state, inbound).map_err(refused)?;
+    let events = events::parse(&body).map_err(|e| refused(ApiError::bad_request("invalid_delivery", e.to_string())))?;
+    tracing::Span::current().record("events", events.len());
+    let started = std::time::Instant::now();
+    let changes = changes_of(&state, inbound, &events).await?;
+    let delivery_id = delivery_id(&body);
+    let incoming = Incoming { delivery_id: delivery_id.clone(), events: std::sync::Arc::new(changes) };
+    let results = state.writer.receive(state.sync.clone(), incoming).await.map_err(unavailable)?;
+    state.metrics.apply_seconds.observe(started.elapsed().as_secs_f64());
+    state.metrics.webhook_results(&results);
+    Ok(HttpResponse::Ok().json(json!({ "deliveryId": delivery_id, "results": results })))
+}
+
+/// HubSpot gives a delivery no id: the body's hash names it in logs and answers.
+fn delivery_id(body: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    format!("hs-{}", hex::encode(&Sha256::digest(body)[..12]))
+}
+
+fn authenticate(req: &HttpRequest, body: &[u8], state: &AppState, inbound: &HubSpotInbound) -> Result<(), ApiError> {
+    let secrets = &state.config.webhook_secrets;
+    if secrets.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "webhook_secret_not_configured",
+            "CRM_WEBHOOK_SECRET (the HubSpot app's client secret) is not set, so no webhook can be verified",
+        ));
+    }
+    let Some(url) = &inbound.webhook_url else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "webhook_url_not_configured",
+            "CRM_WEBHOOK_URL (the public URL HubSpot calls, which its signature covers) is not set",
+        ));
+    };
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let now_ms = Utc::now().timestamp_millis();
+    signature::verify(
+        header(signature::SIGNATURE_V3),
+        header(signature::TIMESTAMP),
+        req.method().as_str(),
+        url,
+        body,
+        secrets,
+        now_ms,
+    )
+    .map_err(|e| {
+        tracing::warn!(code = e.code(), "refused an unverified HubSpot webhook");
+        ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string())
+    })
+}
+
+/// The record type of an event's object, if it is mapped and on.
+fn record_type(inbound: &HubSpotInbound, event: &Event) -> Option<RecordType> {
+    let (object, _) = event.kind();
+    let object = if object == "object" { event.object_type_id.as_deref().unwrap_or(object) } else { object };
+    inbound.mapping.record_type_of(object)
+}
+
+/// Reads the objects the delivery creates or changes, once each, and turns every event into a
+/// change. A read HubSpot cannot answer now is a 503: nothing is stored, and HubSpot sends the
+/// delivery again.
+async fn changes_of(
+    state: &AppState,
+    inbound: &HubSpotInbound,
+    events: &[(Event, Value)],
+) -> Result<Vec<Value>, ApiError> {
+    let mut wanted: BTreeMap<RecordType, Vec<String>> = BTreeMap::new();
+    for ((_, id), touched) in events::fold(events.iter().map(|(e, _)| e)) {
+        let first =
+            events.iter().map(|(e, _)| e).find(|e| e.object_id == Some(id) && record_type(inbound, e).is_some());
+        let Some(t) = first.and_then(|e| record_type(inbound, e)) else { continue };
+        if touched.created_at.is_some() || !touched.properties.is_empty() {
+            wanted.entry(t).or_default().push(id.to_string());
+        }
+    }
+    let crm = state.delivery.crm();
+    let mut read: HashMap<(RecordType, String), CrmRecord> = HashMap::new();
+    for (t, ids) in wanted {
+        let records = crm.read_many(t, &ids).await.map_err(|e| {
+            tracing::warn!(error = %e, record = t.as_str(), "could not read the objects of a HubSpot delivery");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "crm_unavailable",
+                format!("the changed objects could not be read from HubSpot ({e}); send the delivery again"),
+            )
+        })?;
+        for record in records {
+            read.insert((t, record.id.clone()), record);
+        }
+    }
+    Ok(events.iter().map(|(event, _)| change_of(inbound, event, &read).to_value()).collect())
+}
+
+/// One event as a change.
+fn change_of(inbound: &HubSpotInbound, event: &Event, read: &HashMap<(RecordType, String), CrmRecord>) -> Change {
+    let key = event.key();
+    let at = DateTime::<Utc>::from_timestamp_millis(event.occurred_at).unwrap_or_default();
+    let crm_id = event.object_id.map(|id| id.to_string()).unwrap_or_default();
+    let (object, kind) = event.kind();
+    let ignored = |reason: String| Change::ignored(key.clone(), "hubspot", crm_id.clone(), at, reason);
+    let Some(t) = record_type(inbound, event) else {
+        return ignored(format!("{}: no synced record type is mapped to this object", event.subscription_type));
+    };
+    let mapping = &inbound.mapping;
+    let record = read.get(&(t, crm_id.clone()));
+    let mut change = match kind {
+        Kind::Creation | Kind::Restore => {
+            let Some(record) = record else {
+                return ignored(format!("{} {crm_id} is gone from HubSpot (deleted or merged since)", object));
+            };
+            let mut change = Change::of(t, "created", key, crm_id, record.updated_at.unwrap_or(at));
+            change.object.external_id = record.external_id.clone();
+            change.object.created_at = Some(at);
+            change.object.data = Some(record.fields.clone());
+            change
+        }
+        Kind::PropertyChange => {
+            let property = event.property_name.as_deref().unwrap_or_default();
+            let Some(field) = mapping.field_of(t, property) else {
+                return ignored(format!("property {property:?} of {object} is not mapped"));
+            };
+            let field = field.to_owned();
+            let (data, stamp) = match record {
+                Some(record) => (record.fields.clone(), record.changed_at.get(&field).copied().unwrap_or(at)),
+                // Not readable (the mock CRM, or gone since): the event's own value and time.
+                None => {
+                    let text = event.property_value.as_deref().unwrap_or_default();
+                    (Map::from_iter([(field.clone(), mapping.value_of(t, &field, text))]), at)
+                }
+            };
+            let value = data.get(&field).cloned().unwrap_or(Value::Null);
+            let mut change = Change::of(t, "updated", key, crm_id.clone(), stamp);
+            change.object.external_id = record.and_then(|r| r.external_id.clone());
+            change.echo_of = Some(echo::echo_of(t, &crm_id, &field, &value));
+            change.changed_fields = vec![field];
+            change.object.data = Some(data);
+            change
+        }
+        Kind::Deletion => {
+            let mut change = Change::of(t, "deleted", key, crm_id, at);
+            change.object.deleted_at = Some(at);
+            change
+        }
+        Kind::Merge => return ignored("merges are not synced yet: the audit reports the records they leave".into()),
+        Kind::Association => return ignored("associations are synced through the reference properties".into()),
+        Kind::Unknown => return ignored(format!("subscription type {} is not synced", event.subscription_type)),
+    };
+    change.change_source = event.change_source.as_deref().map(|source| match source {
+        // Changes made through the API may be the gateway's own: `api` keeps local changes still
+        // on their way from being overwritten (a hint; HubSpot does not say which app wrote).
+        "API" | "INTEGRATION" => "api".to_owned(),
+        other => format!("hubspot:{}", other.to_ascii_lowercase()),
+    });
+    change
+}
