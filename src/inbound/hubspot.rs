@@ -6,13 +6,15 @@
 //! events are folded per object, the touched objects read in one batch read per record type (each
 //! property with its history), and each event becomes one change: a property change stamped by
 //! its property's own change time (else the event's `occurredAt`), a creation with every field, a
-//! deletion. Merges, associations and subscriptions of objects or properties that are not mapped
-//! are recorded as `ignored` and answered 200, so that HubSpot does not send them again.
+//! deletion, a merge (the merged records tombstoned, the local record linked to the survivor,
+//! then the survivor's values applied). Associations and subscriptions of objects or properties
+//! that are not mapped are recorded as `ignored` and answered 200, so that HubSpot does not send
+//! them again.
 
 use super::routes::unavailable;
 use crate::config::{HubSpotInbound, Provider};
 use crate::crm::CrmRecord;
-use crate::crm::hubspot::events::{self, Event, Kind};
+use crate::crm::hubspot::events::{self, Event, Kind as EventKind};
 use crate::crm::hubspot::signature;
 use crate::error::{ApiError, resource};
 use crate::ops::metrics::ReasonLabel;
@@ -20,6 +22,7 @@ use crate::state::AppState;
 use crate::sync::change::Change;
 use crate::sync::echo;
 use crate::sync::inbox::Incoming;
+use crate::sync::mapping::Kind;
 use crate::sync::mapping::RecordType;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -112,6 +115,12 @@ async fn changes_of(
     events: &[(Event, Value)],
 ) -> Result<Vec<Value>, ApiError> {
     let mut wanted: BTreeMap<RecordType, Vec<String>> = BTreeMap::new();
+    // A merge's survivor is read too: its values come with the merge.
+    for (event, _) in events.iter().filter(|(e, _)| e.kind().1 == EventKind::Merge) {
+        if let (Some(t), Some(survivor)) = (record_type(inbound, event), survivor(event)) {
+            wanted.entry(t).or_default().push(survivor.to_string());
+        }
+    }
     for ((_, id), touched) in events::fold(events.iter().map(|(e, _)| e)) {
         let first =
             events.iter().map(|(e, _)| e).find(|e| e.object_id == Some(id) && record_type(inbound, e).is_some());
@@ -119,6 +128,10 @@ async fn changes_of(
         if touched.created_at.is_some() || !touched.properties.is_empty() {
             wanted.entry(t).or_default().push(id.to_string());
         }
+    }
+    for ids in wanted.values_mut() {
+        ids.sort();
+        ids.dedup();
     }
     let crm = state.delivery.crm();
     let mut read: HashMap<(RecordType, String), CrmRecord> = HashMap::new();
@@ -135,7 +148,62 @@ async fn changes_of(
             read.insert((t, record.id.clone()), record);
         }
     }
-    Ok(events.iter().map(|(event, _)| change_of(inbound, event, &read).to_value()).collect())
+    let mut changes = Vec::with_capacity(events.len());
+    for (event, _) in events {
+        let change = change_of(inbound, event, &read);
+        let survivor_values = survivor_change(&change, &read);
+        changes.push(change.to_value());
+        changes.extend(survivor_values.map(|c| c.to_value()));
+    }
+    Ok(changes)
+}
+
+/// An association added or removed in HubSpot as the reference it stands for: the record it is
+/// from, the reference field and the referenced record's id (null when removed). Only the
+/// direction from the referring record counts (`DEAL_TO_CONTACT` for a booking's guest; HubSpot
+/// sends the reverse too); a required reference is not removed by removing its association.
+fn association(inbound: &HubSpotInbound, t: RecordType, event: &Event) -> Result<(String, String, Value), String> {
+    let kind = event.association_type.as_deref().unwrap_or_default();
+    let not_synced = || format!("association {kind:?} is not a reference the gateway syncs");
+    let (_, to) = kind.split_once("_TO_").ok_or_else(not_synced)?;
+    let target = inbound.mapping.record_type_of(&to.to_ascii_lowercase()).ok_or_else(not_synced)?;
+    let field = t
+        .fields()
+        .iter()
+        .find(|f| matches!(f.kind, Kind::Ref(x) | Kind::OptRef(x) if x == target))
+        .ok_or_else(not_synced)?;
+    let (Some(from), Some(to)) = (event.from_object_id, event.to_object_id) else {
+        return Err("an association event without its two objects".into());
+    };
+    let removed = event.association_removed.unwrap_or(false);
+    if removed && matches!(field.kind, Kind::Ref(_)) {
+        return Err(format!("{} keeps its {}: a required reference is not removed", t.as_str(), field.crm[0]));
+    }
+    let value = if removed { Value::Null } else { Value::String(to.to_string()) };
+    Ok((from.to_string(), field.crm[0].to_owned(), value))
+}
+
+/// The record a merge leaves: the new object when HubSpot made one, else the primary.
+fn survivor(event: &Event) -> Option<i64> {
+    event.new_object_id.or(event.primary_object_id).or(event.object_id)
+}
+
+/// After a merge, the survivor's values as read, applied (every field compared) once the merge
+/// has linked the local record to it.
+fn survivor_change(merge: &Change, read: &HashMap<(RecordType, String), CrmRecord>) -> Option<Change> {
+    let (type_name, "merged") = merge.event_type.split_once('.')? else { return None };
+    let t = RecordType::parse(type_name)?;
+    let record = read.get(&(t, merge.object.id.clone()))?;
+    let mut change = Change::of(
+        t,
+        "created",
+        format!("{}:survivor", merge.id),
+        record.id.clone(),
+        record.updated_at.unwrap_or(merge.object.updated_at),
+    );
+    change.object.external_id = record.external_id.clone();
+    change.object.data = Some(record.fields.clone());
+    Some(change)
 }
 
 /// One event as a change.
@@ -151,7 +219,7 @@ fn change_of(inbound: &HubSpotInbound, event: &Event, read: &HashMap<(RecordType
     let mapping = &inbound.mapping;
     let record = read.get(&(t, crm_id.clone()));
     let mut change = match kind {
-        Kind::Creation | Kind::Restore => {
+        EventKind::Creation | EventKind::Restore => {
             let Some(record) = record else {
                 return ignored(format!("{} {crm_id} is gone from HubSpot (deleted or merged since)", object));
             };
@@ -161,7 +229,7 @@ fn change_of(inbound: &HubSpotInbound, event: &Event, read: &HashMap<(RecordType
             change.object.data = Some(record.fields.clone());
             change
         }
-        Kind::PropertyChange => {
+        EventKind::PropertyChange => {
             let property = event.property_name.as_deref().unwrap_or_default();
             let Some(field) = mapping.field_of(t, property) else {
                 return ignored(format!("property {property:?} of {object} is not mapped"));
@@ -183,14 +251,38 @@ fn change_of(inbound: &HubSpotInbound, event: &Event, read: &HashMap<(RecordType
             change.object.data = Some(data);
             change
         }
-        Kind::Deletion => {
+        EventKind::Deletion => {
             let mut change = Change::of(t, "deleted", key, crm_id, at);
             change.object.deleted_at = Some(at);
             change
         }
-        Kind::Merge => return ignored("merges are not synced yet: the audit reports the records they leave".into()),
-        Kind::Association => return ignored("associations are synced through the reference properties".into()),
-        Kind::Unknown => return ignored(format!("subscription type {} is not synced", event.subscription_type)),
+        EventKind::Merge => {
+            let Some(kept) = survivor(event) else { return ignored("a merge that names no record".into()) };
+            let mut merged: Vec<String> = event
+                .merged_object_ids
+                .iter()
+                .chain(event.primary_object_id.iter())
+                .chain(event.object_id.iter())
+                .filter(|id| **id != kept)
+                .map(i64::to_string)
+                .collect();
+            merged.sort();
+            merged.dedup();
+            let mut change = Change::of(t, "merged", key, kept.to_string(), at);
+            change.merged_ids = merged;
+            change
+        }
+        EventKind::Association => match association(inbound, t, event) {
+            Ok((crm_id, field, value)) => {
+                let mut change = Change::of(t, "updated", key, crm_id.clone(), at);
+                change.echo_of = Some(echo::echo_of(t, &crm_id, &field, &value));
+                change.object.data = Some(Map::from_iter([(field.clone(), value)]));
+                change.changed_fields = vec![field];
+                change
+            }
+            Err(reason) => return ignored(reason),
+        },
+        EventKind::Unknown => return ignored(format!("subscription type {} is not synced", event.subscription_type)),
     };
     change.change_source = event.change_source.as_deref().map(|source| match source {
         // Changes made through the API may be the gateway's own: `api` keeps local changes still

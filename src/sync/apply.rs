@@ -82,6 +82,9 @@ pub(super) async fn apply_event(v: Txn<'_, '_>, ctx: &SyncContext, raw: &Value) 
     let Some(t) = RecordType::parse(type_name).filter(|_| event.object.object_type == type_name) else {
         return Ok(Decision::new(Outcome::Failed, format!("unknown record type in {:?}", event.event_type)));
     };
+    if action == "merged" {
+        return merge(v, ctx, t, &event, raw).await;
+    }
     let action = match action {
         // `imported`: a record read from a listing (the import and reconciliation), applied as a
         // creation is, every field compared.
@@ -375,6 +378,65 @@ async fn delete(
     v.update(i, changes);
     log_applied(v, t, &local_id, &object.id, "delete", raw);
     Ok(Decision::applied(None))
+}
+
+/// Records merged in the CRM: each merged record is tombstoned (so a late change cannot bring it
+/// back); the local record linked to the survivor stays, or else the first one linked to a merged
+/// record is linked to the survivor; the other local records linked to merged ones are deleted,
+/// as the CRM deleted theirs. The survivor's values come with a change of their own.
+async fn merge(
+    v: Txn<'_, '_>,
+    ctx: &SyncContext,
+    t: RecordType,
+    event: &Event,
+    raw: &Value,
+) -> Result<Decision, DbErr> {
+    let survivor = &event.object.id;
+    let version = Version {
+        stamp: Stamp { ms: event.object.updated_at.timestamp_millis(), seq: event.object.version },
+        origin: Origin::Crm,
+        event_id: event.id.clone(),
+    };
+    let found = v.find_by_crm_id(t, survivor).await?;
+    let mut keeper = found.filter(|&i| !v.local(i).is_deleted());
+    let (mut relinked, mut deleted) = (None, Vec::new());
+    for merged in event.merged_ids.iter().filter(|id| *id != survivor) {
+        let found = v.find_by_crm_id(t, merged).await?;
+        let local_id = found.map(|i| v.local(i).id.clone());
+        v.set_tombstone(t, merged, local_id.as_deref(), &version);
+        let (Some(i), Some(local_id)) = (found.filter(|&i| !v.local(i).is_deleted()), local_id) else { continue };
+        let mut changes = Map::new();
+        if keeper.is_none() {
+            keeper = Some(i);
+            relinked = Some(local_id.clone());
+            log_applied(v, t, &local_id, survivor, "link", raw);
+        } else {
+            let at = serde_json::to_value(event.object.updated_at).unwrap_or_default();
+            changes.insert("deleted_at".into(), at);
+            deleted.push(local_id.clone());
+            log_applied(v, t, &local_id, merged, "delete", raw);
+        }
+        let status = outbox::status_of(v.undelivered(i).await?);
+        mark_synced(
+            &mut changes,
+            if relinked.as_deref() == Some(local_id.as_str()) { survivor } else { merged },
+            status,
+        );
+        v.update(i, changes);
+    }
+    ctx.hlc.observe(version.stamp);
+    let mut decision = Decision::applied(keeper.map(|_| (t, survivor.clone())));
+    let kept = keeper.map(|i| v.local(i).id.clone());
+    decision.reason = Some(match (kept, relinked.is_some()) {
+        (Some(kept), true) => format!("merged into {survivor}: {} {kept} linked to it", t.as_str()),
+        (Some(kept), false) => format!("merged into {survivor}, linked to {} {kept}", t.as_str()),
+        (None, _) => format!("merged into {survivor}, which no local record is linked to"),
+    });
+    if !deleted.is_empty() {
+        let list = deleted.join(", ");
+        decision.reason = decision.reason.map(|r| format!("{r}; deleted here as duplicates: {list}"));
+    }
+    Ok(decision)
 }
 
 /// Links a locally deleted record to the TreadSoft record it turned out to have, and queues the

@@ -19,7 +19,8 @@ pub struct Change {
     /// The dedupe key: a change with an id seen before is a duplicate.
     pub id: String,
     /// `<record type>.<action>`: `created`, `updated`, `deleted`, `imported` (a listed record,
-    /// applied as a creation is), or `ignored` (recorded, not applied: `reason` says why).
+    /// applied as a creation is), `merged` (see `mergedIds`), or `ignored` (recorded, not
+    /// applied: `reason` says why).
     #[serde(rename = "type")]
     pub event_type: String,
     /// Who made the change in the CRM: `api` (through the API), `import`, or the provider's word.
@@ -36,6 +37,11 @@ pub struct Change {
     /// it; such a change is the echo of the gateway's own write.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub echo_of: Option<String>,
+    /// A `merged` change: the CRM records merged into `object` (which survives). Each is
+    /// tombstoned; the local record linked to one of them is linked to the survivor instead, if
+    /// no local record is linked to it already, and the others are deleted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub merged_ids: Vec<String>,
     /// Why an `ignored` change is not applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -86,6 +92,7 @@ impl Change {
             request_id: None,
             changed_fields: Vec::new(),
             echo_of: None,
+            merged_ids: Vec::new(),
             reason: None,
             object: ChangedObject {
                 object_type: object_type.to_owned(),

@@ -415,6 +415,93 @@ async fn a_record_type_switched_off_is_neither_sent_nor_taken(database: TestData
     assert!(flush(&app, &stub).await.iter().all(|o| o == "ignored"));
 }
 
+async fn a_merge_keeps_one_user_linked_to_the_survivor_and_deletes_the_duplicate(database: TestDatabase) {
+    let (app, stub) = with_stub(database).await;
+    for new_id in [false, true] {
+        let first = stub.state().create(
+            "contacts",
+            &[("firstname", "Ann"), ("lastname", "Lee"), ("email", format!("ann{new_id}@example.com").as_str())],
+            "CRM_UI",
+        );
+        let second = stub.state().create(
+            "contacts",
+            &[("firstname", "Ann"), ("lastname", "Lee-Smith"), ("email", format!("ann{new_id}@example.org").as_str())],
+            "CRM_UI",
+        );
+        flush(&app, &stub).await;
+        let (kept, gone) = (user_by_crm_id(&app, &first).await.unwrap(), user_by_crm_id(&app, &second).await.unwrap());
+        // A change to the second one, delivered late, after the merge.
+        stub.state().set("contacts", &second, &[("phone", "+44 6")], "CRM_UI");
+        let late = stub.take_events();
+        let survivor = stub.state().merge("contacts", &first, &second, new_id);
+        let outcomes = flush(&app, &stub).await;
+        assert!(outcomes.iter().all(|o| o == "applied" || o == "echo"), "{outcomes:?}");
+
+        let linked = user_by_crm_id(&app, &survivor).await.expect("a user linked to the survivor");
+        assert_eq!(linked.id, kept.id, "the primary's user is kept (new id: {new_id})");
+        assert!(linked.deleted_at.is_none());
+        let duplicate = stored_user(&app, &gone.id).await;
+        assert!(duplicate.deleted_at.is_some(), "the merged contact's user is deleted here");
+        assert_eq!(deliver(&app, &late).await, ["stale"], "the merged record cannot come back");
+        assert!(stored_user(&app, &gone.id).await.deleted_at.is_some());
+    }
+}
+
+async fn every_record_type_reaches_its_object_and_associations_made_in_hubspot_come_back(database: TestDatabase) {
+    let (app, stub) = with_stub(database).await;
+    register(&app, "ev_o", "user_1").await;
+    register(&app, "ev_o2", "user_2").await;
+    let events = json!({"events": [
+        {"id": "ev_p", "type": "property.created", "data": {"id": 7, "ownerId": "user_1", "title": "Haworth Hall",
+            "location": "Haworth", "bedrooms": 12, "pricePerNight": 145050, "currency": "GBP", "status": "active"}},
+        {"id": "ev_e", "type": "enquiry.created", "data": {"id": 11, "userId": null, "propertyId": 7, "guestName": "Ann Lee",
+            "guestEmail": "ann@example.com", "guestPhone": null, "subject": "Dogs?", "message": "Two dogs?", "status": "new", "source": "website"}},
+        {"id": "ev_b", "type": "booking.created", "data": {"id": 21, "propertyId": 7, "userId": "user_1", "guestName": "Ann Lee",
+            "guestEmail": "ann@example.com", "checkIn": "2025-07-01", "checkOut": "2025-07-08", "guests": 14, "totalPrice": 1015350,
+            "currency": "GBP", "status": "confirmed", "paymentStatus": "deposit_paid"}},
+        {"id": "ev_m", "type": "membership.created", "data": {"id": 31, "userId": "user_1", "membershipTier": "premium",
+            "status": "active", "startDate": "2025-01-01", "endDate": null, "autoRenew": true, "paymentStatus": "paid"}},
+    ]});
+    assert_eq!(app.post_events(&events).await.status(), StatusCode::ACCEPTED);
+    app.deliver_pending().await;
+
+    let (listing, ticket, deal, membership) = {
+        let state = stub.state();
+        let find = |object: &str, id: &str| state.find(object, "crm_gateway_id", id).cloned().expect(object);
+        (find("0-420", "7"), find("tickets", "11"), find("deals", "21"), find("p_memberships", "31"))
+    };
+    assert_eq!((ticket.get("subject"), ticket.get("hs_pipeline_stage")), (Some("Dogs?"), Some("1")));
+    assert_eq!(
+        (deal.get("dealname"), deal.get("amount"), deal.get("pipeline")),
+        (Some("Ann Lee"), Some("10153.5"), Some("default"))
+    );
+    assert_eq!(deal.get("crm_gateway_property_id"), Some(listing.id.as_str()));
+    assert_eq!(membership.get("crm_gateway_auto_renew"), Some("true"));
+    assert_eq!(membership.get("crm_gateway_end_date"), Some(""));
+
+    // The gateway's own associations come back as echoes.
+    let outcomes = flush(&app, &stub).await;
+    assert!(!outcomes.iter().any(|o| o == "applied" || o == "failed"), "{outcomes:?}");
+
+    // A HubSpot user moves the deal to another contact, then removes it.
+    use entity::bookings;
+    let user_2 = stored_user(&app, "user_2").await.crm_id.unwrap();
+    stub.state().associate(("deals", &deal.id), ("contacts", &user_2), false, "CRM_UI");
+    let outcomes = flush(&app, &stub).await;
+    assert_eq!(outcomes, ["applied", "ignored"], "the deal's side applies, the contact's is its mirror");
+    let booking = bookings::Entity::find_by_id(21).one(app.db.reader()).await.unwrap().unwrap();
+    assert_eq!(booking.user_id.as_deref(), Some("user_2"));
+    stub.state().associate(("deals", &deal.id), ("contacts", &user_2), true, "CRM_UI");
+    flush(&app, &stub).await;
+    let booking = bookings::Entity::find_by_id(21).one(app.db.reader()).await.unwrap().unwrap();
+    assert_eq!(booking.user_id, None, "a booking's guest may be removed");
+    // A booking keeps its property: removing that association changes nothing.
+    stub.state().associate(("deals", &deal.id), ("0-420", &listing.id), true, "CRM_UI");
+    assert_eq!(flush(&app, &stub).await, ["ignored", "ignored"]);
+    let booking = bookings::Entity::find_by_id(21).one(app.db.reader()).await.unwrap().unwrap();
+    assert_eq!(booking.property_id, 7);
+}
+
 on_both_databases_without_app!(
     only_the_configured_providers_route_answers,
     a_contact_created_in_hubspot_becomes_a_user_linked_both_ways,
@@ -432,4 +519,6 @@ on_both_databases_without_app!(
     with_the_mock_client_a_change_applies_from_the_events_own_value,
     lost_webhooks_are_healed_by_an_import_and_the_audit_proves_it,
     a_record_type_switched_off_is_neither_sent_nor_taken,
+    a_merge_keeps_one_user_linked_to_the_survivor_and_deletes_the_duplicate,
+    every_record_type_reaches_its_object_and_associations_made_in_hubspot_come_back,
 );

@@ -193,6 +193,53 @@ impl State {
         true
     }
 
+    /// Adds (or removes) the default association between two objects; HubSpot sends an event
+    /// for each direction.
+    pub fn associate(&mut self, from: (&str, &str), to: (&str, &str), removed: bool, source: &str) {
+        let at = self.tick();
+        let key = (from.0.to_owned(), from.1.to_owned(), to.0.to_owned(), to.1.to_owned());
+        if removed {
+            self.associations.remove(&key);
+        } else {
+            self.associations.insert(key);
+        }
+        let name = |object: &str| match object {
+            "0-420" => "LISTING".to_owned(),
+            other => webhook_object(other).to_ascii_uppercase(),
+        };
+        for ((a, a_id), (b, b_id)) in [(from, to), (to, from)] {
+            let extra = json!({"associationType": format!("{}_TO_{}", name(a), name(b)),
+                "fromObjectId": a_id.parse::<i64>().unwrap(), "toObjectId": b_id.parse::<i64>().unwrap(),
+                "associationRemoved": removed, "isPrimaryAssociation": false, "changeSource": source});
+            let event = self.event(a, "associationChange", a_id, at, extra);
+            self.outbox.push(event);
+        }
+    }
+
+    /// Merges `secondary` into `primary` as a HubSpot user would: with `new_id`, both go and a
+    /// new object holds the primary's values (HubSpot's newer merges); else the primary stays.
+    /// Returns the survivor's id.
+    pub fn merge(&mut self, object: &str, primary: &str, secondary: &str, new_id: bool) -> String {
+        let at = self.tick();
+        let mut kept = self.objects.remove(&(object.to_owned(), primary.to_owned())).unwrap();
+        self.objects.remove(&(object.to_owned(), secondary.to_owned()));
+        if new_id {
+            self.next_id += 1;
+            kept.id = (900 + self.next_id).to_string();
+        }
+        kept.updated_ms = at;
+        let survivor = kept.id.clone();
+        self.objects.insert((object.to_owned(), survivor.clone()), kept);
+        let mut extra = json!({"primaryObjectId": primary.parse::<i64>().unwrap(),
+            "mergedObjectIds": [secondary.parse::<i64>().unwrap()], "numberOfPropertiesMoved": 2, "changeSource": "CRM_UI"});
+        if new_id {
+            extra["newObjectId"] = json!(survivor.parse::<i64>().unwrap());
+        }
+        let event = self.event(object, "merge", primary, at, extra);
+        self.outbox.push(event);
+        survivor
+    }
+
     /// Upserts one input; `Ok((id, new))`, or the error object of a 207.
     fn upsert(&mut self, object: &str, input: &Value) -> Result<(String, bool), Value> {
         let id_property = input["idProperty"].as_str().unwrap_or_default().to_owned();
@@ -379,7 +426,10 @@ impl Respond for Responder {
                 }
             }
             ("PUT", ["crm", "v4", "objects", from, from_id, "associations", "default", to, to_id]) => {
-                state.associations.insert((from.to_string(), from_id.to_string(), to.to_string(), to_id.to_string()));
+                let key = (from.to_string(), from_id.to_string(), to.to_string(), to_id.to_string());
+                if !state.associations.contains(&key) {
+                    state.associate((from, from_id), (to, to_id), false, "INTEGRATION");
+                }
                 (200, json!({"status": "COMPLETE", "results": []}))
             }
             ("GET", ["crm", "v3", "properties", object]) => {
