@@ -36,12 +36,13 @@ pub enum Command {
     /// Apply every pending database migration, then exit.
     Migrate,
     /// Print the headers TreadSoft would send with the delivery read from standard input, so it
-    /// can be sent with curl: `crm-gateway sign --secret S < delivery.json > headers.txt`.
+    /// can be sent with curl: `crm-gateway sign --secret S < delivery.json > headers.txt`. With
+    /// CRM_PROVIDER=hubspot, HubSpot's v3 headers for a POST to CRM_WEBHOOK_URL.
     Sign {
         /// The webhook signing secret (default: the first of CRM_WEBHOOK_SECRET).
         #[arg(long)]
         secret: Option<String>,
-        /// Unix seconds to sign for (default: now).
+        /// Unix seconds to sign for (HubSpot: milliseconds; default: now).
         #[arg(long)]
         timestamp: Option<i64>,
     },
@@ -259,6 +260,18 @@ fn sign(settings: &Settings, secret: Option<String>, timestamp: Option<i64>) -> 
         .context("give --secret or set CRM_WEBHOOK_SECRET")?;
     let mut body = Vec::new();
     std::io::stdin().read_to_end(&mut body).context("cannot read the delivery from standard input")?;
+    if settings.crm_provider.as_deref().is_some_and(|p| p.eq_ignore_ascii_case("hubspot")) {
+        // HubSpot's v3: over the public URL, in milliseconds.
+        let url = settings.crm_webhook_url.as_deref().filter(|u| !u.is_empty()).context(
+            "set CRM_WEBHOOK_URL: HubSpot signs the URL it calls",
+        )?;
+        let timestamp = timestamp.unwrap_or_else(|| chrono::Utc::now().timestamp_millis()).to_string();
+        let signature = crate::crm::hubspot::signature::v3(&secret, "POST", url, &body, &timestamp);
+        println!("Content-Type: application/json");
+        println!("X-HubSpot-Request-Timestamp: {timestamp}");
+        println!("X-HubSpot-Signature-v3: {signature}");
+        return Ok(());
+    }
     let timestamp = timestamp.unwrap_or_else(|| chrono::Utc::now().timestamp());
     let delivery_id = serde_json::from_slice::<serde_json::Value>(&body)
         .ok()
