@@ -262,9 +262,11 @@ fn sign(settings: &Settings, secret: Option<String>, timestamp: Option<i64>) -> 
     std::io::stdin().read_to_end(&mut body).context("cannot read the delivery from standard input")?;
     if settings.crm_provider.as_deref().is_some_and(|p| p.eq_ignore_ascii_case("hubspot")) {
         // HubSpot's v3: over the public URL, in milliseconds.
-        let url = settings.crm_webhook_url.as_deref().filter(|u| !u.is_empty()).context(
-            "set CRM_WEBHOOK_URL: HubSpot signs the URL it calls",
-        )?;
+        let url = settings
+            .crm_webhook_url
+            .as_deref()
+            .filter(|u| !u.is_empty())
+            .context("set CRM_WEBHOOK_URL: HubSpot signs the URL it calls")?;
         let timestamp = timestamp.unwrap_or_else(|| chrono::Utc::now().timestamp_millis()).to_string();
         let signature = crate::crm::hubspot::signature::v3(&secret, "POST", url, &body, &timestamp);
         println!("Content-Type: application/json");

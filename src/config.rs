@@ -597,8 +597,14 @@ impl Settings {
 
     /// HubSpot: the receiver's URL and mapping, and (when enabled) the client's token.
     fn hubspot(&self, enabled: bool, problems: &mut Problems) -> (Provider, CrmProvider) {
-        let webhook_url = non_empty(&self.crm_webhook_url)
-            .and_then(|raw| http_url(problems, "CRM_WEBHOOK_URL", raw).map(|_| raw.to_owned()));
+        let webhook_url = non_empty(&self.crm_webhook_url).and_then(|raw| {
+            let url = http_url(problems, "CRM_WEBHOOK_URL", raw)?;
+            if url.query().is_some() || url.fragment().is_some() {
+                problems.add("CRM_WEBHOOK_URL", "the URL HubSpot calls takes no query string or fragment");
+                return None;
+            }
+            Some(raw.to_owned())
+        });
         let mapping = match non_empty(&self.crm_mapping_file) {
             None => Mapping::default(),
             Some(path) => Mapping::load(std::path::Path::new(path)).unwrap_or_else(|e| {

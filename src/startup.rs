@@ -57,6 +57,14 @@ impl Application {
 
     /// Starts the writer and binds the listener over an open, migrated database.
     pub async fn build_with_db(config: Config, db: Db) -> anyhow::Result<Self> {
+        if let crate::config::Provider::HubSpot(inbound) = &config.provider
+            && (config.webhook_secrets.is_empty() || inbound.webhook_url.is_none())
+        {
+            tracing::warn!(
+                "HubSpot's webhooks are answered 503 until CRM_WEBHOOK_SECRET (the app's client secret) and \
+                 CRM_WEBHOOK_URL are set"
+            );
+        }
         let floor = stamps::max_stamp(db.reader()).await.context("cannot read the latest version stamp")?;
         let sync = Arc::new(SyncContext { precedence: config.tie_winner, hlc: Hlc::starting_after(floor) });
         let metrics = Arc::new(Metrics::new());

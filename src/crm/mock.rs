@@ -17,6 +17,8 @@ fn record(t: RecordType, id: String, fields: &Map<String, Value>) -> CrmRecord {
         updated_at: Some(Utc::now()),
         fields: fields.clone(),
         changed_at: Default::default(),
+        partial: false,
+        defaults: Map::new(),
     }
     .with_type(t)
 }
@@ -66,6 +68,10 @@ impl CrmClient for MockCrm {
     async fn get(&self, t: RecordType, id: &str) -> Result<CrmRecord, CrmError> {
         tracing::info!(crm = "mock", record = t.as_str(), id, "get");
         Err(CrmError::NotFound { message: "the mock CRM keeps no records".into() })
+    }
+
+    fn keeps_records(&self) -> bool {
+        false
     }
 
     /// The mock keeps no records: a receiver falls back to what the events themselves carry.

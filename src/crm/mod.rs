@@ -34,6 +34,13 @@ pub struct CrmRecord {
     /// the others are stamped by `updated_at`.
     #[serde(skip)]
     pub changed_at: std::collections::BTreeMap<String, DateTime<Utc>>,
+    /// Whether fields the CRM holds no value for are left out of `fields` (HubSpot), so that
+    /// they are not taken as cleared.
+    #[serde(skip)]
+    pub partial: bool,
+    /// What those fields become in a record created here from this one.
+    #[serde(skip)]
+    pub defaults: Map<String, Value>,
 }
 
 /// A record TreadSoft wrote, and the `X-TreadSoft-Request-Id` of the call that wrote it.
@@ -217,6 +224,10 @@ pub trait CrmClient: Send + Sync + std::fmt::Debug {
     /// Whether records of type `t` are synced with this CRM at all (a mapping may switch a type
     /// off): changes of a type that is not are not sent, listed or compared.
     fn syncs(&self, _t: RecordType) -> bool {
+        true
+    }
+    /// Whether the client reads records that exist (the mock keeps none).
+    fn keeps_records(&self) -> bool {
         true
     }
     /// Reads records by CRM id; ids the CRM does not have are left out. By default one `get`

@@ -28,7 +28,10 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// How long a delivery's reads may wait to be sent.
+const READ_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3);
 
 pub fn routes(cfg: &mut web::ServiceConfig, body_limit: usize) {
     cfg.service(
@@ -121,12 +124,15 @@ async fn changes_of(
             wanted.entry(t).or_default().push(survivor.to_string());
         }
     }
-    for ((_, id), touched) in events::fold(events.iter().map(|(e, _)| e)) {
-        let first =
-            events.iter().map(|(e, _)| e).find(|e| e.object_id == Some(id) && record_type(inbound, e).is_some());
-        let Some(t) = first.and_then(|e| record_type(inbound, e)) else { continue };
+    // Ids are unique per object type only: the fold keeps them apart.
+    let mut deleted: HashSet<(RecordType, String)> = HashSet::new();
+    for ((object, id), touched) in events::fold(events.iter().map(|(e, _)| e)) {
+        let Some(t) = inbound.mapping.record_type_of(&object) else { continue };
         if touched.created_at.is_some() || !touched.properties.is_empty() {
             wanted.entry(t).or_default().push(id.to_string());
+        }
+        if touched.deleted_at.is_some() {
+            deleted.insert((t, id.to_string()));
         }
     }
     for ids in wanted.values_mut() {
@@ -135,17 +141,36 @@ async fn changes_of(
     }
     let crm = state.delivery.crm();
     let mut read: HashMap<(RecordType, String), CrmRecord> = HashMap::new();
-    for (t, ids) in wanted {
-        let records = crm.read_many(t, &ids).await.map_err(|e| {
-            tracing::warn!(error = %e, record = t.as_str(), "could not read the objects of a HubSpot delivery");
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "crm_unavailable",
-                format!("the changed objects could not be read from HubSpot ({e}); send the delivery again"),
-            )
-        })?;
-        for record in records {
-            read.insert((t, record.id.clone()), record);
+    let unavailable = |why: String| {
+        tracing::warn!(why, "could not read the objects of a HubSpot delivery");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "crm_unavailable",
+            format!("the changed objects could not be read from HubSpot ({why}); send the delivery again"),
+        )
+    };
+    // HubSpot waits 5 s for an answer: reads that cannot leave within READ_DEADLINE (the rate
+    // limiter busy with deliveries, say) are not sent, and the delivery is answered 503.
+    let deadline = std::time::Instant::now() + READ_DEADLINE;
+    for (t, ids) in &wanted {
+        let records = crate::crm::send_by(deadline, crm.read_many(*t, ids)).await;
+        for record in records.map_err(|e| unavailable(e.to_string()))? {
+            read.insert((*t, record.id.clone()), record);
+        }
+        // A creation HubSpot cannot show yet (its reads lag its writes): later, not never.
+        let missing = ids.iter().find(|id| {
+            !read.contains_key(&(*t, (*id).clone()))
+                && !deleted.contains(&(*t, (*id).clone()))
+                && events.iter().any(|(e, _)| {
+                    e.kind().1 == EventKind::Creation
+                        && e.object_id.map(|o| o.to_string()).as_ref() == Some(*id)
+                        && record_type(inbound, e) == Some(*t)
+                })
+        });
+        if let Some(id) = missing
+            && crm.keeps_records()
+        {
+            return Err(unavailable(format!("{} {id} was created but cannot be read yet", t.as_str())));
         }
     }
     let mut changes = Vec::with_capacity(events.len());
@@ -194,15 +219,9 @@ fn survivor_change(merge: &Change, read: &HashMap<(RecordType, String), CrmRecor
     let (type_name, "merged") = merge.event_type.split_once('.')? else { return None };
     let t = RecordType::parse(type_name)?;
     let record = read.get(&(t, merge.object.id.clone()))?;
-    let mut change = Change::of(
-        t,
-        "created",
-        format!("{}:survivor", merge.id),
-        record.id.clone(),
-        record.updated_at.unwrap_or(merge.object.updated_at),
-    );
-    change.object.external_id = record.external_id.clone();
-    change.object.data = Some(record.fields.clone());
+    let at = record.updated_at.unwrap_or(merge.object.updated_at);
+    let mut change = Change::of(t, "created", format!("{}:survivor", merge.id), record.id.clone(), at);
+    change.set_record(record);
     Some(change)
 }
 
@@ -224,9 +243,8 @@ fn change_of(inbound: &HubSpotInbound, event: &Event, read: &HashMap<(RecordType
                 return ignored(format!("{} {crm_id} is gone from HubSpot (deleted or merged since)", object));
             };
             let mut change = Change::of(t, "created", key, crm_id, record.updated_at.unwrap_or(at));
-            change.object.external_id = record.external_id.clone();
             change.object.created_at = Some(at);
-            change.object.data = Some(record.fields.clone());
+            change.set_record(record);
             change
         }
         EventKind::PropertyChange => {
@@ -237,6 +255,12 @@ fn change_of(inbound: &HubSpotInbound, event: &Event, read: &HashMap<(RecordType
             let field = field.to_owned();
             let (data, stamp) = match record {
                 Some(record) => (record.fields.clone(), record.changed_at.get(&field).copied().unwrap_or(at)),
+                // A name is one field here: a part alone would lose the other.
+                None if matches!(field.as_str(), "firstName" | "lastName") => {
+                    return ignored(format!(
+                        "{property} changed, but {object} {crm_id} could not be read for the whole name"
+                    ));
+                }
                 // Not readable (the mock CRM, or gone since): the event's own value and time.
                 None => {
                     let text = event.property_value.as_deref().unwrap_or_default();
@@ -245,10 +269,12 @@ fn change_of(inbound: &HubSpotInbound, event: &Event, read: &HashMap<(RecordType
             };
             let value = data.get(&field).cloned().unwrap_or(Value::Null);
             let mut change = Change::of(t, "updated", key, crm_id.clone(), stamp);
-            change.object.external_id = record.and_then(|r| r.external_id.clone());
             change.echo_of = Some(echo::echo_of(t, &crm_id, &field, &value));
             change.changed_fields = vec![field];
-            change.object.data = Some(data);
+            match record {
+                Some(record) => change.set_record(record),
+                None => change.object.data = Some(data),
+            }
             change
         }
         EventKind::Deletion => {

@@ -547,6 +547,9 @@ fn compare(
         Version { stamp: Stamp { ms: local.updated_at_ms(), seq: 0 }, origin: Origin::Local, event_id: String::new() };
     let mut out = Vec::new();
     for field in t.fields() {
+        if record.partial && !field.crm.iter().any(|name| record.fields.contains_key(*name)) {
+            continue; // the CRM holds no value for it: nothing to compare
+        }
         let theirs = match crm_to_local(field, &record.fields) {
             Ok(Mapped::Value(value)) => value,
             Ok(Mapped::Ref { crm_id: None, .. }) => Value::Null,

@@ -447,10 +447,9 @@ pub fn event_of(t: RecordType, record: &CrmRecord) -> Value {
 pub fn event_with_id(t: RecordType, record: &CrmRecord, id: String) -> Value {
     let mut change = Change::of(t, "imported", id, record.id.clone(), record.updated_at.unwrap_or_default());
     change.change_source = Some("import".into());
-    change.object.external_id = record.external_id.clone();
+    change.set_record(record);
     change.object.version = record.version;
     change.object.created_at = record.fields.get("createdAt").and_then(|v| serde_json::from_value(v.clone()).ok());
-    change.object.data = Some(record.fields.clone());
     let mut value = change.to_value();
     if record.updated_at.is_none() {
         // A record without its time cannot be ordered: the apply refuses it, saying so.

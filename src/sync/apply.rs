@@ -117,6 +117,14 @@ pub(super) async fn apply_event(v: Txn<'_, '_>, ctx: &SyncContext, raw: &Value) 
     };
 
     let (i, linking, link_back) = match found {
+        Found::Nothing if event.partial => {
+            // Fields the CRM holds no value for take their defaults in a record made here.
+            let mut filled = data.clone();
+            for (field, value) in &event.defaults {
+                filled.entry(field.clone()).or_insert_with(|| value.clone());
+            }
+            return create(v, ctx, t, object, &filled, &version, raw).await;
+        }
         Found::Nothing => return create(v, ctx, t, object, data, &version, raw).await,
         Found::ByCrmId(i) => (i, false, false),
         Found::Unlinked(i, link_back) => (i, true, link_back),
@@ -135,9 +143,19 @@ pub(super) async fn apply_event(v: Txn<'_, '_>, ctx: &SyncContext, raw: &Value) 
     } else {
         t.local_fields_for(event.changed_fields.iter().map(String::as_str))
     };
+    if event.partial {
+        // A field the CRM holds no value for is unknown there: what is stored here stands.
+        candidates.retain(|f| f.crm.iter().any(|name| data.contains_key(*name)));
+    }
     let mut echo_reason = "no synced field changed";
     if let Some(sent) = own_request_fields(v, &event).await? {
-        candidates.retain(|f| !f.crm.iter().all(|name| sent.iter().any(|s| s == name)));
+        if event.echo_of.is_some() {
+            // One field's value sent, coming back: the local field it is part of (a name of two
+            // parts) stays as it is here.
+            candidates.retain(|f| !f.crm.iter().any(|name| sent.iter().any(|s| s == name)));
+        } else {
+            candidates.retain(|f| !f.crm.iter().all(|name| sent.iter().any(|s| s == name)));
+        }
         echo_reason = "an echo of the gateway's own request";
     } else if event.change_source.as_deref() == Some("api") {
         // An API change to a field whose local change is still on its way to the CRM may be the
@@ -247,8 +265,14 @@ async fn locate(v: Txn<'_, '_>, t: RecordType, object: &Object) -> Result<Result
 async fn own_request_fields(v: Txn<'_, '_>, event: &Event) -> Result<Option<Vec<String>>, DbErr> {
     if let Some((key, hash)) = event.echo_of.as_deref().and_then(super::echo::split) {
         // The last value sent for this field, and the change sets that value: its echo.
-        let sent = v.own_request(key).await?;
-        return Ok(sent.filter(|(_, sent_hash)| sent_hash.as_deref() == Some(hash)).map(|(fields, _)| fields));
+        return Ok(match v.own_request(key).await? {
+            Some((fields, Some(sent))) if sent == hash => Some(fields),
+            Some(_) => {
+                v.forget_sent(key);
+                None
+            }
+            None => None,
+        });
     }
     let (Some("api"), Some(request_id)) = (event.change_source.as_deref(), event.request_id.as_deref()) else {
         return Ok(None);

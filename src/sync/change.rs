@@ -42,6 +42,14 @@ pub struct Change {
     /// no local record is linked to it already, and the others are deleted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub merged_ids: Vec<String>,
+    /// Whether a field absent from `object.data` is unknown (HubSpot holds no value for it)
+    /// rather than missing: it is then neither compared nor written, and a record created from
+    /// the change takes it from `defaults`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub partial: bool,
+    /// What a record created from a partial change takes for its unknown fields.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub defaults: Map<String, Value>,
     /// Why an `ignored` change is not applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -93,6 +101,8 @@ impl Change {
             changed_fields: Vec::new(),
             echo_of: None,
             merged_ids: Vec::new(),
+            partial: false,
+            defaults: Map::new(),
             reason: None,
             object: ChangedObject {
                 object_type: object_type.to_owned(),
@@ -105,6 +115,14 @@ impl Change {
                 data: None,
             },
         }
+    }
+
+    /// The record's id, fields and (for a CRM that leaves fields empty) what they default to.
+    pub fn set_record(&mut self, record: &crate::crm::CrmRecord) {
+        self.object.external_id = record.external_id.clone();
+        self.object.data = Some(record.fields.clone());
+        self.partial = record.partial;
+        self.defaults = record.defaults.clone();
     }
 
     /// As the inbox stores it.

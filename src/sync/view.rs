@@ -50,6 +50,8 @@ pub(crate) struct View<'c, C> {
     absent_ids: HashSet<Key>,
     tombstones: HashMap<Key, Option<Version>>,
     new_tombstones: BTreeMap<Key, (Option<String>, Version)>,
+    /// Values sent that the CRM has since replaced: no longer what an echo would carry.
+    forgotten_sent: Vec<String>,
     versions: HashMap<Key, HashMap<String, Version>>,
     new_versions: BTreeMap<(RecordType, String, String), Version>,
     /// Each request's fields and, for a value sent, its hash.
@@ -136,6 +138,7 @@ impl<'c, C: ConnectionTrait> View<'c, C> {
             absent_ids: HashSet::new(),
             tombstones: HashMap::new(),
             new_tombstones: BTreeMap::new(),
+            forgotten_sent: Vec::new(),
             versions: HashMap::new(),
             new_versions: BTreeMap::new(),
             requests: HashMap::new(),
@@ -467,6 +470,13 @@ impl<'c, C: ConnectionTrait> View<'c, C> {
         Ok(found)
     }
 
+    /// The CRM holds another value than the one last sent (`sent:` key): a later change back to
+    /// that value is the CRM's own, not an echo.
+    pub(crate) fn forget_sent(&mut self, key: &str) {
+        self.requests.insert(key.to_owned(), None);
+        self.forgotten_sent.push(key.to_owned());
+    }
+
     /// The undelivered changes of the record in slot `i`.
     pub(crate) async fn undelivered(&mut self, i: usize) -> Result<&[crm_outbox::Model], DbErr> {
         let key = (self.slots[i].t, self.slots[i].local.id.clone());
@@ -635,6 +645,12 @@ impl<'c, C: ConnectionTrait> View<'c, C> {
             tombstones.iter().map(|((t, crm_id), (local_id, v))| (*t, crm_id.as_str(), local_id.as_deref(), v)),
         )
         .await?;
+        for chunk in std::mem::take(&mut self.forgotten_sent).chunks(crate::db::MAX_PARAMS) {
+            crm_sent_values::Entity::delete_many()
+                .filter(crm_sent_values::Column::Key.is_in(chunk.iter().map(String::as_str)))
+                .exec(self.c)
+                .await?;
+        }
         crate::db::insert_all(self.c, std::mem::take(&mut self.link_backs), None).await?;
         crate::db::insert_all(self.c, std::mem::take(&mut self.logs), None).await?;
         self.flush_outbox().await?;

@@ -159,9 +159,9 @@ async fn duplicates_and_events_out_of_order_end_at_hubspots_latest_value(databas
 
     assert_eq!(deliver(&app, &newer).await, ["applied"]);
     assert_eq!(deliver(&app, &newer).await, ["duplicate"], "the same event again");
-    // The older event, late: the read gives the current value, with its own change time.
-    let late = deliver(&app, &older).await;
-    assert_ne!(late, ["applied"]);
+    // The older event, late: the read gives the current value, with its own change time, which
+    // is no newer than what is stored.
+    assert_eq!(deliver(&app, &older).await, ["stale"]);
     assert_eq!(user_by_crm_id(&app, &id).await.unwrap().phone.as_deref(), Some("+44 9"));
 }
 
@@ -448,7 +448,9 @@ async fn a_merge_keeps_one_user_linked_to_the_survivor_and_deletes_the_duplicate
 }
 
 async fn every_record_type_reaches_its_object_and_associations_made_in_hubspot_come_back(database: TestDatabase) {
-    let (app, stub) = with_stub(database).await;
+    let stub = Stub::start().await;
+    let mapping = Mapping::parse("[membership]\nenabled = true").unwrap();
+    let app = TestApp::spawn_with(database, |c| use_hubspot_with(c, Some(&stub), mapping)).await;
     register(&app, "ev_o", "user_1").await;
     register(&app, "ev_o2", "user_2").await;
     let events = json!({"events": [
@@ -502,6 +504,109 @@ async fn every_record_type_reaches_its_object_and_associations_made_in_hubspot_c
     assert_eq!(booking.property_id, 7);
 }
 
+async fn linking_a_hubspot_contact_without_site_values_keeps_the_owner_an_owner(database: TestDatabase) {
+    let (app, stub) = with_stub(database).await;
+    // Registered here, not yet sent; the same person is added in HubSpot by hand.
+    register(&app, "ev_1", "user_1").await;
+    let id = stub.state().create(
+        "contacts",
+        &[("firstname", "Mary"), ("lastname", "Anne van Dyke"), ("email", "user_1@example.com")],
+        "CRM_UI",
+    );
+    let outcomes = flush(&app, &stub).await;
+    assert_eq!(outcomes[0], "applied", "{outcomes:?}");
+    let user = stored_user(&app, "user_1").await;
+    assert_eq!(user.crm_id.as_deref(), Some(id.as_str()), "linked by email");
+    assert_eq!(user.role, entity::enums::Role::Owner, "HubSpot holds no role: the site's stands");
+    assert_eq!(user.membership_status, entity::enums::MembershipStatus::Pending);
+}
+
+async fn a_change_back_to_the_last_value_sent_is_taken_too(database: TestDatabase) {
+    let (app, stub) = with_stub(database).await;
+    register(&app, "ev_1", "user_1").await;
+    app.deliver_pending().await;
+    flush(&app, &stub).await;
+    let crm_id = stored_user(&app, "user_1").await.crm_id.unwrap();
+    stub.state().set("contacts", &crm_id, &[("phone", "+44 3")], "CRM_UI");
+    assert_eq!(flush(&app, &stub).await, ["applied"]);
+    // Back to "+44 1", the value the gateway sent last.
+    stub.state().set("contacts", &crm_id, &[("phone", "+44 1")], "CRM_UI");
+    assert_eq!(flush(&app, &stub).await, ["applied"]);
+    assert_eq!(stored_user(&app, "user_1").await.phone.as_deref(), Some("+44 1"));
+}
+
+async fn objects_of_two_types_with_one_id_are_both_read(database: TestDatabase) {
+    let (app, stub) = with_stub(database).await;
+    register(&app, "ev_1", "user_1").await;
+    let property = json!({"id": 7, "ownerId": "user_1", "title": "Haworth Hall", "location": "Haworth",
+        "bedrooms": 12, "pricePerNight": 145050, "currency": "GBP", "status": "active"});
+    app.post_events(&json!({"id": "ev_p", "type": "property.created", "data": property})).await;
+    app.deliver_pending().await;
+    stub.take_events();
+    let listing = stub.state().find("0-420", "crm_gateway_id", "7").unwrap().id.clone();
+    // A contact and a deal made in HubSpot, both numbered 902 (deal 901 is someone else's).
+    stub.state().create("deals", &[("dealname", "Someone else")], "CRM_UI");
+    stub.take_events();
+    let contact = stub.state().create("contacts", &[("firstname", "Bo"), ("email", "bo@example.com")], "CRM_UI");
+    let deal = stub.state().create(
+        "deals",
+        &[
+            ("dealname", "Bo"),
+            ("crm_gateway_guest_email", "bo@example.com"),
+            ("crm_gateway_property_id", &listing),
+            ("crm_gateway_check_in", "2025-08-01"),
+            ("crm_gateway_check_out", "2025-08-03"),
+            ("crm_gateway_guests", "2"),
+            ("amount", "300"),
+            ("crm_gateway_status", "pending"),
+            ("crm_gateway_payment_status", "pending"),
+        ],
+        "CRM_UI",
+    );
+    assert_eq!(contact, deal, "the same number in two object types");
+    let outcomes = flush(&app, &stub).await;
+    assert!(!outcomes.iter().any(|o| o == "failed"), "{outcomes:?}");
+    assert!(user_by_crm_id(&app, &contact).await.is_some());
+    use sea_orm::{ColumnTrait, QueryFilter};
+    let booking = entity::bookings::Entity::find()
+        .filter(entity::bookings::Column::CrmId.eq(deal.as_str()))
+        .one(app.db.reader())
+        .await
+        .unwrap()
+        .expect("the deal became a booking");
+    assert_eq!((booking.property_id, booking.guests, booking.total_price), (7, 2, 30000));
+}
+
+async fn a_whole_batch_refused_for_one_email_is_sent_again_record_by_record(database: TestDatabase) {
+    let (app, stub) = with_stub(database).await;
+    let existing = stub.state().create("contacts", &[("email", "user_2@example.com")], "CRM_UI");
+    stub.take_events();
+    stub.state().refuse_whole_batch = true;
+    register(&app, "ev_1", "user_1").await;
+    register(&app, "ev_2", "user_2").await;
+    app.deliver_pending().await;
+    assert_eq!(stored_user(&app, "user_2").await.crm_id.as_deref(), Some(existing.as_str()), "linked, not failed");
+    assert_eq!(stored_user(&app, "user_1").await.crm_sync_status, CrmSyncStatus::Synced);
+    assert_eq!(stub.state().objects.len(), 2);
+}
+
+async fn answers_that_do_not_say_which_record_is_which_link_nothing_wrongly(database: TestDatabase) {
+    let (app, stub) = with_stub(database).await;
+    stub.state().hide_id_property = true;
+    register(&app, "ev_1", "user_1").await;
+    register(&app, "ev_2", "user_2").await;
+    app.deliver_pending().await;
+    assert_eq!(stored_user(&app, "user_1").await.crm_id, None, "which result is whose is unknown");
+    assert_eq!(stored_user(&app, "user_2").await.crm_id, None);
+    stub.state().hide_id_property = false;
+    app.deliver_at(chrono::Utc::now() + chrono::Duration::hours(1)).await;
+    for user in ["user_1", "user_2"] {
+        let crm_id = stored_user(&app, user).await.crm_id.expect("linked once the answer says");
+        assert_eq!(stub.state().object("contacts", &crm_id).unwrap().get("crm_gateway_id"), Some(user));
+    }
+    assert_eq!(stub.state().objects.len(), 2, "the upserts made no second record");
+}
+
 on_both_databases_without_app!(
     only_the_configured_providers_route_answers,
     a_contact_created_in_hubspot_becomes_a_user_linked_both_ways,
@@ -521,4 +626,9 @@ on_both_databases_without_app!(
     a_record_type_switched_off_is_neither_sent_nor_taken,
     a_merge_keeps_one_user_linked_to_the_survivor_and_deletes_the_duplicate,
     every_record_type_reaches_its_object_and_associations_made_in_hubspot_come_back,
+    linking_a_hubspot_contact_without_site_values_keeps_the_owner_an_owner,
+    a_change_back_to_the_last_value_sent_is_taken_too,
+    objects_of_two_types_with_one_id_are_both_read,
+    a_whole_batch_refused_for_one_email_is_sent_again_record_by_record,
+    answers_that_do_not_say_which_record_is_which_link_nothing_wrongly,
 );

@@ -80,7 +80,13 @@ pub struct State {
     pub refuse: HashSet<String>,
     /// Webhook events not yet sent.
     pub outbox: Vec<Value>,
-    next_id: u64,
+    /// Ids per object type, as HubSpot's are (contact 901 and deal 901 are two records).
+    next_id: HashMap<String, u64>,
+    /// Answer upserts without the id property in their results (HubSpot need not echo it).
+    pub hide_id_property: bool,
+    /// Refuse a whole batch with a 409 when one of its contacts has an email already taken
+    /// (instead of a 207 naming that record).
+    pub refuse_whole_batch: bool,
     next_event: i64,
     clock_ms: i64,
 }
@@ -96,6 +102,12 @@ fn webhook_object(object: &str) -> &str {
 }
 
 impl State {
+    fn new_id(&mut self, object: &str) -> String {
+        let n = self.next_id.entry(object.to_owned()).or_default();
+        *n += 1;
+        (900 + *n).to_string()
+    }
+
     /// A strictly increasing clock a little past the real one: every change has its own time.
     fn tick(&mut self) -> i64 {
         let now = chrono::Utc::now().timestamp_millis();
@@ -133,8 +145,7 @@ impl State {
     /// Creates an object as a HubSpot user would; returns its id (its creation and property
     /// events queued).
     pub fn create(&mut self, object: &str, properties: &[(&str, &str)], source: &str) -> String {
-        self.next_id += 1;
-        let id = (900 + self.next_id).to_string();
+        let id = self.new_id(object);
         let at = self.tick();
         let mut obj = Object { id: id.clone(), history: BTreeMap::new(), updated_ms: at };
         for (k, v) in properties {
@@ -224,8 +235,7 @@ impl State {
         let mut kept = self.objects.remove(&(object.to_owned(), primary.to_owned())).unwrap();
         self.objects.remove(&(object.to_owned(), secondary.to_owned()));
         if new_id {
-            self.next_id += 1;
-            kept.id = (900 + self.next_id).to_string();
+            kept.id = self.new_id(object);
         }
         kept.updated_ms = at;
         let survivor = kept.id.clone();
@@ -342,6 +352,22 @@ impl Respond for Responder {
         let (status, answer) = match (request.method.as_str(), segments.as_slice()) {
             ("POST", ["crm", "v3", "objects", object, "batch", "upsert"]) => {
                 let inputs = body["inputs"].as_array().cloned().unwrap_or_default();
+                let taken = |state: &State, input: &Value| {
+                    let email = input["properties"]["email"].as_str().unwrap_or_default();
+                    let unique = input["id"].as_str().unwrap_or_default();
+                    let id_property = input["idProperty"].as_str().unwrap_or_default();
+                    if *object != "contacts" || email.is_empty() || state.find(object, id_property, unique).is_some() {
+                        return None;
+                    }
+                    state.find(object, "email", email).map(|o| o.id.clone())
+                };
+                if state.refuse_whole_batch
+                    && let Some(existing) = inputs.iter().find_map(|i| taken(&state, i))
+                {
+                    let message = format!("Contact already exists. Existing ID: {existing}");
+                    let answer = json!({"status": "error", "category": "CONFLICT", "message": message});
+                    return ResponseTemplate::new(409).set_body_json(answer);
+                }
                 let (mut results, mut errors) = (Vec::new(), Vec::new());
                 for input in &inputs {
                     match state.upsert(object, input) {
@@ -350,6 +376,9 @@ impl Respond for Responder {
                             let mut wanted: Vec<String> =
                                 input["properties"].as_object().into_iter().flatten().map(|(k, _)| k.clone()).collect();
                             wanted.push(id_property);
+                            if state.hide_id_property {
+                                wanted.clear();
+                            }
                             let mut result = state.object(object, &id).unwrap().json(&wanted, false);
                             result["new"] = json!(new);
                             results.push(result);

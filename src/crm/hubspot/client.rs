@@ -43,6 +43,9 @@ impl PartialEq for HubSpotConfig {
 }
 impl Eq for HubSpotConfig {}
 
+/// Most results one search reads, however it is paged.
+const SEARCH_CAP: u64 = 10_000;
+
 #[derive(Debug)]
 pub struct HubSpotClient {
     http: reqwest::Client,
@@ -245,8 +248,9 @@ impl HubSpotClient {
     }
 
     /// Writes each reference in `fields` as HubSpot's default association too (safe to repeat).
-    /// A refused association leaves the reference in its property, and is logged, not retried.
-    async fn associate(&self, t: RecordType, id: &str, fields: &Map<String, Value>) -> Result<(), CrmError> {
+    /// The reference itself is in its property, written with the record: an association that
+    /// fails is logged and made again with the record's next write, and never fails the write.
+    async fn associate(&self, t: RecordType, id: &str, fields: &Map<String, Value>) {
         for field in t.fields() {
             let (Kind::Ref(target) | Kind::OptRef(target)) = field.kind else { continue };
             let Some(to) = fields.get(field.crm[0]).and_then(Value::as_str).filter(|s| !s.is_empty()) else { continue };
@@ -259,15 +263,10 @@ impl HubSpotClient {
                 mapping.object(t).object,
                 mapping.object(target).object
             );
-            match self.call("associate", Method::PUT, &path, None).await {
-                Ok(_) => {}
-                Err(e) if e.is_transient() || matches!(e, CrmError::NotSent { .. }) => return Err(e),
-                Err(e) => {
-                    tracing::warn!(record = t.as_str(), id, field = field.crm[0], error = %e, "HubSpot refused an association")
-                }
+            if let Err(e) = self.call("associate", Method::PUT, &path, None).await {
+                tracing::warn!(record = t.as_str(), id, field = field.crm[0], error = %e, "an association was not made");
             }
         }
-        Ok(())
     }
 
     /// Upserts up to `batch_size` records by the id property.
@@ -308,47 +307,86 @@ impl HubSpotClient {
         let upserted: Upserted =
             serde_json::from_value(answer.body).map_err(|e| Self::unreadable("a batch upsert", e))?;
         let mut items = Vec::with_capacity(records.len());
-        let all_answered = upserted.results.len() == records.len();
-        for (i, record) in records.iter().enumerate() {
+        let mut unanswered = Vec::new();
+        for record in records {
             let external_id = record.get("externalId").and_then(Value::as_str).unwrap_or_default().to_owned();
             let result = upserted
                 .results
                 .iter()
                 .find(|r| r.object.properties.get(&id_property).and_then(Value::as_str) == Some(external_id.as_str()))
-                // Results that do not echo the id property answer in the inputs' order.
-                .or_else(|| all_answered.then(|| &upserted.results[i]));
-            let item = match result {
+                // A result that does not show the id property is only surely this record's when
+                // the call had no other (HubSpot does not promise the inputs' order).
+                .or_else(|| (records.len() == 1 && upserted.results.len() == 1).then(|| &upserted.results[0]));
+            match result {
                 Some(result) => {
-                    self.associate(t, &result.object.id, record).await?;
-                    BatchItem {
+                    self.associate(t, &result.object.id, record).await;
+                    items.push(BatchItem {
                         external_id,
                         id: Some(result.object.id.clone()),
                         status: if result.new { "created" } else { "updated" }.into(),
                         error: None,
-                    }
+                    });
                 }
-                None => BatchItem {
-                    external_id: external_id.clone(),
-                    id: None,
-                    status: "error".into(),
-                    error: Some(item_error(&upserted.errors, &external_id)),
-                },
-            };
-            items.push(item);
+                None => {
+                    unanswered.push(items.len());
+                    items.push(BatchItem { external_id, id: None, status: "error".into(), error: None });
+                }
+            }
+        }
+        let alone = unanswered.len() == 1 && upserted.errors.len() == 1;
+        for i in unanswered {
+            let item = &mut items[i];
+            item.error = Some(item_error(&upserted.errors, &item.external_id, alone));
         }
         Ok(items)
     }
 }
 
-/// The error of one input of a 207: the error naming its id, else the first; a 429 or 5xx status
-/// makes it worth retrying.
-fn item_error(errors: &[Value], external_id: &str) -> ErrorBody {
+/// The cursor of a search's next page: HubSpot's `after` within the search, or, when the next page
+/// would pass the 10,000 results a search reads, a new search from the last time read (its records
+/// come again, and are recognised as already applied). A whole cap of records changed in one
+/// millisecond would not move on: then the new search starts just past it.
+fn next_cursor(from_ms: i64, after: &str, last_ms: Option<i64>, limit: u32) -> String {
+    match (after.parse::<u64>(), last_ms) {
+        (Ok(n), Some(last)) if n + u64::from(limit) > SEARCH_CAP => {
+            format!("{}:0", if last > from_ms { last } else { last + 1 })
+        }
+        _ => format!("{from_ms}:{after}"),
+    }
+}
+
+/// A whole batch refused (a 400 for one bad record, a 409 for a duplicate email): the refusal,
+/// as the answer of the one record it was about.
+fn refused_item(record: &Map<String, Value>, e: &CrmError) -> BatchItem {
+    let external_id = record.get("externalId").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let error = match e {
+        CrmError::Duplicate { existing_id } => ErrorBody {
+            code: "duplicate".into(),
+            message: e.to_string(),
+            existing_id: Some(existing_id.clone()),
+            status: Some(409),
+        },
+        CrmError::Permanent { status, code, message } => {
+            ErrorBody { code: code.clone(), message: message.clone(), existing_id: None, status: Some(*status) }
+        }
+        other => {
+            ErrorBody { code: "error".into(), message: other.to_string(), existing_id: None, status: other.status() }
+        }
+    };
+    BatchItem { external_id, id: None, status: "error".into(), error: Some(error) }
+}
+
+/// The error of one input of a 207: the error naming its id, or the only error when this is the
+/// only input left unanswered. Otherwise the record's fate is unknown: it is sent again (an upsert
+/// by its id is safe to repeat). A 429 or 5xx status makes an error worth retrying.
+fn item_error(errors: &[Value], external_id: &str, alone: bool) -> ErrorBody {
     let names = |e: &&Value| e.to_string().contains(&format!("\"{external_id}\""));
-    let Some(error) = errors.iter().find(names).or(errors.first()) else {
+    let Some(error) = errors.iter().find(names).or(errors.first().filter(|_| alone)) else {
         return ErrorBody {
-            code: "missing".into(),
-            message: "HubSpot's answer left this record out".into(),
-            ..Default::default()
+            code: "unanswered".into(),
+            message: "HubSpot's answer did not say what became of this record".into(),
+            existing_id: None,
+            status: Some(503),
         };
     };
     let body = errors::ErrorBody::read(error.to_string().as_bytes());
@@ -385,6 +423,8 @@ impl CrmClient for HubSpotClient {
                         updated_at: None,
                         fields: record_fields,
                         changed_at: Default::default(),
+                        partial: false,
+                        defaults: Map::new(),
                     },
                     request_id: None,
                 })
@@ -404,7 +444,7 @@ impl CrmClient for HubSpotClient {
         let body = json!({ "properties": self.properties(t, fields, false) });
         let answer = self.call("update", Method::PATCH, &format!("{}/{id}", self.objects(t)), Some(&body)).await?;
         let object: Object = serde_json::from_value(answer.body).map_err(|e| Self::unreadable("an update", e))?;
-        self.associate(t, &object.id, fields).await?;
+        self.associate(t, &object.id, fields).await;
         let mut record = self.record(t, &object);
         // The answer holds the properties sent; the others are not read back.
         record.fields.retain(|k, _| fields.contains_key(k) || k == "id" || k == "externalId");
@@ -424,9 +464,8 @@ impl CrmClient for HubSpotClient {
         Ok(self.record(t, &object))
     }
 
-    /// A search for objects modified at or after `since`, oldest first; the cursor is HubSpot's
-    /// `after`. (HubSpot's search stops at 10,000 results a query: a longer import resumes from
-    /// its stored time.)
+    /// A search for objects modified at or after `since`, oldest first, paged by HubSpot's
+    /// `after` and, past its 10,000 results a search, by a new search from the last time read.
     async fn list_since(
         &self,
         t: RecordType,
@@ -435,18 +474,25 @@ impl CrmClient for HubSpotClient {
         limit: u32,
     ) -> Result<Page, CrmError> {
         let object = self.config.mapping.object(t);
+        // The cursor is `<from ms>:<after>`: a search reads at most 10,000 results, so a long
+        // listing goes on with a new search from the last time read.
+        let (from_ms, after) = match cursor.and_then(|c| c.split_once(':')) {
+            Some((from, after)) => (from.parse().unwrap_or(since.timestamp_millis()), after.to_owned()),
+            None => (since.timestamp_millis(), cursor.unwrap_or_default().to_owned()),
+        };
+        let limit = limit.clamp(1, 200);
         let mut body = json!({
             "filterGroups": [{ "filters": [{
                 "propertyName": object.modified_property,
                 "operator": "GTE",
-                "value": since.timestamp_millis().to_string(),
+                "value": from_ms.to_string(),
             }]}],
             "sorts": [{ "propertyName": object.modified_property, "direction": "ASCENDING" }],
             "properties": self.config.mapping.read_properties(t),
-            "limit": limit.clamp(1, 200),
+            "limit": limit,
         });
-        if let Some(after) = cursor {
-            body["after"] = Value::String(after.to_owned());
+        if !after.is_empty() && after != "0" {
+            body["after"] = Value::String(after);
         }
         let answer = self.call("list", Method::POST, &format!("{}/search", self.objects(t)), Some(&body)).await?;
         #[derive(Deserialize)]
@@ -457,11 +503,13 @@ impl CrmClient for HubSpotClient {
             paging: Option<Value>,
         }
         let found: Found = serde_json::from_value(answer.body).map_err(|e| Self::unreadable("a search", e))?;
-        let next_cursor = found
+        let next_after = found
             .paging
             .as_ref()
             .and_then(|p| p.pointer("/next/after"))
             .and_then(|a| a.as_str().map(str::to_owned).or_else(|| a.as_i64().map(|n| n.to_string())));
+        let last_ms = found.results.iter().filter_map(|o| o.updated_at).map(|at| at.timestamp_millis()).max();
+        let next_cursor = next_after.map(|after| next_cursor(from_ms, &after, last_ms, limit));
         Ok(Page { data: found.results.iter().map(|o| self.record(t, o)).collect(), next_cursor })
     }
 
@@ -488,8 +536,46 @@ impl CrmClient for HubSpotClient {
     ) -> Result<(Vec<BatchItem>, Option<String>), CrmError> {
         let mut items = Vec::with_capacity(records.len());
         for chunk in records.chunks(self.config.batch_size.max(1)) {
-            items.extend(self.upsert_chunk(t, chunk).await?);
+            match self.upsert_chunk(t, chunk).await {
+                Ok(answered) => items.extend(answered),
+                Err(e) if e.is_transient() || matches!(e, CrmError::NotSent { .. }) => return Err(e),
+                // A refusal of the whole batch may be one record's fault: each alone, so that
+                // only that one fails (and a duplicate email is linked).
+                Err(e) if chunk.len() == 1 => items.push(refused_item(&chunk[0], &e)),
+                Err(_) => {
+                    for record in chunk {
+                        match self.upsert_chunk(t, std::slice::from_ref(record)).await {
+                            Ok(answered) => items.extend(answered),
+                            Err(e) if e.is_transient() || matches!(e, CrmError::NotSent { .. }) => return Err(e),
+                            Err(e) => items.push(refused_item(record, &e)),
+                        }
+                    }
+                }
+            }
         }
         Ok((items, None))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listing_longer_than_a_search_goes_on_from_the_last_time_read() {
+        assert_eq!(next_cursor(1_000, "200", Some(5_000), 200), "1000:200");
+        assert_eq!(next_cursor(1_000, "9800", Some(5_000), 200), "1000:9800", "the last page within the cap");
+        assert_eq!(next_cursor(1_000, "9900", Some(5_000), 200), "5000:0", "past it: a new search");
+        assert_eq!(next_cursor(5_000, "9900", Some(5_000), 200), "5001:0", "one millisecond full: past it");
+    }
+
+    #[test]
+    fn an_error_is_only_a_records_own_when_it_names_it_or_is_the_only_one() {
+        let errors = [json!({"status": "error", "message": "Existing ID: 42", "context": {"ids": ["user_2"]}})];
+        assert_eq!(item_error(&errors, "user_2", false).existing_id.as_deref(), Some("42"));
+        let unnamed = [json!({"status": "error", "message": "Contact already exists. Existing ID: 42"})];
+        assert_eq!(item_error(&unnamed, "user_1", true).existing_id.as_deref(), Some("42"));
+        let unknown = item_error(&unnamed, "user_1", false);
+        assert_eq!((unknown.existing_id, unknown.status), (None, Some(503)), "not another record's id");
     }
 }

@@ -56,8 +56,9 @@ pub struct ObjectMap {
     pub properties: Vec<(String, String)>,
     /// Properties sent when the gateway creates the object (a pipeline and stage, say).
     pub on_create: BTreeMap<String, String>,
-    /// Gateway field → the value read when HubSpot has none (a contact made in HubSpot has no
-    /// site role: it becomes a guest).
+    /// Gateway field → what a record created here takes when HubSpot holds no value (a contact
+    /// made in HubSpot has no site role: it becomes a guest). Never applied to a record that
+    /// exists here.
     pub defaults: BTreeMap<String, String>,
 }
 
@@ -112,7 +113,8 @@ fn standard(
         RecordType::Property => ("0-420", Some("0-420"), MODIFIED, &[("title", "hs_name")]),
         RecordType::Enquiry => ("tickets", Some("0-5"), MODIFIED, &[("subject", "subject"), ("message", "content")]),
         RecordType::Booking => ("deals", Some("0-3"), MODIFIED, &[("guestName", "dealname"), ("totalPrice", "amount")]),
-        // A custom object (Enterprise); its type id (2-...) is the account's, so it has no default.
+        // A custom object (Enterprise; off unless the file turns it on); its type id (2-...) is
+        // the account's, so it has no default.
         RecordType::Membership => ("p_memberships", None, MODIFIED, &[]),
     }
 }
@@ -229,7 +231,8 @@ impl Mapping {
                 t,
                 ObjectMap {
                     record: t,
-                    enabled: given.enabled.unwrap_or(true),
+                    // Memberships need a custom object (an Enterprise feature): on when asked.
+                    enabled: given.enabled.unwrap_or(t != RecordType::Membership),
                     object,
                     object_type_id,
                     modified_property: given.modified_property.unwrap_or_else(|| modified.to_owned()),
@@ -318,12 +321,20 @@ impl Mapping {
         properties: &Map<String, Value>,
         updated_at: Option<DateTime<Utc>>,
     ) -> CrmRecord {
-        let mut fields = Map::new();
         let object = self.object(t);
+        let (mut fields, mut defaults) = (Map::new(), Map::new());
         for (name, property) in &object.properties {
             let raw = properties.get(property).and_then(Value::as_str).unwrap_or_default();
-            let raw = if raw.is_empty() { object.defaults.get(name).map_or("", String::as_str) } else { raw };
-            fields.insert(name.clone(), from_text(field_kind(t, name), raw));
+            let kind = field_kind(t, name);
+            if raw.is_empty() && required(kind) {
+                // No value in HubSpot: unknown, not cleared. A record created here from this one
+                // takes the mapping's default.
+                if let Some(default) = object.defaults.get(name) {
+                    defaults.insert(name.clone(), from_text(kind, default));
+                }
+                continue;
+            }
+            fields.insert(name.clone(), from_text(kind, raw));
         }
         let external_id =
             properties.get(&self.id_property).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned);
@@ -331,7 +342,16 @@ impl Mapping {
             fields.insert("externalId".into(), Value::String(external_id.clone()));
         }
         fields.insert("id".into(), Value::String(id.to_owned()));
-        CrmRecord { id: id.to_owned(), external_id, version: 0, updated_at, fields, changed_at: Default::default() }
+        CrmRecord {
+            id: id.to_owned(),
+            external_id,
+            version: 0,
+            updated_at,
+            fields,
+            changed_at: Default::default(),
+            partial: true,
+            defaults,
+        }
     }
 
     /// One gateway field's value from a HubSpot property's text.
@@ -368,6 +388,11 @@ fn field_kind(t: RecordType, name: &str) -> Kind {
         .iter()
         .find(|f: &&Field| f.crm.contains(&name))
         .map_or(Kind::OptText, |f| if f.kind == Kind::Name { Kind::OptText } else { f.kind })
+}
+
+/// Whether a field of this kind must hold a value (an empty optional one is a cleared value).
+fn required(kind: Kind) -> bool {
+    matches!(kind, Kind::Text | Kind::Int | Kind::Money | Kind::Date | Kind::Bool | Kind::Enum(_) | Kind::Ref(_))
 }
 
 /// A JSON value as HubSpot's text.
@@ -419,8 +444,9 @@ mod tests {
         assert_eq!(m.object(RecordType::Enquiry).object, "tickets");
         assert_eq!(m.record_type_of("deal"), Some(RecordType::Booking));
         assert_eq!(m.record_type_of("0-420"), Some(RecordType::Property));
-        // A custom object's type id is the account's.
+        // A custom object's type id is the account's; memberships are off until asked for.
         assert_eq!(m.record_type_of("2-123"), None);
+        assert!(!m.object(RecordType::Membership).enabled);
         for t in RecordType::ALL {
             assert_eq!(m.object(t).properties.len(), crm_fields(t).count(), "{t:?}");
         }
@@ -432,6 +458,7 @@ mod tests {
             r#"
             id_property = "site_id"
             [membership]
+            enabled = true
             object = "2-777"
             [booking.properties]
             status = "dealstage"

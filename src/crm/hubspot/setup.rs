@@ -23,17 +23,19 @@ pub struct Step {
     /// HubSpot's property type: `string` or `number`.
     pub kind: &'static str,
     pub unique: bool,
-    /// `exists`, `created`, `would create`, or `exists, not unique` (a problem).
+    /// `exists`, `created`, `would create`, or a problem: `exists, not unique`, `no such object
+    /// in the account`.
     pub result: &'static str,
 }
 
 impl Step {
     pub fn is_problem(&self) -> bool {
-        self.result == NOT_UNIQUE
+        self.result == NOT_UNIQUE || self.result == NO_OBJECT
     }
 }
 
 const NOT_UNIQUE: &str = "exists, not unique";
+const NO_OBJECT: &str = "no such object in the account";
 
 /// HubSpot's type for a gateway field: numbers for counts and amounts, text for the rest (dates,
 /// choices and references included, so that every value crosses unchanged).
@@ -50,7 +52,16 @@ pub async fn run(client: &HubSpotClient, dry_run: bool) -> Result<Vec<Step>, Crm
     let mut steps = Vec::new();
     for t in mapping.enabled() {
         let object = mapping.object(t).object.clone();
-        let existing = client.property_list(&object).await?;
+        let existing = match client.property_list(&object).await {
+            Ok(existing) => existing,
+            // Not in this account (listings not switched on, no such custom object).
+            Err(CrmError::NotFound { .. }) => {
+                let (property, kind, unique, result) = (String::new(), "", false, NO_OBJECT);
+                steps.push(Step { record_type: t.as_str(), object, property, kind, unique, result });
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let find = |name: &str| existing.iter().find(|p| p["name"].as_str() == Some(name));
         let mut wanted = vec![(mapping.id_property.clone(), "string", true)];
         for (field, property) in &mapping.object(t).properties {
@@ -112,14 +123,22 @@ pub async fn command(config: &crate::config::Config, dry_run: bool, as_json: boo
             (false, n, _) => println!("Created {n} properties in the {GROUP} group."),
         }
     }
-    let problems: Vec<&Step> = steps.iter().filter(|s| s.is_problem()).collect();
-    if let Some(first) = problems.first() {
-        anyhow::bail!(
-            "{} on {} exists without unique values: upserts need it unique. Delete it in HubSpot (or name \
-             another id_property in CRM_MAPPING_FILE) and run setup again",
-            first.property,
-            first.object
-        );
+    let mut problems = Vec::new();
+    for step in steps.iter().filter(|s| s.is_problem()) {
+        problems.push(if step.result == NO_OBJECT {
+            format!(
+                "{} records go to object {}, which this account does not have: switch it on in HubSpot, name \
+                 another object in CRM_MAPPING_FILE, or set enabled = false for {}",
+                step.record_type, step.object, step.record_type
+            )
+        } else {
+            format!(
+                "{} on {} exists without unique values, and upserts need them: delete it in HubSpot (or name \
+                 another id_property in CRM_MAPPING_FILE)",
+                step.property, step.object
+            )
+        });
     }
+    anyhow::ensure!(problems.is_empty(), "{}; then run setup again", problems.join("; "));
     Ok(())
 }
