@@ -32,6 +32,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// How long a delivery's reads may wait to be sent.
 const READ_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3);
+/// How long after its creation an object HubSpot cannot read yet is waited for (503, sent again).
+const READ_LAG: std::time::Duration = std::time::Duration::from_secs(120);
 
 pub fn routes(cfg: &mut web::ServiceConfig, body_limit: usize) {
     cfg.service(
@@ -135,6 +137,13 @@ async fn changes_of(
             deleted.insert((t, id.to_string()));
         }
     }
+    for (event, _) in events.iter().filter(|(e, _)| e.kind().1 == EventKind::Merge) {
+        if let Some(t) = record_type(inbound, event) {
+            for id in merged_ids(event) {
+                deleted.insert((t, id));
+            }
+        }
+    }
     for ids in wanted.values_mut() {
         ids.sort();
         ids.dedup();
@@ -157,7 +166,9 @@ async fn changes_of(
         for record in records.map_err(|e| unavailable(e.to_string()))? {
             read.insert((*t, record.id.clone()), record);
         }
-        // A creation HubSpot cannot show yet (its reads lag its writes): later, not never.
+        // A creation HubSpot cannot show yet (its reads lag its writes) is sent again, for a
+        // while: one older than READ_LAG is gone (deleted or merged since), and only recorded.
+        let now_ms = chrono::Utc::now().timestamp_millis();
         let missing = ids.iter().find(|id| {
             !read.contains_key(&(*t, (*id).clone()))
                 && !deleted.contains(&(*t, (*id).clone()))
@@ -165,6 +176,7 @@ async fn changes_of(
                     e.kind().1 == EventKind::Creation
                         && e.object_id.map(|o| o.to_string()).as_ref() == Some(*id)
                         && record_type(inbound, e) == Some(*t)
+                        && now_ms - e.occurred_at < READ_LAG.as_millis() as i64
                 })
         });
         if let Some(id) = missing
@@ -183,10 +195,9 @@ async fn changes_of(
     Ok(changes)
 }
 
-/// An association added or removed in HubSpot as the reference it stands for: the record it is
-/// from, the reference field and the referenced record's id (null when removed). Only the
-/// direction from the referring record counts (`DEAL_TO_CONTACT` for a booking's guest; HubSpot
-/// sends the reverse too); a required reference is not removed by removing its association.
+/// An association added in HubSpot as the reference it stands for: the record it is from, the
+/// reference field and the referenced record's id. Only the direction from the referring record
+/// counts (`DEAL_TO_CONTACT` for a booking's guest; HubSpot sends the reverse too).
 fn association(inbound: &HubSpotInbound, t: RecordType, event: &Event) -> Result<(String, String, Value), String> {
     let kind = event.association_type.as_deref().unwrap_or_default();
     let not_synced = || format!("association {kind:?} is not a reference the gateway syncs");
@@ -200,12 +211,29 @@ fn association(inbound: &HubSpotInbound, t: RecordType, event: &Event) -> Result
     let (Some(from), Some(to)) = (event.from_object_id, event.to_object_id) else {
         return Err("an association event without its two objects".into());
     };
-    let removed = event.association_removed.unwrap_or(false);
-    if removed && matches!(field.kind, Kind::Ref(_)) {
-        return Err(format!("{} keeps its {}: a required reference is not removed", t.as_str(), field.crm[0]));
+    if event.association_removed.unwrap_or(false) {
+        // Moving a deal to another contact is an addition and a removal, in either order: the
+        // removal of one association does not say the reference is gone.
+        return Err(format!(
+            "an association removed: {}'s {} stays what it is (it changes when another is added)",
+            t.as_str(),
+            field.crm[0]
+        ));
     }
-    let value = if removed { Value::Null } else { Value::String(to.to_string()) };
-    Ok((from.to_string(), field.crm[0].to_owned(), value))
+    Ok((from.to_string(), field.crm[0].to_owned(), Value::String(to.to_string())))
+}
+
+/// The records a merge folds into its survivor, the primary first, in the event's order.
+fn merged_ids(event: &Event) -> Vec<String> {
+    let kept = survivor(event);
+    let mut out: Vec<String> = Vec::new();
+    for id in event.primary_object_id.iter().chain(event.object_id.iter()).chain(event.merged_object_ids.iter()) {
+        let id = id.to_string();
+        if Some(id.as_str()) != kept.map(|k| k.to_string()).as_deref() && !out.contains(&id) {
+            out.push(id);
+        }
+    }
+    out
 }
 
 /// The record a merge leaves: the new object when HubSpot made one, else the primary.
@@ -273,7 +301,11 @@ fn change_of(inbound: &HubSpotInbound, event: &Event, read: &HashMap<(RecordType
             change.changed_fields = vec![field];
             match record {
                 Some(record) => change.set_record(record),
-                None => change.object.data = Some(data),
+                None => {
+                    // One field alone cannot make a record: it waits for the record to be here.
+                    change.needs_record = true;
+                    change.object.data = Some(data);
+                }
             }
             change
         }
@@ -284,23 +316,16 @@ fn change_of(inbound: &HubSpotInbound, event: &Event, read: &HashMap<(RecordType
         }
         EventKind::Merge => {
             let Some(kept) = survivor(event) else { return ignored("a merge that names no record".into()) };
-            let mut merged: Vec<String> = event
-                .merged_object_ids
-                .iter()
-                .chain(event.primary_object_id.iter())
-                .chain(event.object_id.iter())
-                .filter(|id| **id != kept)
-                .map(i64::to_string)
-                .collect();
-            merged.sort();
-            merged.dedup();
             let mut change = Change::of(t, "merged", key, kept.to_string(), at);
-            change.merged_ids = merged;
+            change.merged_ids = merged_ids(event);
+            // The survivor's gateway id, when read, names the local record that stays.
+            change.object.external_id = read.get(&(t, kept.to_string())).and_then(|r| r.external_id.clone());
             change
         }
         EventKind::Association => match association(inbound, t, event) {
             Ok((crm_id, field, value)) => {
                 let mut change = Change::of(t, "updated", key, crm_id.clone(), at);
+                change.needs_record = true;
                 change.echo_of = Some(echo::echo_of(t, &crm_id, &field, &value));
                 change.object.data = Some(Map::from_iter([(field.clone(), value)]));
                 change.changed_fields = vec![field];

@@ -125,6 +125,21 @@ pub(super) async fn apply_event(v: Txn<'_, '_>, ctx: &SyncContext, raw: &Value) 
             }
             return create(v, ctx, t, object, &filled, &version, raw).await;
         }
+        Found::Nothing if event.needs_record => {
+            // Too little to make a record: it waits for the record to be linked here. (The lock:
+            // the release of waiting events takes it too, so one of the two sees the other.)
+            let key = waiting_key(t, &object.id);
+            crate::db::lock_named(v.c, &key).await?;
+            match v.find_by_crm_id_again(t, &object.id).await? {
+                Some(i) => (i, false, false),
+                None => {
+                    let why = format!("waiting for {} {}, which is not known here yet", t.as_str(), object.id);
+                    let mut decision = Decision::new(Outcome::Waiting, why);
+                    decision.waiting_for = Some(key);
+                    return Ok(decision);
+                }
+            }
+        }
         Found::Nothing => return create(v, ctx, t, object, data, &version, raw).await,
         Found::ByCrmId(i) => (i, false, false),
         Found::Unlinked(i, link_back) => (i, true, link_back),
@@ -146,6 +161,10 @@ pub(super) async fn apply_event(v: Txn<'_, '_>, ctx: &SyncContext, raw: &Value) 
     if event.partial {
         // A field the CRM holds no value for is unknown there: what is stored here stands.
         candidates.retain(|f| f.crm.iter().any(|name| data.contains_key(*name)));
+        if linking {
+            // Nor does linking a record the CRM knows less of clear what is known here.
+            candidates.retain(|f| f.crm.iter().any(|name| data.get(*name).is_some_and(|v| !v.is_null())));
+        }
     }
     let mut echo_reason = "no synced field changed";
     if let Some(sent) = own_request_fields(v, &event).await? {
@@ -213,6 +232,15 @@ pub(super) async fn apply_event(v: Txn<'_, '_>, ctx: &SyncContext, raw: &Value) 
             _ => Decision::new(Outcome::Echo, "the values equal what is stored"),
         });
     }
+    if event.partial && event.echo_of.is_none() {
+        // HubSpot holds other values than the gateway sent for these fields: a later change back
+        // to a value sent is the CRM's own (a webhook's own field is forgotten by its `echoOf`).
+        for field in t.fields().iter().filter(|f| changed.contains(&f.local)) {
+            for name in field.crm {
+                v.forget_sent(&super::echo::sent_key(t, &object.id, name), None);
+            }
+        }
+    }
     changed.extend(equal);
     // Fields never stamped keep the stamp they had implicitly (the row's updated_at).
     let unstamped: Vec<&str> =
@@ -267,8 +295,8 @@ async fn own_request_fields(v: Txn<'_, '_>, event: &Event) -> Result<Option<Vec<
         // The last value sent for this field, and the change sets that value: its echo.
         return Ok(match v.own_request(key).await? {
             Some((fields, Some(sent))) if sent == hash => Some(fields),
-            Some(_) => {
-                v.forget_sent(key);
+            Some((_, sent)) => {
+                v.forget_sent(key, sent.as_deref());
                 None
             }
             None => None,
@@ -423,31 +451,47 @@ async fn merge(
     };
     let found = v.find_by_crm_id(t, survivor).await?;
     let mut keeper = found.filter(|&i| !v.local(i).is_deleted());
-    let (mut relinked, mut deleted) = (None, Vec::new());
+    // Every merged record is tombstoned; the live local records linked to them, in the merge's
+    // order (the primary first).
+    let mut linked = Vec::new();
     for merged in event.merged_ids.iter().filter(|id| *id != survivor) {
         let found = v.find_by_crm_id(t, merged).await?;
         let local_id = found.map(|i| v.local(i).id.clone());
         v.set_tombstone(t, merged, local_id.as_deref(), &version);
-        let (Some(i), Some(local_id)) = (found.filter(|&i| !v.local(i).is_deleted()), local_id) else { continue };
-        let mut changes = Map::new();
-        if keeper.is_none() {
-            keeper = Some(i);
-            relinked = Some(local_id.clone());
-            log_applied(v, t, &local_id, survivor, "link", raw);
-        } else {
-            let at = serde_json::to_value(event.object.updated_at).unwrap_or_default();
-            changes.insert("deleted_at".into(), at);
-            deleted.push(local_id.clone());
-            log_applied(v, t, &local_id, merged, "delete", raw);
+        if let (Some(i), Some(local_id)) = (found.filter(|&i| !v.local(i).is_deleted()), local_id) {
+            linked.push((merged, i, local_id));
         }
-        let status = outbox::status_of(v.undelivered(i).await?);
-        mark_synced(
-            &mut changes,
-            if relinked.as_deref() == Some(local_id.as_str()) { survivor } else { merged },
-            status,
-        );
-        v.update(i, changes);
     }
+    // Without a record linked to the survivor, the one the survivor names (its gateway id), else
+    // the primary's, stays and is linked to it.
+    let relinked = match keeper {
+        Some(_) => None,
+        None => {
+            let named = event.object.external_id.as_deref();
+            let at =
+                linked.iter().position(|(_, _, id)| Some(id.as_str()) == named).or((!linked.is_empty()).then_some(0));
+            at.map(|at| linked.remove(at))
+        }
+    };
+    if let Some((_, i, local_id)) = &relinked {
+        keeper = Some(*i);
+        log_applied(v, t, local_id, survivor, "link", raw);
+        let status = outbox::status_of(v.undelivered(*i).await?);
+        let mut changes = Map::new();
+        mark_synced(&mut changes, survivor, status);
+        v.update(*i, changes);
+    }
+    let mut deleted = Vec::new();
+    for (merged, i, local_id) in linked {
+        let mut changes = Map::new();
+        changes.insert("deleted_at".into(), serde_json::to_value(event.object.updated_at).unwrap_or_default());
+        let status = outbox::status_of(v.undelivered(i).await?);
+        mark_synced(&mut changes, merged, status);
+        v.update(i, changes);
+        log_applied(v, t, &local_id, merged, "delete", raw);
+        deleted.push(local_id);
+    }
+    let relinked = relinked.map(|(_, _, id)| id);
     ctx.hlc.observe(version.stamp);
     let mut decision = Decision::applied(keeper.map(|_| (t, survivor.clone())));
     let kept = keeper.map(|i| v.local(i).id.clone());

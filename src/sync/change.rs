@@ -50,6 +50,10 @@ pub struct Change {
     /// What a record created from a partial change takes for its unknown fields.
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub defaults: Map<String, Value>,
+    /// The change holds too little to make a record (one reference, say): when no local record
+    /// is linked to the CRM's record, it waits for one instead of creating it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub needs_record: bool,
     /// Why an `ignored` change is not applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -103,6 +107,7 @@ impl Change {
             merged_ids: Vec::new(),
             partial: false,
             defaults: Map::new(),
+            needs_record: false,
             reason: None,
             object: ChangedObject {
                 object_type: object_type.to_owned(),

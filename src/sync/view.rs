@@ -50,8 +50,9 @@ pub(crate) struct View<'c, C> {
     absent_ids: HashSet<Key>,
     tombstones: HashMap<Key, Option<Version>>,
     new_tombstones: BTreeMap<Key, (Option<String>, Version)>,
-    /// Values sent that the CRM has since replaced: no longer what an echo would carry.
-    forgotten_sent: Vec<String>,
+    /// Values sent that the CRM has since replaced: no longer what an echo would carry (each
+    /// with the hash read, when known, so that a newer value sent meanwhile stays).
+    forgotten_sent: Vec<(String, Option<String>)>,
     versions: HashMap<Key, HashMap<String, Version>>,
     new_versions: BTreeMap<(RecordType, String, String), Version>,
     /// Each request's fields and, for a value sent, its hash.
@@ -472,9 +473,9 @@ impl<'c, C: ConnectionTrait> View<'c, C> {
 
     /// The CRM holds another value than the one last sent (`sent:` key): a later change back to
     /// that value is the CRM's own, not an echo.
-    pub(crate) fn forget_sent(&mut self, key: &str) {
+    pub(crate) fn forget_sent(&mut self, key: &str, hash: Option<&str>) {
         self.requests.insert(key.to_owned(), None);
-        self.forgotten_sent.push(key.to_owned());
+        self.forgotten_sent.push((key.to_owned(), hash.map(str::to_owned)));
     }
 
     /// The undelivered changes of the record in slot `i`.
@@ -645,11 +646,16 @@ impl<'c, C: ConnectionTrait> View<'c, C> {
             tombstones.iter().map(|((t, crm_id), (local_id, v))| (*t, crm_id.as_str(), local_id.as_deref(), v)),
         )
         .await?;
-        for chunk in std::mem::take(&mut self.forgotten_sent).chunks(crate::db::MAX_PARAMS) {
-            crm_sent_values::Entity::delete_many()
-                .filter(crm_sent_values::Column::Key.is_in(chunk.iter().map(String::as_str)))
-                .exec(self.c)
-                .await?;
+        for chunk in std::mem::take(&mut self.forgotten_sent).chunks(crate::db::MAX_PARAMS / 2) {
+            let mut which = sea_orm::Condition::any();
+            for (key, hash) in chunk {
+                let mut one = sea_orm::Condition::all().add(crm_sent_values::Column::Key.eq(key.as_str()));
+                if let Some(hash) = hash {
+                    one = one.add(crm_sent_values::Column::ValueHash.eq(hash.as_str()));
+                }
+                which = which.add(one);
+            }
+            crm_sent_values::Entity::delete_many().filter(which).exec(self.c).await?;
         }
         crate::db::insert_all(self.c, std::mem::take(&mut self.link_backs), None).await?;
         crate::db::insert_all(self.c, std::mem::take(&mut self.logs), None).await?;

@@ -418,14 +418,15 @@ async fn a_record_type_switched_off_is_neither_sent_nor_taken(database: TestData
 async fn a_merge_keeps_one_user_linked_to_the_survivor_and_deletes_the_duplicate(database: TestDatabase) {
     let (app, stub) = with_stub(database).await;
     for new_id in [false, true] {
-        let first = stub.state().create(
-            "contacts",
-            &[("firstname", "Ann"), ("lastname", "Lee"), ("email", format!("ann{new_id}@example.com").as_str())],
-            "CRM_UI",
-        );
+        // The primary is the younger record (a larger id): the merge keeps it, not the older.
         let second = stub.state().create(
             "contacts",
             &[("firstname", "Ann"), ("lastname", "Lee-Smith"), ("email", format!("ann{new_id}@example.org").as_str())],
+            "CRM_UI",
+        );
+        let first = stub.state().create(
+            "contacts",
+            &[("firstname", "Ann"), ("lastname", "Lee"), ("email", format!("ann{new_id}@example.com").as_str())],
             "CRM_UI",
         );
         flush(&app, &stub).await;
@@ -493,11 +494,12 @@ async fn every_record_type_reaches_its_object_and_associations_made_in_hubspot_c
     assert_eq!(outcomes, ["applied", "ignored"], "the deal's side applies, the contact's is its mirror");
     let booking = bookings::Entity::find_by_id(21).one(app.db.reader()).await.unwrap().unwrap();
     assert_eq!(booking.user_id.as_deref(), Some("user_2"));
-    stub.state().associate(("deals", &deal.id), ("contacts", &user_2), true, "CRM_UI");
-    flush(&app, &stub).await;
+    // The move's other half, the removal of the first contact, arriving after: the guest stays.
+    let user_1 = stored_user(&app, "user_1").await.crm_id.unwrap();
+    stub.state().associate(("deals", &deal.id), ("contacts", &user_1), true, "CRM_UI");
+    assert_eq!(flush(&app, &stub).await, ["ignored", "ignored"]);
     let booking = bookings::Entity::find_by_id(21).one(app.db.reader()).await.unwrap().unwrap();
-    assert_eq!(booking.user_id, None, "a booking's guest may be removed");
-    // A booking keeps its property: removing that association changes nothing.
+    assert_eq!(booking.user_id.as_deref(), Some("user_2"));
     stub.state().associate(("deals", &deal.id), ("0-420", &listing.id), true, "CRM_UI");
     assert_eq!(flush(&app, &stub).await, ["ignored", "ignored"]);
     let booking = bookings::Entity::find_by_id(21).one(app.db.reader()).await.unwrap().unwrap();
@@ -518,6 +520,7 @@ async fn linking_a_hubspot_contact_without_site_values_keeps_the_owner_an_owner(
     let user = stored_user(&app, "user_1").await;
     assert_eq!(user.crm_id.as_deref(), Some(id.as_str()), "linked by email");
     assert_eq!(user.role, entity::enums::Role::Owner, "HubSpot holds no role: the site's stands");
+    assert_eq!(user.phone.as_deref(), Some("+44 1"), "nor does an empty phone clear the site's");
     assert_eq!(user.membership_status, entity::enums::MembershipStatus::Pending);
 }
 
@@ -607,6 +610,61 @@ async fn answers_that_do_not_say_which_record_is_which_link_nothing_wrongly(data
     assert_eq!(stub.state().objects.len(), 2, "the upserts made no second record");
 }
 
+async fn an_association_before_its_record_waits_for_it(database: TestDatabase) {
+    let (app, stub) = with_stub(database).await;
+    register(&app, "ev_1", "user_1").await;
+    let property = json!({"id": 7, "ownerId": "user_1", "title": "Haworth Hall", "location": "Haworth",
+        "bedrooms": 12, "pricePerNight": 145050, "currency": "GBP", "status": "active"});
+    app.post_events(&json!({"id": "ev_p", "type": "property.created", "data": property})).await;
+    app.deliver_pending().await;
+    stub.take_events();
+    let listing = stub.state().find("0-420", "crm_gateway_id", "7").unwrap().id.clone();
+    let contact = stored_user(&app, "user_1").await.crm_id.unwrap();
+    let deal = stub.state().create(
+        "deals",
+        &[
+            ("dealname", "Bo"),
+            ("crm_gateway_guest_email", "bo@example.com"),
+            ("crm_gateway_property_id", &listing),
+            ("crm_gateway_check_in", "2025-08-01"),
+            ("crm_gateway_check_out", "2025-08-03"),
+            ("crm_gateway_guests", "2"),
+            ("amount", "300"),
+            ("crm_gateway_status", "pending"),
+            ("crm_gateway_payment_status", "pending"),
+        ],
+        "CRM_UI",
+    );
+    let creation = stub.take_events();
+    stub.state().associate(("deals", &deal), ("contacts", &contact), false, "CRM_UI");
+    // The association comes first: the deal is not here yet.
+    assert_eq!(flush(&app, &stub).await, ["waiting", "ignored"]);
+    let outcomes = deliver(&app, &creation).await;
+    assert!(!outcomes.iter().any(|o| o == "failed"), "{outcomes:?}");
+    use sea_orm::{ColumnTrait, QueryFilter};
+    let booking = entity::bookings::Entity::find()
+        .filter(entity::bookings::Column::CrmId.eq(deal.as_str()))
+        .one(app.db.reader())
+        .await
+        .unwrap()
+        .expect("the deal became a booking");
+    assert_eq!(booking.user_id.as_deref(), Some("user_1"), "the waiting association applied once it could");
+}
+
+async fn a_creation_hubspot_cannot_show_is_sent_again_for_a_while_then_recorded(database: TestDatabase) {
+    let (app, _stub) = with_stub(database).await;
+    let creation = |at: i64| {
+        json!({"eventId": 5, "subscriptionId": 2, "portalId": 3, "occurredAt": at,
+            "subscriptionType": "contact.creation", "objectId": 4242})
+    };
+    let now = chrono::Utc::now().timestamp_millis();
+    let response = post(&app, &[creation(now)]).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "not readable yet: HubSpot sends it again");
+    assert_eq!(crate::helpers::error_code(response).await, "crm_unavailable");
+    // Ten minutes on, it is gone (deleted or merged since): recorded, answered.
+    assert_eq!(deliver(&app, &[creation(now - 600_000)]).await, ["ignored"]);
+}
+
 on_both_databases_without_app!(
     only_the_configured_providers_route_answers,
     a_contact_created_in_hubspot_becomes_a_user_linked_both_ways,
@@ -631,4 +689,6 @@ on_both_databases_without_app!(
     objects_of_two_types_with_one_id_are_both_read,
     a_whole_batch_refused_for_one_email_is_sent_again_record_by_record,
     answers_that_do_not_say_which_record_is_which_link_nothing_wrongly,
+    an_association_before_its_record_waits_for_it,
+    a_creation_hubspot_cannot_show_is_sent_again_for_a_while_then_recorded,
 );

@@ -355,6 +355,13 @@ fn next_cursor(from_ms: i64, after: &str, last_ms: Option<i64>, limit: u32) -> S
     }
 }
 
+/// Whether a refusal of a batch may be one of its records' fault (so the records are tried one by
+/// one): a 400, 409 or 422. An authorization, a missing object or a transient failure is every
+/// record's.
+fn one_records_fault(e: &CrmError) -> bool {
+    matches!(e, CrmError::Duplicate { .. } | CrmError::Permanent { status: 400 | 409 | 422, .. })
+}
+
 /// A whole batch refused (a 400 for one bad record, a 409 for a duplicate email): the refusal,
 /// as the answer of the one record it was about.
 fn refused_item(record: &Map<String, Value>, e: &CrmError) -> BatchItem {
@@ -369,9 +376,16 @@ fn refused_item(record: &Map<String, Value>, e: &CrmError) -> BatchItem {
         CrmError::Permanent { status, code, message } => {
             ErrorBody { code: code.clone(), message: message.clone(), existing_id: None, status: Some(*status) }
         }
-        other => {
-            ErrorBody { code: "error".into(), message: other.to_string(), existing_id: None, status: other.status() }
+        CrmError::NotFound { message } => {
+            ErrorBody { code: "not_found".into(), message: message.clone(), existing_id: None, status: Some(404) }
         }
+        // Not sent, or not answered: sent again later (an upsert by its id is safe to repeat).
+        other => ErrorBody {
+            code: "not_sent".into(),
+            message: other.to_string(),
+            existing_id: None,
+            status: Some(other.status().filter(|s| *s == 429 || *s >= 500).unwrap_or(503)),
+        },
     };
     BatchItem { external_id, id: None, status: "error".into(), error: Some(error) }
 }
@@ -534,20 +548,29 @@ impl CrmClient for HubSpotClient {
         records: &[Map<String, Value>],
         _idempotency_key: &str,
     ) -> Result<(Vec<BatchItem>, Option<String>), CrmError> {
+        // Once anything is written, a failure no longer fails the call: what was written is
+        // answered, and each record not written carries its own error.
         let mut items = Vec::with_capacity(records.len());
         for chunk in records.chunks(self.config.batch_size.max(1)) {
             match self.upsert_chunk(t, chunk).await {
                 Ok(answered) => items.extend(answered),
-                Err(e) if e.is_transient() || matches!(e, CrmError::NotSent { .. }) => return Err(e),
+                Err(e) if items.is_empty() && !one_records_fault(&e) => return Err(e),
                 // A refusal of the whole batch may be one record's fault: each alone, so that
                 // only that one fails (and a duplicate email is linked).
-                Err(e) if chunk.len() == 1 => items.push(refused_item(&chunk[0], &e)),
+                Err(e) if chunk.len() == 1 || !one_records_fault(&e) => {
+                    items.extend(chunk.iter().map(|r| refused_item(r, &e)));
+                }
                 Err(_) => {
+                    let mut stopped = None;
                     for record in chunk {
-                        match self.upsert_chunk(t, std::slice::from_ref(record)).await {
-                            Ok(answered) => items.extend(answered),
-                            Err(e) if e.is_transient() || matches!(e, CrmError::NotSent { .. }) => return Err(e),
-                            Err(e) => items.push(refused_item(record, &e)),
+                        match (&stopped, self.upsert_chunk(t, std::slice::from_ref(record)).await) {
+                            (None, Ok(answered)) => items.extend(answered),
+                            (None, Err(e)) if one_records_fault(&e) => items.push(refused_item(record, &e)),
+                            (None, Err(e)) => {
+                                items.push(refused_item(record, &e));
+                                stopped = Some(e);
+                            }
+                            (Some(e), _) => items.push(refused_item(record, e)),
                         }
                     }
                 }
