@@ -94,6 +94,36 @@ async fn register(app: &TestApp, event_id: &str, user_id: &str) {
     assert_eq!(response.status(), StatusCode::ACCEPTED);
 }
 
+/// Owner `user_1` and their listing (property 7), sent to HubSpot; the listing's id.
+async fn owner_and_listing(app: &TestApp, stub: &Stub) -> String {
+    register(app, "ev_1", "user_1").await;
+    let property = json!({"id": 7, "ownerId": "user_1", "title": "Haworth Hall", "location": "Haworth",
+        "bedrooms": 12, "pricePerNight": 145050, "currency": "GBP", "status": "active"});
+    app.post_events(&json!({"id": "ev_p", "type": "property.created", "data": property})).await;
+    app.deliver_pending().await;
+    stub.take_events();
+    stub.state().find("0-420", "crm_gateway_id", "7").unwrap().id.clone()
+}
+
+/// A deal for two nights at `listing`, made by a HubSpot user; its id.
+fn hubspot_deal(stub: &Stub, listing: &str) -> String {
+    stub.state().create(
+        "deals",
+        &[
+            ("dealname", "Bo"),
+            ("crm_gateway_guest_email", "bo@example.com"),
+            ("crm_gateway_property_id", listing),
+            ("crm_gateway_check_in", "2025-08-01"),
+            ("crm_gateway_check_out", "2025-08-03"),
+            ("crm_gateway_guests", "2"),
+            ("amount", "300"),
+            ("crm_gateway_status", "pending"),
+            ("crm_gateway_payment_status", "pending"),
+        ],
+        "CRM_UI",
+    )
+}
+
 fn ann(stub: &Stub) -> String {
     stub.state().create(
         "contacts",
@@ -540,32 +570,12 @@ async fn a_change_back_to_the_last_value_sent_is_taken_too(database: TestDatabas
 
 async fn objects_of_two_types_with_one_id_are_both_read(database: TestDatabase) {
     let (app, stub) = with_stub(database).await;
-    register(&app, "ev_1", "user_1").await;
-    let property = json!({"id": 7, "ownerId": "user_1", "title": "Haworth Hall", "location": "Haworth",
-        "bedrooms": 12, "pricePerNight": 145050, "currency": "GBP", "status": "active"});
-    app.post_events(&json!({"id": "ev_p", "type": "property.created", "data": property})).await;
-    app.deliver_pending().await;
-    stub.take_events();
-    let listing = stub.state().find("0-420", "crm_gateway_id", "7").unwrap().id.clone();
+    let listing = owner_and_listing(&app, &stub).await;
     // A contact and a deal made in HubSpot, both numbered 902 (deal 901 is someone else's).
     stub.state().create("deals", &[("dealname", "Someone else")], "CRM_UI");
     stub.take_events();
     let contact = stub.state().create("contacts", &[("firstname", "Bo"), ("email", "bo@example.com")], "CRM_UI");
-    let deal = stub.state().create(
-        "deals",
-        &[
-            ("dealname", "Bo"),
-            ("crm_gateway_guest_email", "bo@example.com"),
-            ("crm_gateway_property_id", &listing),
-            ("crm_gateway_check_in", "2025-08-01"),
-            ("crm_gateway_check_out", "2025-08-03"),
-            ("crm_gateway_guests", "2"),
-            ("amount", "300"),
-            ("crm_gateway_status", "pending"),
-            ("crm_gateway_payment_status", "pending"),
-        ],
-        "CRM_UI",
-    );
+    let deal = hubspot_deal(&stub, &listing);
     assert_eq!(contact, deal, "the same number in two object types");
     let outcomes = flush(&app, &stub).await;
     assert!(!outcomes.iter().any(|o| o == "failed"), "{outcomes:?}");
@@ -612,29 +622,9 @@ async fn answers_that_do_not_say_which_record_is_which_link_nothing_wrongly(data
 
 async fn an_association_before_its_record_waits_for_it(database: TestDatabase) {
     let (app, stub) = with_stub(database).await;
-    register(&app, "ev_1", "user_1").await;
-    let property = json!({"id": 7, "ownerId": "user_1", "title": "Haworth Hall", "location": "Haworth",
-        "bedrooms": 12, "pricePerNight": 145050, "currency": "GBP", "status": "active"});
-    app.post_events(&json!({"id": "ev_p", "type": "property.created", "data": property})).await;
-    app.deliver_pending().await;
-    stub.take_events();
-    let listing = stub.state().find("0-420", "crm_gateway_id", "7").unwrap().id.clone();
+    let listing = owner_and_listing(&app, &stub).await;
     let contact = stored_user(&app, "user_1").await.crm_id.unwrap();
-    let deal = stub.state().create(
-        "deals",
-        &[
-            ("dealname", "Bo"),
-            ("crm_gateway_guest_email", "bo@example.com"),
-            ("crm_gateway_property_id", &listing),
-            ("crm_gateway_check_in", "2025-08-01"),
-            ("crm_gateway_check_out", "2025-08-03"),
-            ("crm_gateway_guests", "2"),
-            ("amount", "300"),
-            ("crm_gateway_status", "pending"),
-            ("crm_gateway_payment_status", "pending"),
-        ],
-        "CRM_UI",
-    );
+    let deal = hubspot_deal(&stub, &listing);
     let creation = stub.take_events();
     stub.state().associate(("deals", &deal), ("contacts", &contact), false, "CRM_UI");
     // The association comes first: the deal is not here yet.
