@@ -4,6 +4,7 @@
 pub mod hubspot;
 pub mod mock;
 pub mod rate_limit;
+pub mod salesforce;
 pub mod signing;
 pub mod treadsoft;
 

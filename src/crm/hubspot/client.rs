@@ -152,8 +152,7 @@ impl HubSpotClient {
         let headers = response.headers().clone();
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let limit = LimitHeaders::read(header);
-        if limit.remaining == Some(0) {
-            let wait = limit.interval.unwrap_or(Duration::from_secs(1)).min(Duration::from_secs(60));
+        if let Some(wait) = pause_after(&limit) {
             *self.paused_until.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + wait);
         }
         let bytes = response.bytes().await.map_err(|e| CrmError::Transient {
@@ -340,6 +339,12 @@ impl HubSpotClient {
         }
         Ok(items)
     }
+}
+
+/// How long to send nothing after an answer: the rest of the window (at most a minute) once
+/// HubSpot says no request of it remains; `None` while some do.
+fn pause_after(limit: &LimitHeaders) -> Option<Duration> {
+    (limit.remaining == Some(0)).then(|| limit.interval.unwrap_or(Duration::from_secs(1)).min(Duration::from_secs(60)))
 }
 
 /// The cursor of a search's next page: HubSpot's `after` within the search, or, when the next page
@@ -583,6 +588,19 @@ impl CrmClient for HubSpotClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sending_pauses_for_the_window_once_none_of_its_requests_remain() {
+        let limit = |remaining, interval_ms| LimitHeaders {
+            max: Some(100),
+            remaining: Some(remaining),
+            interval: Some(Duration::from_millis(interval_ms)),
+        };
+        assert_eq!(pause_after(&limit(3, 10_000)), None);
+        assert_eq!(pause_after(&limit(0, 10_000)), Some(Duration::from_secs(10)));
+        assert_eq!(pause_after(&limit(0, 86_400_000)), Some(Duration::from_secs(60)), "at most a minute");
+        assert_eq!(pause_after(&LimitHeaders::default()), None, "no headers, no pause");
+    }
 
     #[test]
     fn a_listing_longer_than_a_search_goes_on_from_the_last_time_read() {
