@@ -2,6 +2,7 @@
 //! at start-up by the configuration (as the seed's factory does).
 
 pub mod hubspot;
+pub mod mapping;
 pub mod mock;
 pub mod rate_limit;
 pub mod salesforce;

@@ -178,7 +178,7 @@ impl HubSpotClient {
 
     fn record(&self, t: RecordType, object: &Object) -> CrmRecord {
         let mapping = &self.config.mapping;
-        let mut record = mapping.from_hubspot(t, &object.id, &object.properties, object.updated_at);
+        let mut record = mapping.from_crm(t, &object.id, &object.properties, object.updated_at);
         for (field, property) in &mapping.object(t).properties {
             if let Some(at) = object.changed_at(property) {
                 record.changed_at.insert(field.clone(), at);
@@ -242,7 +242,7 @@ impl HubSpotClient {
                 properties.insert(k.clone(), Value::String(v.clone()));
             }
         }
-        properties.extend(self.config.mapping.to_hubspot(t, fields));
+        properties.extend(self.config.mapping.to_crm(t, fields));
         properties
     }
 

@@ -6,6 +6,7 @@
 pub mod client;
 pub mod errors;
 pub mod events;
-pub mod mapping;
+/// The mapping is shared with Salesforce: [`crate::crm::mapping`].
+pub use crate::crm::mapping;
 pub mod setup;
 pub mod signature;

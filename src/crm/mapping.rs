@@ -1,11 +1,12 @@
-//! Which HubSpot object holds each record type, and which HubSpot property each of the gateway's
-//! CRM fields: defaults that work out of the box, overridden key by key by a TOML file
-//! (`CRM_MAPPING_FILE`).
+//! Which CRM object holds each record type, and which property (field) each of the gateway's CRM
+//! fields, for a CRM whose names are the account's own (HubSpot, Salesforce): defaults that work
+//! out of the box for each [`Flavor`], overridden key by key by a TOML file (`CRM_MAPPING_FILE`).
 //!
 //! The gateway's CRM fields are the provider-neutral vocabulary of the sync core (the names in
-//! [`crate::sync::mapping`]); this mapping translates them to HubSpot's properties and back.
+//! [`crate::sync::mapping`]); this mapping translates them to the CRM's properties and back.
 //! HubSpot sends and takes every property value as a string: numbers, booleans and dates are
-//! turned back into their JSON kinds by the field's kind, and an empty string is null.
+//! turned back into their JSON kinds by the field's kind, and an empty string is no value.
+//! Salesforce's values keep their JSON kinds; null is no value.
 //!
 //! ```toml
 //! id_property = "crm_gateway_id"   # the unique property holding the gateway's id
@@ -29,12 +30,23 @@ use serde::Deserialize;
 use serde_json::{Map, Number, Value};
 use std::collections::BTreeMap;
 
-/// The unique property that holds the gateway's id of a record, unless the file names another.
+/// The unique property that holds the gateway's id of a record in HubSpot, unless the file names
+/// another.
 pub const DEFAULT_ID_PROPERTY: &str = "crm_gateway_id";
+/// Salesforce's external id field, unless the file names another.
+pub const DEFAULT_SALESFORCE_ID_FIELD: &str = "Crm_Gateway_Id__c";
+
+/// Whose names, defaults and value forms a mapping speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    HubSpot,
+    Salesforce,
+}
 
 /// The whole mapping, every record type's entry filled in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mapping {
+    pub flavor: Flavor,
     pub id_property: String,
     objects: BTreeMap<RecordType, ObjectMap>,
 }
@@ -93,9 +105,27 @@ struct ObjectFile {
 
 /// The default object of each record type, and its standard (non-custom) properties.
 fn standard(
+    flavor: Flavor,
     t: RecordType,
 ) -> (&'static str, Option<&'static str>, &'static str, &'static [(&'static str, &'static str)]) {
     const MODIFIED: &str = "hs_lastmodifieddate";
+    if flavor == Flavor::Salesforce {
+        // Contacts are Salesforce's own; the rest are custom objects (`__c`), named by their
+        // `Name` field where they have one worth showing.
+        const SF_MODIFIED: &str = "LastModifiedDate";
+        return match t {
+            RecordType::Contact => (
+                "Contact",
+                None,
+                SF_MODIFIED,
+                &[("firstName", "FirstName"), ("lastName", "LastName"), ("email", "Email"), ("phone", "Phone")],
+            ),
+            RecordType::Property => ("Rental_Property__c", None, SF_MODIFIED, &[("title", "Name")]),
+            RecordType::Enquiry => ("Enquiry__c", None, SF_MODIFIED, &[]),
+            RecordType::Booking => ("Booking__c", None, SF_MODIFIED, &[]),
+            RecordType::Membership => ("Membership__c", None, SF_MODIFIED, &[]),
+        };
+    }
     match t {
         RecordType::Contact => (
             "contacts",
@@ -127,21 +157,31 @@ fn default_values(t: RecordType) -> BTreeMap<String, String> {
     pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
 }
 
-fn default_on_create(t: RecordType) -> BTreeMap<String, String> {
-    let pairs: &[(&str, &str)] = match t {
-        // A ticket needs a pipeline and a stage: the default support pipeline's first stage.
-        RecordType::Enquiry => &[("hs_pipeline", "0"), ("hs_pipeline_stage", "1")],
-        // A deal goes in the default sales pipeline's first stage.
-        RecordType::Booking => &[("pipeline", "default"), ("dealstage", "appointmentscheduled")],
-        _ => &[],
+fn default_on_create(flavor: Flavor, t: RecordType) -> BTreeMap<String, String> {
+    let pairs: &[(&str, &str)] = match (flavor, t) {
+        (Flavor::Salesforce, _) => &[],
+        (Flavor::HubSpot, t) => match t {
+            // A ticket needs a pipeline and a stage: the default support pipeline's first stage.
+            RecordType::Enquiry => &[("hs_pipeline", "0"), ("hs_pipeline_stage", "1")],
+            // A deal goes in the default sales pipeline's first stage.
+            RecordType::Booking => &[("pipeline", "default"), ("dealstage", "appointmentscheduled")],
+            _ => &[],
+        },
     };
     pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
 }
 
-/// `ownerContactId` → `crm_gateway_owner_contact_id`: the default property of a field with no
-/// standard HubSpot property.
-fn custom_name(field: &str) -> String {
-    format!("crm_gateway_{}", crate::outbound::events::snake_case(field))
+/// The default property of a field with no standard one: `ownerContactId` →
+/// `crm_gateway_owner_contact_id` in HubSpot, `Owner_Contact_Id__c` in Salesforce.
+fn custom_name(flavor: Flavor, field: &str) -> String {
+    let snake = crate::outbound::events::snake_case(field);
+    match flavor {
+        Flavor::HubSpot => format!("crm_gateway_{snake}"),
+        Flavor::Salesforce => {
+            let words: Vec<String> = snake.split('_').map(|w| w[..1].to_ascii_uppercase() + &w[1..]).collect();
+            format!("{}__c", words.join("_"))
+        }
+    }
 }
 
 /// The gateway's CRM fields of a record type, in order (`firstName` and `lastName` for a name).
@@ -150,27 +190,47 @@ fn crm_fields(t: RecordType) -> impl Iterator<Item = &'static str> {
 }
 
 impl Default for Mapping {
+    /// HubSpot's defaults.
     fn default() -> Self {
-        Self::from_file(File::default()).expect("the default mapping is valid")
+        Self::defaults(Flavor::HubSpot)
     }
 }
 
 impl Mapping {
-    /// Reads a mapping file; every key left out keeps its default.
-    pub fn parse(text: &str) -> Result<Self, MappingError> {
-        let file: File = toml::from_str(text).map_err(|e| MappingError(e.to_string()))?;
-        Self::from_file(file)
+    /// A flavour's defaults.
+    pub fn defaults(flavor: Flavor) -> Self {
+        Self::from_file(flavor, File::default()).expect("the default mapping is valid")
     }
 
-    /// Reads the file at `path`.
+    /// Reads a HubSpot mapping file; every key left out keeps its default.
+    pub fn parse(text: &str) -> Result<Self, MappingError> {
+        Self::parse_for(Flavor::HubSpot, text)
+    }
+
+    /// Reads a mapping file for a flavour; every key left out keeps its default.
+    pub fn parse_for(flavor: Flavor, text: &str) -> Result<Self, MappingError> {
+        let file: File = toml::from_str(text).map_err(|e| MappingError(e.to_string()))?;
+        Self::from_file(flavor, file)
+    }
+
+    /// Reads the HubSpot mapping file at `path`.
     pub fn load(path: &std::path::Path) -> Result<Self, MappingError> {
+        Self::load_for(Flavor::HubSpot, path)
+    }
+
+    /// Reads the file at `path` for a flavour.
+    pub fn load_for(flavor: Flavor, path: &std::path::Path) -> Result<Self, MappingError> {
         let text =
             std::fs::read_to_string(path).map_err(|e| MappingError(format!("cannot read {}: {e}", path.display())))?;
-        Self::parse(&text).map_err(|MappingError(e)| MappingError(format!("{}: {e}", path.display())))
+        Self::parse_for(flavor, &text).map_err(|MappingError(e)| MappingError(format!("{}: {e}", path.display())))
     }
 
-    fn from_file(mut file: File) -> Result<Self, MappingError> {
-        let id_property = file.id_property.take().unwrap_or_else(|| DEFAULT_ID_PROPERTY.to_owned());
+    fn from_file(flavor: Flavor, mut file: File) -> Result<Self, MappingError> {
+        let default_id = match flavor {
+            Flavor::HubSpot => DEFAULT_ID_PROPERTY,
+            Flavor::Salesforce => DEFAULT_SALESFORCE_ID_FIELD,
+        };
+        let id_property = file.id_property.take().unwrap_or_else(|| default_id.to_owned());
         check_name("id_property", &id_property)?;
         let mut objects = BTreeMap::new();
         for t in RecordType::ALL {
@@ -182,7 +242,7 @@ impl Mapping {
                 RecordType::Membership => file.membership.take(),
             }
             .unwrap_or_default();
-            let (object, type_id, modified, standard) = standard(t);
+            let (object, type_id, modified, standard) = standard(flavor, t);
             let mut properties = Vec::new();
             for field in crm_fields(t) {
                 let name = given
@@ -190,7 +250,7 @@ impl Mapping {
                     .get(field)
                     .cloned()
                     .or_else(|| standard.iter().find(|(f, _)| *f == field).map(|(_, p)| (*p).to_owned()))
-                    .unwrap_or_else(|| custom_name(field));
+                    .unwrap_or_else(|| custom_name(flavor, field));
                 check_name(&format!("{}.properties.{field}", t.as_str()), &name)?;
                 properties.push((field.to_owned(), name));
             }
@@ -222,7 +282,7 @@ impl Mapping {
             check_name(&format!("{}.object", t.as_str()), &object)?;
             // A changed object keeps the default type id only if it is the default object.
             let object_type_id = given.object_type_id.or_else(|| {
-                (object == self::standard(t).0)
+                (object == self::standard(flavor, t).0)
                     .then(|| type_id.map(str::to_owned))
                     .flatten()
                     .or_else(|| known_type_id(&object))
@@ -231,18 +291,19 @@ impl Mapping {
                 t,
                 ObjectMap {
                     record: t,
-                    // Memberships need a custom object (an Enterprise feature): on when asked.
-                    enabled: given.enabled.unwrap_or(t != RecordType::Membership),
+                    // HubSpot's memberships need a custom object (an Enterprise feature): on when
+                    // asked. Salesforce's custom objects come with every edition that has CDC.
+                    enabled: given.enabled.unwrap_or(flavor == Flavor::Salesforce || t != RecordType::Membership),
                     object,
                     object_type_id,
                     modified_property: given.modified_property.unwrap_or_else(|| modified.to_owned()),
                     properties,
-                    on_create: given.on_create.unwrap_or_else(|| default_on_create(t)),
+                    on_create: given.on_create.unwrap_or_else(|| default_on_create(flavor, t)),
                     defaults,
                 },
             );
         }
-        let mapping = Self { id_property, objects };
+        let mapping = Self { flavor, id_property, objects };
         // A record that refers to a switched-off type could never be sent.
         for t in RecordType::ALL.into_iter().filter(|t| mapping.object(*t).enabled) {
             for field in t.fields() {
@@ -269,8 +330,12 @@ impl Mapping {
         self.objects.values().filter(|o| o.enabled).map(|o| o.record)
     }
 
-    /// The record type of a webhook's object: `contact`, `deal`, `ticket` or an object type id.
+    /// The record type of a change's object: HubSpot's webhook name (`contact`, `deal`,
+    /// `ticket`) or object type id; Salesforce's object API name (`entityName`).
     pub fn record_type_of(&self, object: &str) -> Option<RecordType> {
+        if self.flavor == Flavor::Salesforce {
+            return self.objects.values().find(|o| o.enabled && o.object == object).map(|o| o.record);
+        }
         let type_id = match object {
             "contact" => "0-1",
             "company" => "0-2",
@@ -294,9 +359,9 @@ impl Mapping {
         self.object(t).properties.iter().find(|(_, p)| p == property).map(|(f, _)| f.as_str())
     }
 
-    /// The HubSpot properties for gateway fields (`externalId` → the id property); values as
-    /// strings, null as the empty string (HubSpot's "no value"). Fields not mapped are left out.
-    pub fn to_hubspot(&self, t: RecordType, fields: &Map<String, Value>) -> Map<String, Value> {
+    /// The CRM's properties for gateway fields (`externalId` → the id property); HubSpot's values
+    /// as strings, null as the empty string (its "no value"). Fields not mapped are left out.
+    pub fn to_crm(&self, t: RecordType, fields: &Map<String, Value>) -> Map<String, Value> {
         let object = self.object(t);
         let mut out = Map::new();
         for (name, value) in fields {
@@ -306,15 +371,19 @@ impl Mapping {
                 object.properties.iter().find(|(f, _)| f == name).map(|(_, p)| p.as_str())
             };
             if let Some(property) = property {
-                out.insert(property.to_owned(), Value::String(to_text(value)));
+                let value = match self.flavor {
+                    Flavor::HubSpot => Value::String(to_text(value)),
+                    Flavor::Salesforce => value.clone(),
+                };
+                out.insert(property.to_owned(), value);
             }
         }
         out
     }
 
-    /// A HubSpot object as the sync core reads a CRM record: its gateway fields typed by their
-    /// kind, `externalId` from the id property, stamped by `updatedAt` (HubSpot has no version).
-    pub fn from_hubspot(
+    /// A CRM object as the sync core reads a record: its gateway fields typed by their kind,
+    /// `externalId` from the id property, stamped by `updatedAt` (no version: 0).
+    pub fn from_crm(
         &self,
         t: RecordType,
         id: &str,
@@ -324,17 +393,22 @@ impl Mapping {
         let object = self.object(t);
         let (mut fields, mut defaults) = (Map::new(), Map::new());
         for (name, property) in &object.properties {
-            let raw = properties.get(property).and_then(Value::as_str).unwrap_or_default();
             let kind = field_kind(t, name);
-            if raw.is_empty() && required(kind) {
-                // No value in HubSpot: unknown, not cleared. A record created here from this one
+            let value = match properties.get(property) {
+                None | Some(Value::Null) => Value::Null,
+                Some(Value::String(text)) => from_text(kind, text),
+                // Salesforce's numbers and booleans are JSON already.
+                Some(other) => other.clone(),
+            };
+            if value.is_null() && required(kind) {
+                // No value in the CRM: unknown, not cleared. A record created here from this one
                 // takes the mapping's default.
                 if let Some(default) = object.defaults.get(name) {
                     defaults.insert(name.clone(), from_text(kind, default));
                 }
                 continue;
             }
-            fields.insert(name.clone(), from_text(kind, raw));
+            fields.insert(name.clone(), value);
         }
         let external_id =
             properties.get(&self.id_property).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned);
@@ -478,6 +552,34 @@ mod tests {
     }
 
     #[test]
+    fn salesforces_defaults_name_its_objects_and_keep_values_typed() {
+        let m = Mapping::defaults(Flavor::Salesforce);
+        assert_eq!(m.id_property, "Crm_Gateway_Id__c");
+        assert_eq!(m.object(RecordType::Contact).object, "Contact");
+        assert_eq!(m.field_of(RecordType::Contact, "FirstName"), Some("firstName"));
+        assert_eq!(m.field_of(RecordType::Contact, "Membership_Status__c"), Some("membershipStatus"));
+        assert_eq!(m.field_of(RecordType::Property, "Price_Per_Night__c"), Some("pricePerNight"));
+        assert_eq!(m.record_type_of("Booking__c"), Some(RecordType::Booking));
+        assert_eq!(m.record_type_of("Membership__c"), Some(RecordType::Membership), "on by default");
+        assert_eq!(m.record_type_of("Account"), None);
+        let out = m.to_crm(
+            RecordType::Membership,
+            json!({"externalId": "31", "autoRenew": true, "endDate": null, "startDate": "2025-01-01"})
+                .as_object()
+                .unwrap(),
+        );
+        assert_eq!(
+            Value::Object(out.clone()),
+            json!({"Crm_Gateway_Id__c": "31", "Auto_Renew__c": true, "End_Date__c": null, "Start_Date__c": "2025-01-01"})
+        );
+        let back = m.from_crm(RecordType::Membership, "a0B1", &out, None);
+        assert_eq!(back.fields["autoRenew"], json!(true));
+        assert_eq!(back.fields["endDate"], Value::Null, "an optional field's null is a cleared value");
+        assert!(!back.fields.contains_key("status"), "a required field without a value is unknown");
+        assert_eq!(back.external_id.as_deref(), Some("31"));
+    }
+
+    #[test]
     fn a_bad_file_is_refused_with_the_key_at_fault() {
         let cases = [
             ("[contact.properties]\nnickname = \"x\"", "contact.properties.nickname: not a field"),
@@ -500,7 +602,7 @@ mod tests {
             "externalId": "42", "ownerContactId": "901", "title": "Mill House", "bedrooms": 6,
             "pricePerNight": 120.5, "currency": null
         });
-        let out = m.to_hubspot(RecordType::Property, fields.as_object().unwrap());
+        let out = m.to_crm(RecordType::Property, fields.as_object().unwrap());
         assert_eq!(
             Value::Object(out.clone()),
             json!({
@@ -508,14 +610,14 @@ mod tests {
                 "crm_gateway_bedrooms": "6", "crm_gateway_price_per_night": "120.5", "crm_gateway_currency": ""
             })
         );
-        let back = m.from_hubspot(RecordType::Property, "7001", &out, None);
+        let back = m.from_crm(RecordType::Property, "7001", &out, None);
         assert_eq!(back.external_id.as_deref(), Some("42"));
         assert_eq!(back.fields["bedrooms"], json!(6));
         assert_eq!(back.fields["pricePerNight"], json!(120.5));
         assert_eq!(back.fields["currency"], Value::Null);
         assert_eq!(back.fields["ownerContactId"], json!("901"));
         // Not mapped to anything: left out.
-        assert!(!m.to_hubspot(RecordType::Contact, json!({"nickname": "x"}).as_object().unwrap()).contains_key("x"));
+        assert!(!m.to_crm(RecordType::Contact, json!({"nickname": "x"}).as_object().unwrap()).contains_key("x"));
         assert_eq!(m.value_of(RecordType::Membership, "autoRenew", "true"), json!(true));
         assert_eq!(m.value_of(RecordType::Membership, "autoRenew", "maybe"), json!("maybe"));
     }
