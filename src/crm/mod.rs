@@ -175,6 +175,26 @@ pub(crate) async fn paced<T>(
     answer
 }
 
+/// A pause the CRM asked for (its window's requests used up, its daily allocation nearly): no
+/// request of this client leaves before it ends.
+#[derive(Debug, Default)]
+pub(crate) struct Pause(std::sync::Mutex<Option<std::time::Instant>>);
+
+impl Pause {
+    /// Waits for the pause, if any.
+    pub(crate) async fn wait(&self) {
+        let until = *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(until) = until {
+            tokio::time::sleep_until(until.into()).await;
+        }
+    }
+
+    /// Pauses for `wait` from now.
+    pub(crate) fn set(&self, wait: std::time::Duration) {
+        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(std::time::Instant::now() + wait);
+    }
+}
+
 /// The HTTP client every CRM client sends with: connect and request timeouts, and its name.
 pub(crate) fn http_client(timeout: std::time::Duration) -> reqwest::Result<reqwest::Client> {
     reqwest::Client::builder()

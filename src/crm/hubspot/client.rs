@@ -18,8 +18,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 use url::Url;
 
 /// Where and how to reach a HubSpot account.
@@ -53,7 +53,7 @@ pub struct HubSpotClient {
     limiter: Arc<DefaultDirectRateLimiter>,
     metrics: Option<Arc<Metrics>>,
     /// No request before this instant: HubSpot said its window's requests are used up.
-    paused_until: Mutex<Option<Instant>>,
+    paused: crate::crm::Pause,
 }
 
 /// An object as HubSpot answers it.
@@ -103,7 +103,7 @@ impl HubSpotClient {
             config,
             limiter: Arc::new(rate_limit.limiter()),
             metrics: None,
-            paused_until: Mutex::new(None),
+            paused: crate::crm::Pause::default(),
         })
     }
 
@@ -127,10 +127,7 @@ impl HubSpotClient {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Answer, CrmError> {
-        let pause = *self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(until) = pause {
-            tokio::time::sleep_until(until.into()).await;
-        }
+        self.paused.wait().await;
         crate::crm::paced(&self.limiter, self.metrics.as_deref(), operation, |a: &Answer| a.status, async {
             self.send(method, path, body).await
         })
@@ -153,7 +150,7 @@ impl HubSpotClient {
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let limit = LimitHeaders::read(header);
         if let Some(wait) = pause_after(&limit) {
-            *self.paused_until.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + wait);
+            self.paused.set(wait);
         }
         let bytes = response.bytes().await.map_err(|e| CrmError::Transient {
             status: Some(status),

@@ -1,6 +1,8 @@
-//! Salesforce, the third CRM (issue 13). Built so far: the OAuth token ([`auth`]) and the sorting
-//! of the REST API's answers ([`errors`]). Not yet: the REST client, the mapping, the Change Data
-//! Capture subscriber over the Pub/Sub API, and their wiring to `CRM_PROVIDER=salesforce`.
+//! Salesforce, the third CRM (issue 13). Built so far: the OAuth token ([`auth`]), the sorting of
+//! the REST API's answers ([`errors`]) and the REST client ([`client`], over the shared mapping's
+//! Salesforce flavour). Not yet: the Change Data Capture subscriber over the Pub/Sub API, and the
+//! wiring to `CRM_PROVIDER=salesforce`.
 
 pub mod auth;
+pub mod client;
 pub mod errors;
