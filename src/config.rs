@@ -5,8 +5,9 @@
 //! once and reports every problem, each naming its variable, so a bad deployment fails in one go.
 
 use crate::crm::hubspot::client::HubSpotConfig;
-use crate::crm::hubspot::mapping::Mapping;
+use crate::crm::mapping::{Flavor, Mapping};
 use crate::crm::rate_limit::RateLimit;
+use crate::crm::salesforce::client::SalesforceConfig;
 use crate::outbound::retry::RetrySchedule;
 use crate::sync::lww::Origin;
 use clap::Args;
@@ -41,6 +42,13 @@ pub struct Settings {
     /// left out keeps its documented default.
     #[arg(long, env = "CRM_MAPPING_FILE", global = true)]
     pub crm_mapping_file: Option<String>,
+    /// Salesforce: the Pub/Sub API endpoint. Default https://api.pubsub.salesforce.com:7443
+    /// (http:// only for a loopback address).
+    #[arg(long, env = "CRM_PUBSUB_URL", global = true)]
+    pub crm_pubsub_url: Option<String>,
+    /// Salesforce: the Change Data Capture channel read. Default /data/ChangeEvents.
+    #[arg(long, env = "CRM_CDC_CHANNEL", global = true)]
+    pub crm_cdc_channel: Option<String>,
     /// HubSpot: most records in one batch call. Default 100.
     #[arg(long, env = "CRM_BATCH_SIZE", global = true)]
     pub crm_batch_size: Option<String>,
@@ -136,6 +144,8 @@ pub enum CrmProvider {
     TreadSoft(TreadSoftConfig),
     /// HubSpot's CRM objects API, with a private app's token.
     HubSpot(HubSpotConfig),
+    /// Salesforce's REST API, with a connected app's client credentials.
+    Salesforce(SalesforceConfig),
 }
 
 /// Whose webhooks the gateway takes and whose field names it maps (`CRM_PROVIDER`): the only
@@ -144,6 +154,19 @@ pub enum CrmProvider {
 pub enum Provider {
     TreadSoft,
     HubSpot(HubSpotInbound),
+    /// Salesforce: no webhooks; its changes come by Change Data Capture (a subscriber not built
+    /// yet: until it is, by reconciliation, `CRM_RECONCILE_INTERVAL`).
+    Salesforce(SalesforceInbound),
+}
+
+/// Where Salesforce's Change Data Capture is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SalesforceInbound {
+    /// `CRM_PUBSUB_URL`: the Pub/Sub API endpoint.
+    pub pubsub_url: Url,
+    /// `CRM_CDC_CHANNEL`: the channel read, e.g. `/data/ChangeEvents`.
+    pub channel: String,
+    pub mapping: Arc<Mapping>,
 }
 
 /// What HubSpot's webhook receiver needs, whether the client is HubSpot's or the mock.
@@ -160,6 +183,7 @@ impl Provider {
         match self {
             Self::TreadSoft => "treadsoft",
             Self::HubSpot(_) => "hubspot",
+            Self::Salesforce(_) => "salesforce",
         }
     }
 }
@@ -291,6 +315,7 @@ impl Config {
             CrmProvider::Mock => "mock",
             CrmProvider::TreadSoft(_) => "treadsoft",
             CrmProvider::HubSpot(_) => "hubspot",
+            CrmProvider::Salesforce(_) => "salesforce",
         }
     }
 }
@@ -403,8 +428,12 @@ impl Settings {
             "treadsoft" if enabled => (Provider::TreadSoft, self.treadsoft(&mut problems)),
             "treadsoft" | "mock" => (Provider::TreadSoft, CrmProvider::Mock),
             "hubspot" => self.hubspot(enabled, &mut problems),
+            "salesforce" => self.salesforce(enabled, &mut problems),
             other => {
-                problems.add("CRM_PROVIDER", format!("unknown provider {other:?}; expected treadsoft or hubspot"));
+                problems.add(
+                    "CRM_PROVIDER",
+                    format!("unknown provider {other:?}; expected treadsoft, hubspot or salesforce"),
+                );
                 (Provider::TreadSoft, CrmProvider::Mock)
             }
         };
@@ -637,6 +666,76 @@ impl Settings {
     }
 }
 
+impl Settings {
+    /// Salesforce: the Pub/Sub endpoint and channel, the mapping, and (when enabled) the
+    /// connected app's credentials at the org's My Domain.
+    fn salesforce(&self, enabled: bool, problems: &mut Problems) -> (Provider, CrmProvider) {
+        let mapping = match non_empty(&self.crm_mapping_file) {
+            None => Mapping::defaults(Flavor::Salesforce),
+            Some(path) => Mapping::load_for(Flavor::Salesforce, std::path::Path::new(path)).unwrap_or_else(|e| {
+                problems.add("CRM_MAPPING_FILE", e.0);
+                Mapping::defaults(Flavor::Salesforce)
+            }),
+        };
+        let mapping = Arc::new(mapping);
+        let raw = non_empty(&self.crm_pubsub_url).unwrap_or("https://api.pubsub.salesforce.com:7443");
+        let pubsub_url = http_url(problems, "CRM_PUBSUB_URL", raw).filter(|url| {
+            let loopback = matches!(url.host(), Some(url::Host::Ipv4(ip)) if ip.is_loopback())
+                || matches!(url.host(), Some(url::Host::Ipv6(ip)) if ip.is_loopback())
+                || url.host_str() == Some("localhost");
+            let plain = url.scheme() == "http" && !loopback;
+            if plain {
+                problems.add("CRM_PUBSUB_URL", "http:// is for a loopback address only (a local fake): use https://");
+            }
+            !plain
+        });
+        let channel = non_empty(&self.crm_cdc_channel).unwrap_or("/data/ChangeEvents").to_owned();
+        if !channel.starts_with("/data/") {
+            problems.add("CRM_CDC_CHANNEL", format!("a change event channel starts with /data/, got {channel:?}"));
+        }
+        let inbound = Provider::Salesforce(SalesforceInbound {
+            pubsub_url: pubsub_url.unwrap_or_else(|| "https://api.pubsub.salesforce.com:7443".parse().expect("a URL")),
+            channel,
+            mapping: mapping.clone(),
+        });
+        if !enabled {
+            return (inbound, CrmProvider::Mock);
+        }
+        const WHY: &str = "required when CRM_ENABLED=true with CRM_PROVIDER=salesforce";
+        let api_url = match non_empty(&self.crm_api_url) {
+            None => {
+                problems.add("CRM_API_URL", format!("{WHY}: the org's My Domain URL"));
+                None
+            }
+            Some(raw) => http_url(problems, "CRM_API_URL", raw),
+        };
+        let mut secret = |variable: &'static str, raw: &Option<String>, what: &str| {
+            let value = non_empty(raw).map(|s| SecretString::from(s.to_owned()));
+            if value.is_none() {
+                problems.add(variable, format!("{WHY}: the connected app's {what}"));
+            }
+            value
+        };
+        let client_id = secret("CRM_API_KEY", &self.crm_api_key, "consumer key");
+        let client_secret = secret("CRM_API_SECRET", &self.crm_api_secret, "consumer secret");
+        let crm = match (api_url, client_id, client_secret) {
+            (Some(api_url), Some(client_id), Some(client_secret)) => CrmProvider::Salesforce(SalesforceConfig {
+                api_url,
+                client_id,
+                client_secret,
+                api_version: SALESFORCE_API_VERSION.into(),
+                client_tag: "crm-gateway".into(),
+                mapping,
+            }),
+            _ => CrmProvider::Mock,
+        };
+        (inbound, crm)
+    }
+}
+
+/// The Salesforce REST API version the client speaks.
+pub const SALESFORCE_API_VERSION: &str = "v62.0";
+
 /// An http(s) URL with a host, or a problem for `variable`.
 fn http_url(problems: &mut Problems, variable: &'static str, raw: &str) -> Option<Url> {
     match Url::parse(raw) {
@@ -669,6 +768,8 @@ mod tests {
                 "CRM_WEBHOOK_URL" => s.crm_webhook_url = v,
                 "CRM_MAPPING_FILE" => s.crm_mapping_file = v,
                 "CRM_BATCH_SIZE" => s.crm_batch_size = v,
+                "CRM_PUBSUB_URL" => s.crm_pubsub_url = v,
+                "CRM_CDC_CHANNEL" => s.crm_cdc_channel = v,
                 "CRM_WEBHOOK_SECRET" => s.crm_webhook_secret = v,
                 "DATABASE_URL" => s.database_url = v,
                 "BIND_ADDR" => s.bind_addr = v,
@@ -736,6 +837,39 @@ mod tests {
     }
 
     #[test]
+    fn salesforce_takes_its_my_domain_and_connected_app_and_a_safe_pubsub_url() {
+        let config = settings(&[
+            ("CRM_PROVIDER", "salesforce"),
+            ("CRM_ENABLED", "true"),
+            ("CRM_API_URL", "https://acme.my.salesforce.com"),
+            ("CRM_API_KEY", "3MVG9"),
+            ("CRM_API_SECRET", "s3cret"),
+        ])
+        .validate()
+        .unwrap();
+        let CrmProvider::Salesforce(sf) = &config.crm else { panic!("{:?}", config.crm) };
+        assert_eq!((sf.api_version.as_str(), sf.client_tag.as_str()), ("v62.0", "crm-gateway"));
+        let Provider::Salesforce(inbound) = &config.provider else { panic!() };
+        assert_eq!(inbound.pubsub_url.as_str(), "https://api.pubsub.salesforce.com:7443/");
+        assert_eq!(inbound.channel, "/data/ChangeEvents");
+        assert!(!format!("{config:?}").contains("s3cret"));
+        let local = settings(&[("CRM_PROVIDER", "salesforce"), ("CRM_PUBSUB_URL", "http://127.0.0.1:50051")]);
+        assert!(local.validate().is_ok(), "a loopback fake may be plain http");
+        let err = settings(&[
+            ("CRM_PROVIDER", "salesforce"),
+            ("CRM_ENABLED", "true"),
+            ("CRM_PUBSUB_URL", "http://pubsub.example.com:7443"),
+            ("CRM_CDC_CHANNEL", "ChangeEvents"),
+        ])
+        .validate()
+        .unwrap_err();
+        assert_eq!(
+            variables(err),
+            ["CRM_PUBSUB_URL", "CRM_CDC_CHANNEL", "CRM_API_URL", "CRM_API_KEY", "CRM_API_SECRET"]
+        );
+    }
+
+    #[test]
     fn retention_and_auto_retry_default_to_the_seeds_rules_and_refuse_unsafe_values() {
         let config = Settings::default().validate().unwrap();
         assert_eq!(config.retention.sync_logs, Duration::from_secs(90 * 86_400), "the seed keeps 90 days");
@@ -781,7 +915,8 @@ mod tests {
     fn all_problems_are_reported_at_once() {
         let err = settings(&[
             ("CRM_ENABLED", "true"),
-            ("CRM_PROVIDER", "salesforce"),
+            // A CRM the gateway does not know (Salesforce became one it does).
+            ("CRM_PROVIDER", "zoho"),
             ("DATABASE_URL", "mysql://x"),
             ("BIND_ADDR", "nowhere"),
             ("LOG_FORMAT", "xml"),

@@ -57,6 +57,12 @@ impl Application {
 
     /// Starts the writer and binds the listener over an open, migrated database.
     pub async fn build_with_db(config: Config, db: Db) -> anyhow::Result<Self> {
+        if matches!(config.provider, crate::config::Provider::Salesforce(_)) && config.reconcile_interval.is_none() {
+            tracing::warn!(
+                "Salesforce's Change Data Capture subscriber is not built yet: changes made in Salesforce \
+                 reach the site only by reconciliation; set CRM_RECONCILE_INTERVAL (e.g. 15m)"
+            );
+        }
         if let crate::config::Provider::HubSpot(inbound) = &config.provider
             && (config.webhook_secrets.is_empty() || inbound.webhook_url.is_none())
         {

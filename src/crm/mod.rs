@@ -282,6 +282,14 @@ pub fn from_config(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Arc
             treadsoft::TreadSoftClient::new(treadsoft.clone(), config.crm_request_timeout, config.crm_rate_limit)?
                 .with_metrics(metrics),
         ),
+        CrmProvider::Salesforce(salesforce) => Arc::new(
+            salesforce::client::SalesforceClient::new(
+                salesforce.clone(),
+                config.crm_request_timeout,
+                config.crm_rate_limit,
+            )?
+            .with_metrics(metrics.clone()),
+        ),
         CrmProvider::HubSpot(hubspot) => Arc::new(
             hubspot::client::HubSpotClient::new(hubspot.clone(), config.crm_request_timeout, config.crm_rate_limit)?
                 .with_metrics(metrics),

@@ -23,6 +23,7 @@ mod process;
 mod query_plans;
 mod reliability;
 mod retention;
+mod salesforce;
 mod secrets;
 mod seed_routes;
 mod treadsoft_stub;
