@@ -11,23 +11,21 @@
 //! that are not mapped are recorded as `ignored` and answered 200, so that HubSpot does not send
 //! them again.
 
-use super::routes::unavailable;
+use super::routes::{record, refusal};
 use crate::config::{HubSpotInbound, Provider};
 use crate::crm::CrmRecord;
 use crate::crm::hubspot::events::{self, Event, Kind as EventKind};
 use crate::crm::hubspot::signature;
 use crate::error::{ApiError, resource};
-use crate::ops::metrics::ReasonLabel;
 use crate::state::AppState;
 use crate::sync::change::Change;
 use crate::sync::echo;
-use crate::sync::inbox::Incoming;
 use crate::sync::mapping::Kind;
 use crate::sync::mapping::RecordType;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// How long a delivery's reads may wait to be sent.
@@ -48,21 +46,13 @@ async fn receive(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>)
     let Provider::HubSpot(inbound) = &state.config.provider else {
         return Err(ApiError::not_found("HubSpot is not the configured CRM (CRM_PROVIDER)"));
     };
-    let refused = |e: ApiError| {
-        state.metrics.webhook_refusals.get_or_create(&ReasonLabel { reason: e.code.to_owned() }).inc();
-        e
-    };
+    let refused = |e| refusal(&state, e);
     authenticate(&req, &body, &state, inbound).map_err(refused)?;
     let events = events::parse(&body).map_err(|e| refused(ApiError::bad_request("invalid_delivery", e.to_string())))?;
     tracing::Span::current().record("events", events.len());
     let started = std::time::Instant::now();
     let changes = changes_of(&state, inbound, &events).await?;
-    let delivery_id = delivery_id(&body);
-    let incoming = Incoming { delivery_id: delivery_id.clone(), events: std::sync::Arc::new(changes) };
-    let results = state.writer.receive(state.sync.clone(), incoming).await.map_err(unavailable)?;
-    state.metrics.apply_seconds.observe(started.elapsed().as_secs_f64());
-    state.metrics.webhook_results(&results);
-    Ok(HttpResponse::Ok().json(json!({ "deliveryId": delivery_id, "results": results })))
+    record(&state, delivery_id(&body), changes, started).await
 }
 
 /// HubSpot gives a delivery no id: the body's hash names it in logs and answers.

@@ -43,10 +43,7 @@ async fn receive_webhook(
     body: web::Bytes,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let refused = |e: ApiError| {
-        state.metrics.webhook_refusals.get_or_create(&ReasonLabel { reason: e.code.to_owned() }).inc();
-        e
-    };
+    let refused = |e| refusal(&state, e);
     if state.config.provider != crate::config::Provider::TreadSoft {
         return Err(ApiError::not_found("TreadSoft is not the configured CRM (CRM_PROVIDER)"));
     }
@@ -57,8 +54,24 @@ async fn receive_webhook(
     span.record("delivery_id", delivery.delivery_id.as_deref().unwrap_or_default());
     span.record("events", delivery.events.len());
 
-    let delivery_id = delivery.delivery_id.unwrap_or_default();
-    let incoming = Incoming { delivery_id: delivery_id.clone(), events: std::sync::Arc::new(delivery.events) };
+    record(&state, delivery.delivery_id.unwrap_or_default(), delivery.events, started).await
+}
+
+/// A delivery refused before anything of it was stored, counted by its reason.
+pub(super) fn refusal(state: &AppState, e: ApiError) -> ApiError {
+    state.metrics.webhook_refusals.get_or_create(&ReasonLabel { reason: e.code.to_owned() }).inc();
+    e
+}
+
+/// Every receiver's end: the delivery's changes recorded and applied through the writer, counted,
+/// and answered per event (`started`: when its application began, for the apply latency).
+pub(super) async fn record(
+    state: &AppState,
+    delivery_id: String,
+    events: Vec<Value>,
+    started: std::time::Instant,
+) -> Result<HttpResponse, ApiError> {
+    let incoming = Incoming { delivery_id: delivery_id.clone(), events: std::sync::Arc::new(events) };
     let results = state.writer.receive(state.sync.clone(), incoming).await.map_err(unavailable)?;
     state.metrics.apply_seconds.observe(started.elapsed().as_secs_f64());
     state.metrics.webhook_results(&results);
@@ -125,7 +138,7 @@ pub fn parse_delivery_body(body: &[u8]) -> Result<Delivery, ApiError> {
     Ok(delivery)
 }
 
-pub(super) fn unavailable(e: WriteError) -> ApiError {
+fn unavailable(e: WriteError) -> ApiError {
     tracing::error!(error = %crate::error::ErrorChain(&e), "a delivery could not be recorded");
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,

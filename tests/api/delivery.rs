@@ -210,17 +210,7 @@ async fn a_deleted_property_is_deleted_in_treadsoft_after_its_owner_and_itself_a
 async fn every_record_type_is_created_then_updated_in_treadsoft(database: TestDatabase) {
     let (app, stub) = with_stub(database).await;
     register(&app, "ev_o", "user_1").await;
-    let events = json!({"events": [
-        {"id": "ev_p", "type": "property.created", "data": {"id": 7, "ownerId": "user_1", "title": "Haworth Hall",
-            "location": "Haworth", "bedrooms": 12, "pricePerNight": 145050, "currency": "GBP", "status": "active"}},
-        {"id": "ev_e", "type": "enquiry.created", "data": {"id": 11, "userId": null, "propertyId": 7, "guestName": "Ann Lee",
-            "guestEmail": "ann@example.com", "guestPhone": null, "subject": "Dogs?", "message": "Two dogs?", "status": "new", "source": "website"}},
-        {"id": "ev_b", "type": "booking.created", "data": {"id": 21, "propertyId": 7, "userId": "user_1", "guestName": "Ann Lee",
-            "guestEmail": "ann@example.com", "checkIn": "2025-07-01", "checkOut": "2025-07-08", "guests": 14, "totalPrice": 1015350,
-            "currency": "GBP", "status": "confirmed", "paymentStatus": "deposit_paid"}},
-        {"id": "ev_m", "type": "membership.created", "data": {"id": 31, "userId": "user_1", "membershipTier": "premium",
-            "status": "active", "startDate": "2025-01-01", "endDate": null, "autoRenew": true, "paymentStatus": "paid"}},
-    ]});
+    let events = crate::helpers::every_record_type_of_user_1();
     assert_eq!(app.post_events(&events).await.status(), StatusCode::ACCEPTED);
 
     // One step is enough: parents are sent (and their TreadSoft ids stored) before their children.

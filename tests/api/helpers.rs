@@ -405,3 +405,19 @@ pub async fn error_code(response: reqwest::Response) -> String {
     let body: serde_json::Value = response.json().await.expect("a JSON error body");
     body["error"]["code"].as_str().expect("error.code is a string").to_owned()
 }
+
+/// App events creating one record of every type but users, all of owner `user_1`: property 7,
+/// enquiry 11, booking 21, membership 31.
+pub fn every_record_type_of_user_1() -> serde_json::Value {
+    serde_json::json!({"events": [
+        {"id": "ev_p", "type": "property.created", "data": {"id": 7, "ownerId": "user_1", "title": "Haworth Hall",
+            "location": "Haworth", "bedrooms": 12, "pricePerNight": 145050, "currency": "GBP", "status": "active"}},
+        {"id": "ev_e", "type": "enquiry.created", "data": {"id": 11, "userId": null, "propertyId": 7, "guestName": "Ann Lee",
+            "guestEmail": "ann@example.com", "guestPhone": null, "subject": "Dogs?", "message": "Two dogs?", "status": "new", "source": "website"}},
+        {"id": "ev_b", "type": "booking.created", "data": {"id": 21, "propertyId": 7, "userId": "user_1", "guestName": "Ann Lee",
+            "guestEmail": "ann@example.com", "checkIn": "2025-07-01", "checkOut": "2025-07-08", "guests": 14, "totalPrice": 1015350,
+            "currency": "GBP", "status": "confirmed", "paymentStatus": "deposit_paid"}},
+        {"id": "ev_m", "type": "membership.created", "data": {"id": 31, "userId": "user_1", "membershipTier": "premium",
+            "status": "active", "startDate": "2025-01-01", "endDate": null, "autoRenew": true, "paymentStatus": "paid"}},
+    ]})
+}
