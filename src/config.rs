@@ -49,6 +49,10 @@ pub struct Settings {
     /// Salesforce: the Change Data Capture channel read. Default /data/ChangeEvents.
     #[arg(long, env = "CRM_CDC_CHANNEL", global = true)]
     pub crm_cdc_channel: Option<String>,
+    /// Salesforce: seconds an instance's hold on the channel lasts unless renewed (another
+    /// instance takes over that long after the reader died). Default 30.
+    #[arg(long, env = "CRM_CDC_LEASE_SECS", global = true)]
+    pub crm_cdc_lease_secs: Option<String>,
     /// HubSpot: most records in one batch call. Default 100.
     #[arg(long, env = "CRM_BATCH_SIZE", global = true)]
     pub crm_batch_size: Option<String>,
@@ -167,6 +171,28 @@ pub struct SalesforceInbound {
     /// `CRM_CDC_CHANNEL`: the channel read, e.g. `/data/ChangeEvents`.
     pub channel: String,
     pub mapping: Arc<Mapping>,
+    /// How long an instance's hold on the channel lasts unless renewed (30 s): another instance
+    /// takes over that long after the reader died.
+    pub lease: Duration,
+    /// Silence after which the stream is taken as dead (the server sends a keepalive within
+    /// 270 s: 300 s).
+    pub silence: Duration,
+    /// The first wait before a failed subscription is opened again (1 s, doubling to a minute).
+    pub retry_base: Duration,
+}
+
+impl SalesforceInbound {
+    /// The defaults for a channel.
+    pub fn new(pubsub_url: Url, channel: String, mapping: Arc<Mapping>) -> Self {
+        Self {
+            pubsub_url,
+            channel,
+            mapping,
+            lease: Duration::from_secs(30),
+            silence: Duration::from_secs(300),
+            retry_base: Duration::from_secs(1),
+        }
+    }
 }
 
 /// What HubSpot's webhook receiver needs, whether the client is HubSpot's or the mock.
@@ -693,11 +719,14 @@ impl Settings {
         if !channel.starts_with("/data/") {
             problems.add("CRM_CDC_CHANNEL", format!("a change event channel starts with /data/, got {channel:?}"));
         }
-        let inbound = Provider::Salesforce(SalesforceInbound {
-            pubsub_url: pubsub_url.unwrap_or_else(|| "https://api.pubsub.salesforce.com:7443".parse().expect("a URL")),
+        let lease = problems.parse("CRM_CDC_LEASE_SECS", self.crm_cdc_lease_secs.as_deref(), 30, parse_positive);
+        let mut inbound = SalesforceInbound::new(
+            pubsub_url.unwrap_or_else(|| "https://api.pubsub.salesforce.com:7443".parse().expect("a URL")),
             channel,
-            mapping: mapping.clone(),
-        });
+            mapping.clone(),
+        );
+        inbound.lease = Duration::from_secs(lease);
+        let inbound = Provider::Salesforce(inbound);
         if !enabled {
             return (inbound, CrmProvider::Mock);
         }
@@ -770,6 +799,7 @@ mod tests {
                 "CRM_BATCH_SIZE" => s.crm_batch_size = v,
                 "CRM_PUBSUB_URL" => s.crm_pubsub_url = v,
                 "CRM_CDC_CHANNEL" => s.crm_cdc_channel = v,
+                "CRM_CDC_LEASE_SECS" => s.crm_cdc_lease_secs = v,
                 "CRM_WEBHOOK_SECRET" => s.crm_webhook_secret = v,
                 "DATABASE_URL" => s.database_url = v,
                 "BIND_ADDR" => s.bind_addr = v,

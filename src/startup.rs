@@ -57,11 +57,10 @@ impl Application {
 
     /// Starts the writer and binds the listener over an open, migrated database.
     pub async fn build_with_db(config: Config, db: Db) -> anyhow::Result<Self> {
-        if matches!(config.provider, crate::config::Provider::Salesforce(_)) && config.reconcile_interval.is_none() {
-            tracing::warn!(
-                "Salesforce's Change Data Capture subscriber is not built yet: changes made in Salesforce \
-                 reach the site only by reconciliation; set CRM_RECONCILE_INTERVAL (e.g. 15m)"
-            );
+        if matches!(config.provider, crate::config::Provider::Salesforce(_))
+            && matches!(config.crm, crate::config::CrmProvider::Mock)
+        {
+            tracing::warn!("CRM_ENABLED=false: Salesforce's Change Data Capture channel is not read");
         }
         if let crate::config::Provider::HubSpot(inbound) = &config.provider
             && (config.webhook_secrets.is_empty() || inbound.webhook_url.is_none())
@@ -102,6 +101,27 @@ impl Application {
             reconcile: reconcile_with(&config, &db, &writer, &sync, &delivery),
         };
         background.push(tokio::spawn(maintenance::run(upkeep, stopped.clone())));
+        if let (crate::config::Provider::Salesforce(inbound), crate::config::CrmProvider::Salesforce(salesforce)) =
+            (&config.provider, &config.crm)
+        {
+            let tokens = crate::crm::salesforce::auth::TokenSource::new(
+                crm::http_client(config.crm_request_timeout)?,
+                &salesforce.api_url,
+                salesforce.client_id.clone(),
+                salesforce.client_secret.clone(),
+            );
+            let subscriber = inbound::salesforce::Subscriber::new(
+                db.clone(),
+                writer.clone(),
+                sync.clone(),
+                delivery.crm(),
+                tokens,
+                inbound.clone(),
+                salesforce.client_tag.clone(),
+                metrics.clone(),
+            );
+            background.push(tokio::spawn(subscriber.run(stopped.clone())));
+        }
         let listener = TcpListener::bind(config.bind_addr)
             .with_context(|| format!("cannot listen on {} (BIND_ADDR)", config.bind_addr))?;
         let local_addr = listener.local_addr()?;

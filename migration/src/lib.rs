@@ -11,6 +11,7 @@ mod m20260104_000001_user_email_key;
 mod m20261203_000001_operations_indexes;
 mod m20261204_000001_import_and_audit;
 mod m20261205_000001_sent_values;
+mod m20261206_000001_stream_positions;
 
 pub struct Migrator;
 
@@ -26,6 +27,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000001_operations_indexes::Migration),
             Box::new(m20261204_000001_import_and_audit::Migration),
             Box::new(m20261205_000001_sent_values::Migration),
+            Box::new(m20261206_000001_stream_positions::Migration),
         ]
     }
 }

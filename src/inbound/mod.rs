@@ -4,4 +4,5 @@
 pub mod hubspot;
 pub mod inbox;
 pub mod routes;
+pub mod salesforce;
 pub mod verify;

@@ -3,6 +3,7 @@
 
 pub mod dashboard;
 pub mod health;
+pub mod lease;
 pub mod maintenance;
 pub mod metrics;
 pub mod recovery;

@@ -20,6 +20,7 @@ mod lww_properties;
 mod operations;
 mod outage;
 mod process;
+mod pubsub_fake;
 mod query_plans;
 mod reliability;
 mod retention;

@@ -31,6 +31,8 @@ pub struct Header {
     /// Field names, decoded from the bitmaps.
     pub changed_fields: Vec<String>,
     pub nulled_fields: Vec<String>,
+    /// Long text fields sent as a diff, not a value: such a record is read again.
+    pub diff_fields: Vec<String>,
 }
 
 /// What to do with one event.
@@ -93,7 +95,48 @@ fn set_bits(hex: &str) -> Vec<usize> {
 }
 
 /// One event (its header and its decoded field values, by Salesforce's names) as what to do.
-pub fn action(mapping: &Mapping, header: &Header, values: &Map<String, Value>) -> Action {
+/// `own_client` is the `client=` tag the gateway writes with: a change carrying it is marked as
+/// made through the API (`changeSource: api`), so a local change still on its way stands.
+pub fn action(mapping: &Mapping, header: &Header, values: &Map<String, Value>, own_client: &str) -> Action {
+    let mut action = changes_of(mapping, header, values);
+    let ours = header.change_origin.as_deref().and_then(origin_client) == Some(own_client);
+    if let (Action::Apply(changes), true) = (&mut action, ours) {
+        for change in changes {
+            change.change_source = Some("api".to_owned());
+        }
+    }
+    action
+}
+
+/// Records read again over REST because of `header`'s event, as changes stamped by each record's
+/// `LastModifiedDate`; with `GAP_DELETE`, an id no longer readable is deleted.
+pub fn reread(t: RecordType, header: &Header, ids: &[String], records: &[crate::crm::CrmRecord]) -> Vec<Change> {
+    let at = DateTime::<Utc>::from_timestamp_millis(header.commit_timestamp).unwrap_or_default();
+    let mut changes = Vec::new();
+    for id in ids {
+        match records.iter().find(|r| &r.id == id) {
+            Some(record) => {
+                let mut change =
+                    Change::of(t, "updated", key(header, id, "read"), id.clone(), record.updated_at.unwrap_or(at));
+                change.set_record(record);
+                // Every field read is news (an update names the fields it changes).
+                change.changed_fields =
+                    record.fields.keys().filter(|k| !matches!(k.as_str(), "id" | "externalId")).cloned().collect();
+                changes.push(change);
+            }
+            None if header.change_type == "GAP_DELETE" => {
+                let mut change = Change::of(t, "deleted", key(header, id, ""), id.clone(), at);
+                change.object.deleted_at = Some(at);
+                changes.push(change);
+            }
+            // Gone since: its delete comes as an event of its own.
+            None => {}
+        }
+    }
+    changes
+}
+
+fn changes_of(mapping: &Mapping, header: &Header, values: &Map<String, Value>) -> Action {
     let Some(t) = mapping.record_type_of(&header.entity_name) else {
         return Action::Ignore(format!("{} is not a synced object", header.entity_name));
     };
@@ -104,6 +147,7 @@ pub fn action(mapping: &Mapping, header: &Header, values: &Map<String, Value>) -
     match header.change_type.as_str() {
         "GAP_OVERFLOW" => Action::Resync(t, at),
         kind if kind.starts_with("GAP_") || kind == "UNDELETE" => Action::Reread(t, ids),
+        "UPDATE" if !header.diff_fields.is_empty() => Action::Reread(t, ids),
         _ if ids.iter().any(|id| id.ends_with('*')) => Action::Resync(t, at),
         "DELETE" => Action::Apply(
             ids.iter()
@@ -187,6 +231,7 @@ mod tests {
             sequence_number: 3,
             changed_fields: changed.iter().map(|s| (*s).to_owned()).collect(),
             nulled_fields: Vec::new(),
+            diff_fields: Vec::new(),
         }
     }
 
@@ -219,7 +264,7 @@ mod tests {
         let values = json!({"Email": "new@example.com", "Phone": null}).as_object().unwrap().clone();
         let mut h = header("UPDATE", &["Email"]);
         h.nulled_fields = vec!["Phone".into()];
-        let Action::Apply(changes) = action(&mapping, &h, &values) else { panic!() };
+        let Action::Apply(changes) = action(&mapping, &h, &values, "crm-gateway") else { panic!() };
         assert_eq!(changes.len(), 2);
         assert_eq!(changes[0].changed_fields, ["email"]);
         assert_eq!(changes[0].object.data.as_ref().unwrap()["email"], "new@example.com");
@@ -231,6 +276,16 @@ mod tests {
         assert_eq!(changes[0].object.updated_at.timestamp_millis(), 1_764_000_000_000);
         assert_ne!(changes[0].id, changes[1].id, "one inbox key per field");
         assert!(changes[0].id.starts_with("sf:1764000000000:0002a:000003:003A:"));
+        assert_eq!(changes[0].change_source.as_deref(), Some("api"), "made with the gateway's client tag");
+        h.change_origin = Some("com/salesforce/api/soap/62.0;client=SfdcInternalAPI/".into());
+        let Action::Apply(changes) = action(&mapping, &h, &values, "crm-gateway") else { panic!() };
+        assert_eq!(changes[0].change_source, None, "someone else's change");
+        h.diff_fields = vec!["Description".into()];
+        assert_eq!(
+            action(&mapping, &h, &values, "crm-gateway"),
+            Action::Reread(RecordType::Contact, vec!["003A".into()]),
+            "a long text sent as a diff is read whole"
+        );
     }
 
     #[test]
@@ -238,27 +293,27 @@ mod tests {
         let mapping = Mapping::defaults(Flavor::Salesforce);
         let none = Map::new();
         assert_eq!(
-            action(&mapping, &header("GAP_UPDATE", &[]), &none),
+            action(&mapping, &header("GAP_UPDATE", &[]), &none, "crm-gateway"),
             Action::Reread(RecordType::Contact, vec!["003A".into()])
         );
         assert_eq!(
-            action(&mapping, &header("UNDELETE", &[]), &none),
+            action(&mapping, &header("UNDELETE", &[]), &none, "crm-gateway"),
             Action::Reread(RecordType::Contact, vec!["003A".into()])
         );
         assert_eq!(
-            action(&mapping, &header("UPDATE", &["Name.FirstName"]), &none),
+            action(&mapping, &header("UPDATE", &["Name.FirstName"]), &none, "crm-gateway"),
             Action::Reread(RecordType::Contact, vec!["003A".into()])
         );
         assert!(matches!(
-            action(&mapping, &header("GAP_OVERFLOW", &[]), &none),
+            action(&mapping, &header("GAP_OVERFLOW", &[]), &none, "crm-gateway"),
             Action::Resync(RecordType::Contact, _)
         ));
         let mut wildcard = header("UPDATE", &["Email"]);
         wildcard.record_ids = vec!["003*".into()];
-        assert!(matches!(action(&mapping, &wildcard, &none), Action::Resync(..)));
+        assert!(matches!(action(&mapping, &wildcard, &none, "crm-gateway"), Action::Resync(..)));
         let mut account = header("UPDATE", &["Name"]);
         account.entity_name = "Account".into();
-        assert!(matches!(action(&mapping, &account, &none), Action::Ignore(_)));
+        assert!(matches!(action(&mapping, &account, &none, "crm-gateway"), Action::Ignore(_)));
     }
 
     #[test]
@@ -269,14 +324,31 @@ mod tests {
                 .as_object()
                 .unwrap()
                 .clone();
-        let Action::Apply(created) = action(&mapping, &header("CREATE", &[]), &values) else { panic!() };
+        let Action::Apply(created) = action(&mapping, &header("CREATE", &[]), &values, "crm-gateway") else { panic!() };
         assert_eq!(created[0].event_type, "contact.created");
         assert_eq!(created[0].object.data.as_ref().unwrap()["firstName"], "Ann");
         assert!(created[0].partial, "fields Salesforce holds no value for are unknown");
         let mut two = header("DELETE", &[]);
         two.record_ids = vec!["003A".into(), "003B".into()];
-        let Action::Apply(deleted) = action(&mapping, &two, &Map::new()) else { panic!() };
+        let Action::Apply(deleted) = action(&mapping, &two, &Map::new(), "crm-gateway") else { panic!() };
         assert_eq!(deleted.iter().map(|c| c.object.id.as_str()).collect::<Vec<_>>(), ["003A", "003B"]);
         assert!(deleted.iter().all(|c| c.event_type == "contact.deleted"));
+    }
+
+    #[test]
+    fn records_read_again_are_stamped_by_their_own_time_and_a_gap_delete_of_a_gone_record_deletes() {
+        let mapping = Mapping::defaults(Flavor::Salesforce);
+        let values = json!({"FirstName": "Ann", "LastName": "Lee-Hart", "Email": "ann@example.com"});
+        let at = DateTime::<Utc>::from_timestamp_millis(1_764_000_005_000);
+        let record = mapping.from_crm(RecordType::Contact, "003A", values.as_object().unwrap(), at);
+        let ids = vec!["003A".to_owned(), "003B".to_owned()];
+        let changes = reread(RecordType::Contact, &header("GAP_UPDATE", &[]), &ids, std::slice::from_ref(&record));
+        assert_eq!(changes.len(), 1, "a record gone since is left to its own delete event");
+        assert_eq!(changes[0].object.updated_at, at.unwrap());
+        assert_eq!(changes[0].object.data.as_ref().unwrap()["lastName"], "Lee-Hart");
+        assert!(changes[0].changed_fields.iter().any(|f| f == "lastName"), "{:?}", changes[0].changed_fields);
+        let deleted = reread(RecordType::Contact, &header("GAP_DELETE", &[]), &ids, &[record]);
+        assert_eq!(deleted[1].event_type, "contact.deleted");
+        assert_eq!(deleted[1].object.id, "003B");
     }
 }

@@ -1,0 +1,21 @@
+//! `crm_stream_positions`: where a subscription to a CRM's change stream (Salesforce's Change
+//! Data Capture channel) stands: the replay id of the last event applied, written in the same
+//! transaction as its changes.
+
+use sea_orm::entity::prelude::*;
+
+#[sea_orm::model]
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "crm_stream_positions")]
+pub struct Model {
+    /// The channel, e.g. `/data/ChangeEvents`.
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub channel: String,
+    /// The replay id's bytes, base64.
+    pub replay_id: String,
+    /// Events applied from the channel so far.
+    pub events: i64,
+    pub updated_at: DateTimeUtc,
+}
+
+impl ActiveModelBehavior for ActiveModel {}

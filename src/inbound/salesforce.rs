@@ -1,0 +1,531 @@
+//! Salesforce's changes, read from a Change Data Capture channel over the Pub/Sub API
+//! (`salesforce.md` §2): a task started with the server, one per instance, of which one at a time
+//! reads the channel (a lease in the database, [`crate::ops::lease`]).
+//!
+//! - **Connecting**: gRPC over TLS (plain HTTP/2 only to a loopback fake) with the token's
+//!   `accesstoken`, `instanceurl` and `tenantid` metadata, added by an interceptor that reads the
+//!   current token, so a renewed one is used from the next call.
+//! - **Where to start**: after the stored replay id (`CUSTOM`) when it is younger than the
+//!   channel's 72-hour retention; else (none stored, too old, or refused by the server) at the
+//!   next event (`LATEST`), followed by one reconciliation pass over REST, so what happened
+//!   while nobody was reading is read from the listings.
+//! - **Flow control**: [`BATCH`] events asked for at the start, and as many again as each batch
+//!   carried once it is applied.
+//! - **Applying**: a batch's events become provider-neutral changes ([`cdc::action`]; Avro
+//!   decoded with the schema its id names, fetched once by `GetSchema` and cached); the changes
+//!   go through the inbox and last-writer-wins like a webhook delivery's, and the replay id of
+//!   the batch's last event is written **in the same transaction**, under the lease. A crash
+//!   before the commit leaves the old replay id, and the batch comes again; after it, the next
+//!   start resumes after it. Change ids name the event, so a batch delivered twice applies once.
+//! - **Keepalives**: an empty batch's `latest_replay_id` is stored too. A stream silent for longer
+//!   than the keepalive period (270 s, with a margin) is taken as dead and opened again.
+//! - **Failures**: a refused token is renewed once; any other end of the stream is followed by a
+//!   new one after a backoff (doubling to a minute), resuming from the stored replay id.
+
+use crate::config::SalesforceInbound;
+use crate::crm::salesforce::auth::{Token, TokenSource};
+use crate::crm::salesforce::avro::EventSchema;
+use crate::crm::salesforce::cdc::{self, Action};
+use crate::crm::salesforce::pubsub::pub_sub_client::PubSubClient;
+use crate::crm::salesforce::pubsub::{FetchRequest, FetchResponse, ReplayPreset, SchemaRequest};
+use crate::crm::{CrmClient, CrmError};
+use crate::db::Db;
+use crate::ops::lease;
+use crate::ops::metrics::Metrics;
+use crate::pull::import::{self, Importer, PassError, Start};
+use crate::sync::apply::SyncContext;
+use crate::sync::inbox::{self, Incoming};
+use crate::writer::{WriteError, Writer};
+use base64::Engine as _;
+use chrono::Utc;
+use entity::crm_stream_positions as positions;
+use sea_orm::{ActiveValue::Set, DatabaseTransaction, DbErr, EntityTrait};
+use secrecy::ExposeSecret;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+
+/// Events asked for at a time (the Pub/Sub API's largest).
+pub const BATCH: i32 = 100;
+/// How long a channel keeps its events: an older replay id cannot be resumed from (72 hours,
+/// less an hour's margin for clocks and for the time the replay id was stored after its event).
+pub const REPLAY_KEPT: chrono::Duration = chrono::Duration::hours(71);
+
+type Client = PubSubClient<InterceptedService<Channel, Auth>>;
+
+/// Adds the current token's metadata to every call.
+#[derive(Clone)]
+struct Auth(Arc<RwLock<Option<Token>>>);
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let current = self.0.read().unwrap_or_else(PoisonError::into_inner);
+        let Some(token) = current.as_ref() else {
+            return Err(tonic::Status::unauthenticated("no Salesforce token yet"));
+        };
+        let value = |text: &str| {
+            text.parse::<tonic::metadata::MetadataValue<_>>()
+                .map_err(|_| tonic::Status::internal("a Salesforce token value is not printable ASCII"))
+        };
+        let metadata = request.metadata_mut();
+        metadata.insert("accesstoken", value(token.access_token.expose_secret())?);
+        metadata.insert("instanceurl", value(&token.instance_url)?);
+        metadata.insert("tenantid", value(&token.org_id)?);
+        drop(current);
+        Ok(request)
+    }
+}
+
+/// Why a subscription ended (it is opened again after a backoff).
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error("cannot connect to the Pub/Sub API at {url}: {message}")]
+    Connect { url: String, message: String },
+    #[error("the Pub/Sub API ended the subscription: {code:?}: {message}")]
+    Status { code: tonic::Code, message: String },
+    #[error("the Pub/Sub API sent nothing for {0:?}, not even a keepalive: the stream is taken as dead")]
+    Silent(Duration),
+    #[error("the Pub/Sub API closed the stream")]
+    Closed,
+    #[error("event schema {id}: {message}")]
+    Schema { id: String, message: String },
+    #[error("Salesforce: {0}")]
+    Crm(#[from] CrmError),
+    #[error(transparent)]
+    Pass(#[from] PassError),
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    #[error(transparent)]
+    Db(#[from] DbErr),
+}
+
+impl From<tonic::Status> for Failure {
+    fn from(status: tonic::Status) -> Self {
+        Self::Status { code: status.code(), message: status.message().to_owned() }
+    }
+}
+
+/// How a subscription ended without failing.
+enum Ended {
+    Stopped,
+    LeaseLost,
+}
+
+/// The Change Data Capture subscriber.
+pub struct Subscriber {
+    db: Db,
+    writer: Writer,
+    sync: Arc<SyncContext>,
+    crm: Arc<dyn CrmClient>,
+    importer: Importer,
+    tokens: Arc<TokenSource>,
+    inbound: SalesforceInbound,
+    client_tag: String,
+    metrics: Arc<Metrics>,
+    /// This instance, as the lease names it.
+    holder: String,
+    lease_name: String,
+    current: Arc<RwLock<Option<Token>>>,
+    schemas: tokio::sync::Mutex<HashMap<String, Arc<EventSchema>>>,
+}
+
+impl Subscriber {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        db: Db,
+        writer: Writer,
+        sync: Arc<SyncContext>,
+        crm: Arc<dyn CrmClient>,
+        tokens: Arc<TokenSource>,
+        inbound: SalesforceInbound,
+        client_tag: String,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        let importer = Importer {
+            db: db.clone(),
+            writer: writer.clone(),
+            crm: crm.clone(),
+            sync: sync.clone(),
+            overlap: import::OVERLAP,
+        };
+        let holder = format!(
+            "{}:{}:{}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "gateway".into()),
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        Arc::new(Self {
+            lease_name: format!("salesforce-cdc:{}", inbound.channel),
+            db,
+            writer,
+            sync,
+            crm,
+            importer,
+            tokens,
+            inbound,
+            client_tag,
+            metrics,
+            holder,
+            current: Arc::new(RwLock::new(None)),
+            schemas: tokio::sync::Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Reads the channel while this instance holds its lease, until `stop` turns true.
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut backoff = self.inbound.retry_base;
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            let name = self.lease_name.clone();
+            let (holder, ttl) = (self.holder.clone(), self.inbound.lease);
+            let taken =
+                self.writer.run(move |txn| Box::pin(async move { lease::take(txn, &name, &holder, ttl).await })).await;
+            match taken {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::debug!(channel = %self.inbound.channel, "another instance reads the channel");
+                    if wait(&mut stop, self.inbound.lease / 3).await {
+                        break;
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(error = %crate::error::ErrorChain(&e), "cannot take the channel's lease");
+                    if wait(&mut stop, self.inbound.lease / 3).await {
+                        break;
+                    }
+                    continue;
+                }
+            }
+            tracing::info!(channel = %self.inbound.channel, holder = %self.holder, "reading Salesforce's changes");
+            let mut heard = false;
+            match self.session(&mut stop, &mut heard).await {
+                Ok(Ended::Stopped) => break,
+                Ok(Ended::LeaseLost) => {
+                    tracing::warn!(channel = %self.inbound.channel, "another instance took the channel over");
+                    backoff = self.inbound.retry_base;
+                }
+                Err(e) => {
+                    if heard {
+                        backoff = self.inbound.retry_base;
+                    }
+                    tracing::warn!(
+                        channel = %self.inbound.channel,
+                        error = %crate::error::ErrorChain(&e),
+                        retry_in = ?backoff,
+                        "the Change Data Capture subscription ended; resuming from the stored replay id"
+                    );
+                    if wait(&mut stop, backoff).await {
+                        break;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(60));
+                }
+            }
+        }
+        let (name, holder) = (self.lease_name.clone(), self.holder.clone());
+        let _ = self.writer.run(move |txn| Box::pin(async move { lease::release(txn, &name, &holder).await })).await;
+    }
+
+    /// One subscription, from connecting to its end.
+    async fn session(&self, stop: &mut watch::Receiver<bool>, heard: &mut bool) -> Result<Ended, Failure> {
+        let token = self.tokens.token().await?;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Some(token.clone());
+        let mut client = PubSubClient::with_interceptor(self.connect().await?, Auth(self.current.clone()));
+        let stored = positions::Entity::find_by_id(self.inbound.channel.clone()).one(self.db.reader()).await?;
+        let resume = stored.as_ref().filter(|p| Utc::now() - p.updated_at < REPLAY_KEPT).and_then(|p| {
+            base64::engine::general_purpose::STANDARD.decode(&p.replay_id).ok().filter(|id| !id.is_empty())
+        });
+        if let (Some(p), None) = (&stored, &resume) {
+            tracing::warn!(
+                channel = %self.inbound.channel,
+                stored_at = %p.updated_at,
+                "the stored replay id is older than the channel keeps events: starting from the next event \
+                 and reconciling over REST"
+            );
+        }
+        let first = FetchRequest {
+            topic_name: self.inbound.channel.clone(),
+            replay_preset: (if resume.is_some() { ReplayPreset::Custom } else { ReplayPreset::Latest }) as i32,
+            replay_id: resume.clone().unwrap_or_default(),
+            num_requested: BATCH,
+        };
+        let (requests, outgoing) = mpsc::channel(4);
+        requests.send(first).await.map_err(|_| Failure::Closed)?;
+        let subscribed = client.subscribe(tokio_stream::wrappers::ReceiverStream::new(outgoing)).await;
+        let mut stream = match subscribed {
+            Ok(response) => response.into_inner(),
+            Err(status) => return Err(self.refused(status, &token, resume.is_some()).await),
+        };
+        let (lost, keeper) = self.keep_lease();
+        let _keeper = AbortOnDrop(keeper);
+        let mut lost_wait = lost.clone();
+        if resume.is_none() {
+            // Nothing to resume from: what changed since the last reconciliation is read over
+            // REST (the subscription is open, so nothing after this point is missed).
+            tokio::select! {
+                passed = self.reconcile() => passed?,
+                _ = lost_wait.wait_for(|lost| *lost) => return Ok(Ended::LeaseLost),
+                _ = stop.wait_for(|stop| *stop) => return Ok(Ended::Stopped),
+            }
+        }
+        loop {
+            let next = tokio::select! {
+                next = tokio::time::timeout(self.inbound.silence, stream.message()) => next,
+                _ = lost_wait.wait_for(|lost| *lost) => return Ok(Ended::LeaseLost),
+                _ = stop.wait_for(|stop| *stop) => return Ok(Ended::Stopped),
+            };
+            let response = match next {
+                Err(_) => return Err(Failure::Silent(self.inbound.silence)),
+                Ok(Err(status)) => return Err(self.refused(status, &token, resume.is_some() && !*heard).await),
+                Ok(Ok(None)) => return Err(Failure::Closed),
+                Ok(Ok(Some(response))) => response,
+            };
+            *heard = true;
+            let taken = i32::try_from(response.events.len()).unwrap_or(BATCH);
+            if !self.apply(&mut client, response).await? {
+                return Ok(Ended::LeaseLost);
+            }
+            if taken > 0 {
+                let more = FetchRequest { num_requested: taken, ..Default::default() };
+                requests.send(more).await.map_err(|_| Failure::Closed)?;
+            }
+        }
+    }
+
+    /// An error status of the subscription: a refused token is renewed (for the next
+    /// subscription); a refused replay id is forgotten, so the next one starts at the next event
+    /// and reconciles.
+    async fn refused(&self, status: tonic::Status, token: &Token, custom: bool) -> Failure {
+        match status.code() {
+            tonic::Code::Unauthenticated => {
+                if let Err(e) = self.tokens.renew(token).await {
+                    return e.into();
+                }
+            }
+            tonic::Code::InvalidArgument if custom => {
+                tracing::warn!(
+                    channel = %self.inbound.channel,
+                    message = status.message(),
+                    "the stored replay id was refused: starting from the next event and reconciling over REST"
+                );
+                let channel = self.inbound.channel.clone();
+                let forgot = self
+                    .writer
+                    .run(move |txn| {
+                        Box::pin(async move {
+                            positions::Entity::delete_by_id(channel).exec(txn).await?;
+                            Ok(())
+                        })
+                    })
+                    .await;
+                if let Err(e) = forgot {
+                    return e.into();
+                }
+            }
+            _ => {}
+        }
+        status.into()
+    }
+
+    /// Renews the lease every third of its time, in a task; the watch turns true when it is lost.
+    fn keep_lease(&self) -> (watch::Receiver<bool>, tokio::task::JoinHandle<()>) {
+        let (lost, watch) = watch::channel(false);
+        let (writer, name, holder, ttl) =
+            (self.writer.clone(), self.lease_name.clone(), self.holder.clone(), self.inbound.lease);
+        let task = tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(ttl / 3);
+            ticks.tick().await;
+            loop {
+                ticks.tick().await;
+                let (name, holder) = (name.clone(), holder.clone());
+                let renewed =
+                    writer.run(move |txn| Box::pin(async move { lease::renew(txn, &name, &holder, ttl).await })).await;
+                match renewed {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        let _ = lost.send(true);
+                        return;
+                    }
+                    // Not renewed this time; the lease outlives two failed renewals.
+                    Err(e) => tracing::warn!(error = %crate::error::ErrorChain(&e), "cannot renew the channel's lease"),
+                }
+            }
+        });
+        (watch, task)
+    }
+
+    /// One reconciliation pass over every synced type (from where the last one stopped).
+    async fn reconcile(&self) -> Result<(), Failure> {
+        for t in crate::sync::mapping::RecordType::ALL.into_iter().filter(|t| self.crm.syncs(*t)) {
+            let summary = self.importer.pass(t, Start::Resume, false, &import::Quiet).await?;
+            tracing::info!(
+                record = t.as_str(),
+                seen = summary.seen,
+                created = summary.created,
+                updated = summary.updated,
+                "reconciled over REST before reading the channel"
+            );
+        }
+        Ok(())
+    }
+
+    async fn connect(&self) -> Result<Channel, Failure> {
+        let url = self.inbound.pubsub_url.as_str().trim_end_matches('/').to_owned();
+        let failed = |e: &dyn std::error::Error| Failure::Connect {
+            url: url.clone(),
+            message: crate::error::ErrorChain(e).to_string(),
+        };
+        let mut endpoint = Endpoint::from_shared(url.clone())
+            .map_err(|e| failed(&e))?
+            .connect_timeout(Duration::from_secs(10))
+            .http2_keep_alive_interval(Duration::from_secs(60))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .keep_alive_while_idle(true);
+        if self.inbound.pubsub_url.scheme() == "https" {
+            endpoint = endpoint.tls_config(ClientTlsConfig::new().with_webpki_roots()).map_err(|e| failed(&e))?;
+        }
+        endpoint.connect().await.map_err(|e| failed(&e))
+    }
+
+    /// The schema `id` names, fetched once.
+    async fn schema(&self, client: &mut Client, id: &str) -> Result<Arc<EventSchema>, Failure> {
+        if let Some(schema) = self.schemas.lock().await.get(id) {
+            return Ok(schema.clone());
+        }
+        let info = client.get_schema(SchemaRequest { schema_id: id.to_owned() }).await?.into_inner();
+        let schema =
+            EventSchema::parse(&info.schema_json).map_err(|message| Failure::Schema { id: id.to_owned(), message })?;
+        let schema = Arc::new(schema);
+        self.schemas.lock().await.insert(id.to_owned(), schema.clone());
+        Ok(schema)
+    }
+
+    /// Applies a batch and stores its last replay id, in one transaction under the lease.
+    /// False when the lease is no longer this instance's (nothing written).
+    async fn apply(&self, client: &mut Client, response: FetchResponse) -> Result<bool, Failure> {
+        let last = response.events.last().map(|e| e.replay_id.clone()).unwrap_or(response.latest_replay_id);
+        if last.is_empty() {
+            return Ok(true);
+        }
+        let mut changes = Vec::new();
+        for event in &response.events {
+            let Some(produced) = &event.event else { continue };
+            let schema = self.schema(client, &produced.schema_id).await?;
+            let decoded = match schema.decode(&produced.payload) {
+                Ok(decoded) => decoded,
+                Err(why) => {
+                    // Nothing of it can be read: the next reconciliation reads the record.
+                    tracing::error!(event = %produced.id, schema = %produced.schema_id, %why, "a change event was skipped");
+                    self.metrics
+                        .webhook_refusals
+                        .get_or_create(&crate::ops::metrics::ReasonLabel { reason: "cdc_event_undecodable".into() })
+                        .inc();
+                    continue;
+                }
+            };
+            match cdc::action(&self.inbound.mapping, &decoded.header, &decoded.values, &self.client_tag) {
+                Action::Apply(of_event) => changes.extend(of_event),
+                Action::Reread(t, ids) if self.crm.syncs(t) => {
+                    let records = self.crm.read_many(t, &ids).await?;
+                    changes.extend(cdc::reread(t, &decoded.header, &ids, &records));
+                }
+                Action::Resync(t, since) if self.crm.syncs(t) => {
+                    tracing::info!(record = t.as_str(), %since, "reading every record changed since a change too big for events");
+                    self.importer.pass(t, Start::Since(since - import::OVERLAP), false, &import::Quiet).await?;
+                }
+                Action::Reread(..) | Action::Resync(..) => {}
+                Action::Ignore(why) => tracing::debug!(event = %produced.id, %why, "change event not synced"),
+            }
+        }
+        let events: Vec<Value> = changes.iter().map(crate::sync::change::Change::to_value).collect();
+        let incoming = Incoming {
+            delivery_id: format!("cdc-{}", base64::engine::general_purpose::STANDARD.encode(&last)),
+            events: Arc::new(events),
+        };
+        let count = response.events.len() as i64;
+        let replay = base64::engine::general_purpose::STANDARD.encode(&last);
+        let (ctx, channel, name, holder) =
+            (self.sync.clone(), self.inbound.channel.clone(), self.lease_name.clone(), self.holder.clone());
+        let written = self
+            .writer
+            .run_retrying(|| {
+                let (incoming, ctx, channel, name, holder, replay) =
+                    (incoming.clone(), ctx.clone(), channel.clone(), name.clone(), holder.clone(), replay.clone());
+                move |txn: &DatabaseTransaction| {
+                    Box::pin(async move {
+                        if !lease::holds(txn, &name, &holder).await? {
+                            return Ok(None);
+                        }
+                        let results = if incoming.events.is_empty() {
+                            Vec::new()
+                        } else {
+                            inbox::receive_all(txn, &ctx, std::slice::from_ref(&incoming))
+                                .await
+                                .pop()
+                                .unwrap_or_else(|| Ok(Vec::new()))?
+                        };
+                        save_position(txn, channel, replay, count).await?;
+                        Ok(Some(results))
+                    })
+                        as futures_util::future::BoxFuture<'_, Result<Option<Vec<inbox::EventResult>>, DbErr>>
+                }
+            })
+            .await?;
+        match written {
+            None => Ok(false),
+            Some(results) => {
+                self.metrics.webhook_results(&results);
+                Ok(true)
+            }
+        }
+    }
+}
+
+/// Writes the channel's position: the replay id of the last event applied (`count` more).
+async fn save_position(txn: &DatabaseTransaction, channel: String, replay: String, count: i64) -> Result<(), DbErr> {
+    let now = Utc::now();
+    match positions::Entity::find_by_id(channel.clone()).one(txn).await? {
+        Some(row) => {
+            let mut row: positions::ActiveModel = row.into();
+            let events = row.events.take().unwrap_or_default() + count;
+            row.events = Set(events);
+            row.replay_id = Set(replay);
+            row.updated_at = Set(now);
+            positions::Entity::update(row).exec(txn).await?;
+        }
+        None => {
+            let row = positions::ActiveModel {
+                channel: Set(channel),
+                replay_id: Set(replay),
+                events: Set(count),
+                updated_at: Set(now),
+            };
+            positions::Entity::insert(row).exec_without_returning(txn).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Waits `wait`, or until `stop` turns true (then true).
+async fn wait(stop: &mut watch::Receiver<bool>, wait: Duration) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(wait) => {}
+        _ = stop.wait_for(|stop| *stop) => return true,
+    }
+    *stop.borrow()
+}
+
+/// Aborts a task when dropped (the lease keeper, at the end of a subscription).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
