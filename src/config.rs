@@ -53,6 +53,17 @@ pub struct Settings {
     /// instance takes over that long after the reader died). Default 30.
     #[arg(long, env = "CRM_CDC_LEASE_SECS", global = true)]
     pub crm_cdc_lease_secs: Option<String>,
+    /// Salesforce: a PEM file with the private key of the certificate uploaded to the connected
+    /// app; set, the token comes by the JWT bearer flow instead of client credentials.
+    #[arg(long, env = "CRM_JWT_KEY_FILE", global = true)]
+    pub crm_jwt_key_file: Option<String>,
+    /// Salesforce, JWT bearer flow: the integration user's username.
+    #[arg(long, env = "CRM_JWT_USERNAME", global = true)]
+    pub crm_jwt_username: Option<String>,
+    /// Salesforce, JWT bearer flow: the audience. Default https://login.salesforce.com
+    /// (https://test.salesforce.com for a sandbox).
+    #[arg(long, env = "CRM_JWT_AUDIENCE", global = true)]
+    pub crm_jwt_audience: Option<String>,
     /// HubSpot: most records in one batch call. Default 100.
     #[arg(long, env = "CRM_BATCH_SIZE", global = true)]
     pub crm_batch_size: Option<String>,
@@ -738,6 +749,32 @@ impl Settings {
             }
             Some(raw) => http_url(problems, "CRM_API_URL", raw),
         };
+        // The JWT bearer flow, when a key file is named; else client credentials.
+        let jwt = match non_empty(&self.crm_jwt_key_file) {
+            None => None,
+            Some(path) => {
+                let username = non_empty(&self.crm_jwt_username);
+                if username.is_none() {
+                    problems.add("CRM_JWT_USERNAME", "required with CRM_JWT_KEY_FILE: the integration user's username");
+                }
+                let audience = non_empty(&self.crm_jwt_audience).unwrap_or("https://login.salesforce.com").to_owned();
+                let key =
+                    std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}")).and_then(|pem| {
+                        crate::crm::salesforce::auth::JwtBearer::new(
+                            username.unwrap_or_default().to_owned(),
+                            audience,
+                            &pem,
+                        )
+                    });
+                match key {
+                    Ok(jwt) => Some(Some(jwt)),
+                    Err(why) => {
+                        problems.add("CRM_JWT_KEY_FILE", why);
+                        Some(None)
+                    }
+                }
+            }
+        };
         let mut secret = |variable: &'static str, raw: &Option<String>, what: &str| {
             let value = non_empty(raw).map(|s| SecretString::from(s.to_owned()));
             if value.is_none() {
@@ -746,16 +783,22 @@ impl Settings {
             value
         };
         let client_id = secret("CRM_API_KEY", &self.crm_api_key, "consumer key");
-        let client_secret = secret("CRM_API_SECRET", &self.crm_api_secret, "consumer secret");
-        let crm = match (api_url, client_id, client_secret) {
-            (Some(api_url), Some(client_id), Some(client_secret)) => CrmProvider::Salesforce(SalesforceConfig {
-                api_url,
-                client_id,
-                client_secret,
-                api_version: SALESFORCE_API_VERSION.into(),
-                client_tag: "crm-gateway".into(),
-                mapping,
-            }),
+        let client_secret = match jwt {
+            Some(_) => Some(SecretString::from(non_empty(&self.crm_api_secret).unwrap_or_default().to_owned())),
+            None => secret("CRM_API_SECRET", &self.crm_api_secret, "consumer secret"),
+        };
+        let crm = match (api_url, client_id, client_secret, jwt) {
+            (Some(api_url), Some(client_id), Some(client_secret), jwt @ (None | Some(Some(_)))) => {
+                CrmProvider::Salesforce(SalesforceConfig {
+                    api_url,
+                    client_id,
+                    client_secret,
+                    api_version: SALESFORCE_API_VERSION.into(),
+                    client_tag: "crm-gateway".into(),
+                    mapping,
+                    jwt: jwt.flatten(),
+                })
+            }
             _ => CrmProvider::Mock,
         };
         (inbound, crm)
@@ -800,6 +843,9 @@ mod tests {
                 "CRM_PUBSUB_URL" => s.crm_pubsub_url = v,
                 "CRM_CDC_CHANNEL" => s.crm_cdc_channel = v,
                 "CRM_CDC_LEASE_SECS" => s.crm_cdc_lease_secs = v,
+                "CRM_JWT_KEY_FILE" => s.crm_jwt_key_file = v,
+                "CRM_JWT_USERNAME" => s.crm_jwt_username = v,
+                "CRM_JWT_AUDIENCE" => s.crm_jwt_audience = v,
                 "CRM_WEBHOOK_SECRET" => s.crm_webhook_secret = v,
                 "DATABASE_URL" => s.database_url = v,
                 "BIND_ADDR" => s.bind_addr = v,
@@ -864,6 +910,30 @@ mod tests {
         .validate()
         .unwrap_err();
         assert_eq!(variables(err), ["CRM_WEBHOOK_URL", "CRM_MAPPING_FILE", "CRM_BATCH_SIZE", "CRM_API_KEY"]);
+    }
+
+    #[test]
+    fn salesforce_takes_the_jwt_bearer_flow_when_a_key_file_is_named() {
+        let key = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/salesforce/jwt-test-key.pem");
+        let base = [
+            ("CRM_PROVIDER", "salesforce"),
+            ("CRM_ENABLED", "true"),
+            ("CRM_API_URL", "https://acme.my.salesforce.com"),
+            ("CRM_API_KEY", "3MVG9"),
+        ];
+        let mut pairs = base.to_vec();
+        pairs.extend([("CRM_JWT_KEY_FILE", key), ("CRM_JWT_USERNAME", "sync@acme.example")]);
+        let config = settings(&pairs).validate().unwrap();
+        let CrmProvider::Salesforce(sf) = &config.crm else { panic!("{:?}", config.crm) };
+        let jwt = sf.jwt.as_ref().expect("the JWT bearer flow, no consumer secret needed");
+        assert_eq!(
+            (jwt.username.as_str(), jwt.audience.as_str()),
+            ("sync@acme.example", "https://login.salesforce.com")
+        );
+        let mut pairs = base.to_vec();
+        pairs.push(("CRM_JWT_KEY_FILE", "/nonexistent/key.pem"));
+        let err = settings(&pairs).validate().unwrap_err();
+        assert_eq!(variables(err), ["CRM_JWT_USERNAME", "CRM_JWT_KEY_FILE"]);
     }
 
     #[test]

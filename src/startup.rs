@@ -109,6 +109,7 @@ impl Application {
                 &salesforce.api_url,
                 salesforce.client_id.clone(),
                 salesforce.client_secret.clone(),
+                salesforce.jwt.clone(),
             );
             let subscriber = inbound::salesforce::Subscriber::new(
                 db.clone(),

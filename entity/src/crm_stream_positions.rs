@@ -15,6 +15,8 @@ pub struct Model {
     pub replay_id: String,
     /// Events applied from the channel so far.
     pub events: i64,
+    /// When the replay id's event was committed (the channel keeps events 72 hours from then).
+    pub event_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }
 

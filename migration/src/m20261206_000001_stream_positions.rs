@@ -21,6 +21,9 @@ impl MigrationTrait for Migration {
                     .col(text("replay_id"))
                     // Events applied from the channel so far.
                     .col(big_integer("events").default(0))
+                    // When the replay id's event was committed: the channel keeps events 72 hours
+                    // from then, however recently the id was stored.
+                    .col(timestamp_with_time_zone("event_at"))
                     .col(timestamp_with_time_zone("updated_at"))
                     .to_owned(),
             )

@@ -397,6 +397,10 @@ impl Mapping {
             let value = match properties.get(property) {
                 None | Some(Value::Null) => Value::Null,
                 Some(Value::String(text)) => from_text(kind, text),
+                // A date as Change Data Capture may send it: days since 1970 (or milliseconds).
+                Some(Value::Number(n)) if matches!(kind, Kind::Date | Kind::OptDate) => {
+                    n.as_i64().and_then(date_of_epoch_number).map_or_else(|| Value::Number(n.clone()), Value::String)
+                }
                 // Salesforce's numbers and booleans are JSON already.
                 Some(other) => other.clone(),
             };
@@ -432,6 +436,17 @@ impl Mapping {
     pub fn value_of(&self, t: RecordType, field: &str, text: &str) -> Value {
         from_text(field_kind(t, field), text)
     }
+}
+
+/// `YYYY-MM-DD` of a day count since 1970, or of milliseconds since 1970 (a number too large to
+/// be a day count).
+fn date_of_epoch_number(n: i64) -> Option<String> {
+    let date = if n.abs() < 1_000_000 {
+        chrono::NaiveDate::from_num_days_from_ce_opt(i32::try_from(n).ok()? + 719_163)?
+    } else {
+        chrono::DateTime::from_timestamp_millis(n)?.date_naive()
+    };
+    Some(date.format("%Y-%m-%d").to_string())
 }
 
 /// Object type ids of HubSpot's standard objects, by their API names.
@@ -572,6 +587,12 @@ mod tests {
             Value::Object(out.clone()),
             json!({"Crm_Gateway_Id__c": "31", "Auto_Renew__c": true, "End_Date__c": null, "Start_Date__c": "2025-01-01"})
         );
+        let mut dated = out.clone();
+        dated.insert("Start_Date__c".into(), json!(20_000));
+        let from_days = m.from_crm(RecordType::Membership, "a0B1", &dated, None);
+        assert_eq!(from_days.fields["startDate"], "2024-10-04", "a day count, as Change Data Capture sends dates");
+        dated.insert("Start_Date__c".into(), json!(1_764_000_000_000i64));
+        assert_eq!(m.from_crm(RecordType::Membership, "a0B1", &dated, None).fields["startDate"], "2025-11-24");
         let back = m.from_crm(RecordType::Membership, "a0B1", &out, None);
         assert_eq!(back.fields["autoRenew"], json!(true));
         assert_eq!(back.fields["endDate"], Value::Null, "an optional field's null is a cleared value");

@@ -53,6 +53,7 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 pub const BATCH: i32 = 100;
 /// How long a channel keeps its events: an older replay id cannot be resumed from (72 hours,
 /// less an hour's margin for clocks and for the time the replay id was stored after its event).
+/// Measured from when the event was committed (`crm_stream_positions.event_at`).
 pub const REPLAY_KEPT: chrono::Duration = chrono::Duration::hours(71);
 
 type Client = PubSubClient<InterceptedService<Channel, Auth>>;
@@ -238,13 +239,13 @@ impl Subscriber {
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Some(token.clone());
         let mut client = PubSubClient::with_interceptor(self.connect().await?, Auth(self.current.clone()));
         let stored = positions::Entity::find_by_id(self.inbound.channel.clone()).one(self.db.reader()).await?;
-        let resume = stored.as_ref().filter(|p| Utc::now() - p.updated_at < REPLAY_KEPT).and_then(|p| {
+        let resume = stored.as_ref().filter(|p| Utc::now() - p.event_at < REPLAY_KEPT).and_then(|p| {
             base64::engine::general_purpose::STANDARD.decode(&p.replay_id).ok().filter(|id| !id.is_empty())
         });
         if let (Some(p), None) = (&stored, &resume) {
             tracing::warn!(
                 channel = %self.inbound.channel,
-                stored_at = %p.updated_at,
+                event_at = %p.event_at,
                 "the stored replay id is older than the channel keeps events: starting from the next event \
                  and reconciling over REST"
             );
@@ -287,13 +288,16 @@ impl Subscriber {
                 Ok(Ok(Some(response))) => response,
             };
             *heard = true;
+            // Asked for again on receipt, not after applying: a stream with nothing requested
+            // may be closed by the server while a slow batch (a REST read, a resync) applies. At
+            // most two batches are held.
             let taken = i32::try_from(response.events.len()).unwrap_or(BATCH);
-            if !self.apply(&mut client, response).await? {
-                return Ok(Ended::LeaseLost);
-            }
             if taken > 0 {
                 let more = FetchRequest { num_requested: taken, ..Default::default() };
                 requests.send(more).await.map_err(|_| Failure::Closed)?;
+            }
+            if !self.apply(&mut client, response).await? {
+                return Ok(Ended::LeaseLost);
             }
         }
     }
@@ -308,18 +312,21 @@ impl Subscriber {
                     return e.into();
                 }
             }
-            tonic::Code::InvalidArgument if custom => {
+            tonic::Code::InvalidArgument if custom && about_the_replay_id(&status) => {
                 tracing::warn!(
                     channel = %self.inbound.channel,
                     message = status.message(),
                     "the stored replay id was refused: starting from the next event and reconciling over REST"
                 );
-                let channel = self.inbound.channel.clone();
+                let (channel, name, holder, ttl) =
+                    (self.inbound.channel.clone(), self.lease_name.clone(), self.holder.clone(), self.inbound.lease);
                 let forgot = self
                     .writer
                     .run(move |txn| {
                         Box::pin(async move {
-                            positions::Entity::delete_by_id(channel).exec(txn).await?;
+                            if lease::renew(txn, &name, &holder, ttl).await? {
+                                positions::Entity::delete_by_id(channel).exec(txn).await?;
+                            }
                             Ok(())
                         })
                     })
@@ -408,58 +415,89 @@ impl Subscriber {
 
     /// Applies a batch and stores its last replay id, in one transaction under the lease.
     /// False when the lease is no longer this instance's (nothing written).
+    ///
+    /// An event that can never be read (a payload or schema that does not decode, a record
+    /// Salesforce refuses to show) is not retried forever: it is logged, counted, and covered by a
+    /// reconciliation pass over REST before the batch's position is stored, so its change is read
+    /// from the listing instead. A failure that may pass (Salesforce unreachable) fails the batch,
+    /// which comes again from the stored replay id.
     async fn apply(&self, client: &mut Client, response: FetchResponse) -> Result<bool, Failure> {
         let last = response.events.last().map(|e| e.replay_id.clone()).unwrap_or(response.latest_replay_id);
         if last.is_empty() {
             return Ok(true);
         }
         let mut changes = Vec::new();
+        let mut unreadable = false;
+        let mut newest: Option<chrono::DateTime<Utc>> = None;
         for event in &response.events {
             let Some(produced) = &event.event else { continue };
-            let schema = self.schema(client, &produced.schema_id).await?;
-            let decoded = match schema.decode(&produced.payload) {
+            let decoded = match self.schema(client, &produced.schema_id).await {
+                Ok(schema) => schema.decode(&produced.payload),
+                Err(Failure::Schema { message, .. }) => Err(message),
+                Err(Failure::Status { code: tonic::Code::NotFound | tonic::Code::InvalidArgument, message }) => {
+                    Err(format!("GetSchema refused it: {message}"))
+                }
+                Err(e) => return Err(e),
+            };
+            let decoded = match decoded {
                 Ok(decoded) => decoded,
                 Err(why) => {
-                    // Nothing of it can be read: the next reconciliation reads the record.
-                    tracing::error!(event = %produced.id, schema = %produced.schema_id, %why, "a change event was skipped");
-                    self.metrics
-                        .webhook_refusals
-                        .get_or_create(&crate::ops::metrics::ReasonLabel { reason: "cdc_event_undecodable".into() })
-                        .inc();
+                    tracing::error!(
+                        event = %produced.id,
+                        schema = %produced.schema_id,
+                        %why,
+                        "a change event cannot be read: reconciling over REST instead"
+                    );
+                    self.count_unreadable();
+                    unreadable = true;
                     continue;
                 }
             };
+            newest = newest.max(chrono::DateTime::from_timestamp_millis(decoded.header.commit_timestamp));
             match cdc::action(&self.inbound.mapping, &decoded.header, &decoded.values, &self.client_tag) {
                 Action::Apply(of_event) => changes.extend(of_event),
-                Action::Reread(t, ids) if self.crm.syncs(t) => {
-                    let records = self.crm.read_many(t, &ids).await?;
-                    changes.extend(cdc::reread(t, &decoded.header, &ids, &records));
-                }
+                Action::Reread(t, ids) if self.crm.syncs(t) => match self.crm.read_many(t, &ids).await {
+                    Ok(records) => changes.extend(cdc::reread(t, &decoded.header, &ids, &records)),
+                    Err(e) if e.is_transient() => return Err(e.into()),
+                    Err(e) => {
+                        tracing::error!(record = t.as_str(), ?ids, error = %e, "records cannot be read again: reconciling over REST instead");
+                        self.count_unreadable();
+                        unreadable = true;
+                    }
+                },
                 Action::Resync(t, since) if self.crm.syncs(t) => {
                     tracing::info!(record = t.as_str(), %since, "reading every record changed since a change too big for events");
                     self.importer.pass(t, Start::Since(since - import::OVERLAP), false, &import::Quiet).await?;
                 }
                 Action::Reread(..) | Action::Resync(..) => {}
-                Action::Ignore(why) => tracing::debug!(event = %produced.id, %why, "change event not synced"),
+                Action::Ignore(why) => tracing::info!(event = %produced.id, %why, "change event not applied"),
             }
+        }
+        if unreadable {
+            self.reconcile().await?;
         }
         let events: Vec<Value> = changes.iter().map(crate::sync::change::Change::to_value).collect();
         let incoming = Incoming {
             delivery_id: format!("cdc-{}", base64::engine::general_purpose::STANDARD.encode(&last)),
             events: Arc::new(events),
         };
-        let count = response.events.len() as i64;
-        let replay = base64::engine::general_purpose::STANDARD.encode(&last);
-        let (ctx, channel, name, holder) =
-            (self.sync.clone(), self.inbound.channel.clone(), self.lease_name.clone(), self.holder.clone());
+        let position = Position {
+            channel: self.inbound.channel.clone(),
+            replay_id: base64::engine::general_purpose::STANDARD.encode(&last),
+            events: response.events.len() as i64,
+            event_at: newest,
+        };
+        let (ctx, name, holder, ttl) =
+            (self.sync.clone(), self.lease_name.clone(), self.holder.clone(), self.inbound.lease);
         let written = self
             .writer
             .run_retrying(|| {
-                let (incoming, ctx, channel, name, holder, replay) =
-                    (incoming.clone(), ctx.clone(), channel.clone(), name.clone(), holder.clone(), replay.clone());
+                let (incoming, ctx, name, holder, position) =
+                    (incoming.clone(), ctx.clone(), name.clone(), holder.clone(), position.clone());
                 move |txn: &DatabaseTransaction| {
                     Box::pin(async move {
-                        if !lease::holds(txn, &name, &holder).await? {
+                        // Renewing is the check: it locks the lease's row until the commit.
+                        if !lease::renew(txn, &name, &holder, ttl).await? {
                             return Ok(None);
                         }
                         let results = if incoming.events.is_empty() {
@@ -470,7 +508,7 @@ impl Subscriber {
                                 .pop()
                                 .unwrap_or_else(|| Ok(Vec::new()))?
                         };
-                        save_position(txn, channel, replay, count).await?;
+                        save_position(txn, position).await?;
                         Ok(Some(results))
                     })
                         as futures_util::future::BoxFuture<'_, Result<Option<Vec<inbox::EventResult>>, DbErr>>
@@ -485,31 +523,66 @@ impl Subscriber {
             }
         }
     }
+
+    fn count_unreadable(&self) {
+        self.metrics
+            .webhook_refusals
+            .get_or_create(&crate::ops::metrics::ReasonLabel { reason: "cdc_event_unreadable".into() })
+            .inc();
+    }
 }
 
-/// Writes the channel's position: the replay id of the last event applied (`count` more).
-async fn save_position(txn: &DatabaseTransaction, channel: String, replay: String, count: i64) -> Result<(), DbErr> {
+/// A channel's position to store.
+#[derive(Clone)]
+struct Position {
+    channel: String,
+    replay_id: String,
+    /// Events applied with it.
+    events: i64,
+    /// The newest commit time among them; `None` for a keepalive.
+    event_at: Option<chrono::DateTime<Utc>>,
+}
+
+/// Writes the channel's position: the replay id of the last event applied. A keepalive's replay
+/// id keeps the time of the event stored before it while it is the same id, else now (a later
+/// event the channel holds but did not send here).
+async fn save_position(txn: &DatabaseTransaction, position: Position) -> Result<(), DbErr> {
     let now = Utc::now();
-    match positions::Entity::find_by_id(channel.clone()).one(txn).await? {
+    match positions::Entity::find_by_id(position.channel.clone()).one(txn).await? {
         Some(row) => {
+            let event_at = match position.event_at {
+                Some(at) => at,
+                None if row.replay_id == position.replay_id => row.event_at,
+                None => now,
+            };
             let mut row: positions::ActiveModel = row.into();
-            let events = row.events.take().unwrap_or_default() + count;
+            let events = row.events.take().unwrap_or_default() + position.events;
             row.events = Set(events);
-            row.replay_id = Set(replay);
+            row.replay_id = Set(position.replay_id);
+            row.event_at = Set(event_at);
             row.updated_at = Set(now);
             positions::Entity::update(row).exec(txn).await?;
         }
         None => {
             let row = positions::ActiveModel {
-                channel: Set(channel),
-                replay_id: Set(replay),
-                events: Set(count),
+                channel: Set(position.channel),
+                replay_id: Set(position.replay_id),
+                events: Set(position.events),
+                event_at: Set(position.event_at.unwrap_or(now)),
                 updated_at: Set(now),
             };
             positions::Entity::insert(row).exec_without_returning(txn).await?;
         }
     }
     Ok(())
+}
+
+/// Whether an `INVALID_ARGUMENT` is about the replay id (Salesforce names it in the message or
+/// in its `error-code` metadata), not about the topic or the request.
+fn about_the_replay_id(status: &tonic::Status) -> bool {
+    let code = status.metadata().get("error-code").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let text = format!("{} {code}", status.message()).to_ascii_lowercase();
+    text.contains("replay")
 }
 
 /// Waits `wait`, or until `stop` turns true (then true).

@@ -166,6 +166,23 @@ pub struct Status {
     pub last_audit: Option<crate::pull::audit::LastAudit>,
     /// How far the import and reconciliation have read each record type's listing.
     pub import: Vec<ImportPosition>,
+    /// Change streams read (Salesforce's Change Data Capture channel): where each stands and
+    /// which instance reads it.
+    pub streams: Vec<StreamPosition>,
+}
+
+/// Where a change stream stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamPosition {
+    pub channel: String,
+    /// Events applied from it so far.
+    pub events: i64,
+    /// When its position was last stored (an event applied, or a keepalive).
+    pub updated_at: DateTime<Utc>,
+    /// The instance reading it, while its lease holds.
+    pub reader: Option<String>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
 }
 
 /// How far the import has read one record type's TreadSoft listing.
@@ -338,7 +355,27 @@ pub async fn status(
                 records: p.records,
             })
             .collect(),
+        streams: streams(c).await?,
     })
+}
+
+async fn streams(c: &impl ConnectionTrait) -> Result<Vec<StreamPosition>, DbErr> {
+    let leases = entity::crm_leases::Entity::find().all(c).await?;
+    Ok(entity::crm_stream_positions::Entity::find()
+        .all(c)
+        .await?
+        .into_iter()
+        .map(|p| {
+            let lease = leases.iter().find(|l| l.name.ends_with(&format!(":{}", p.channel)));
+            StreamPosition {
+                reader: lease.map(|l| l.holder.clone()),
+                lease_expires_at: lease.map(|l| l.expires_at),
+                channel: p.channel,
+                events: p.events,
+                updated_at: p.updated_at,
+            }
+        })
+        .collect())
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {

@@ -187,7 +187,10 @@ impl PubSub for FakePubSub {
                 _ => return Err(Status::invalid_argument("The Replay ID validation failed.")),
             },
         };
-        let mut credit = first.num_requested.clamp(0, 100);
+        if !(0..=100).contains(&first.num_requested) {
+            return Err(Status::invalid_argument("num_requested is at most 100"));
+        }
+        let mut credit = first.num_requested;
         let disconnect_after = self.state.disconnect_after.lock().unwrap().take();
         let keepalive = self.state.keepalive.lock().unwrap().unwrap_or(Duration::from_secs(3600));
         let (out, stream) = mpsc::channel(4);
@@ -240,7 +243,12 @@ impl PubSub for FakePubSub {
                     request = requests.next() => match request {
                         Some(Ok(more)) => {
                             state.top_ups.lock().unwrap().push(more.num_requested);
-                            credit = (credit + more.num_requested).min(100);
+                            credit += more.num_requested;
+                            // A subscriber asking for more than 100 outstanding is told so.
+                            if credit > 100 {
+                                let _ = out.send(Err(Status::invalid_argument("more than 100 events outstanding"))).await;
+                                return;
+                            }
                         }
                         _ => return,
                     },

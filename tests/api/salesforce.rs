@@ -38,7 +38,7 @@ fn use_salesforce(config: &mut crm_gateway::config::Config, server: &MockServer)
 fn use_salesforce_with(config: &mut crm_gateway::config::Config, server: &MockServer, pubsub_url: &str) {
     let mapping = Arc::new(Mapping::defaults(Flavor::Salesforce));
     let mut inbound = SalesforceInbound::new(pubsub_url.parse().unwrap(), CHANNEL.into(), mapping.clone());
-    inbound.lease = Duration::from_millis(900);
+    inbound.lease = Duration::from_secs(3);
     inbound.retry_base = Duration::from_millis(50);
     config.provider = Provider::Salesforce(inbound);
     config.crm = CrmProvider::Salesforce(SalesforceConfig {
@@ -48,6 +48,7 @@ fn use_salesforce_with(config: &mut crm_gateway::config::Config, server: &MockSe
         api_version: "v62.0".into(),
         client_tag: "crm-gateway".into(),
         mapping,
+        jwt: None,
     });
     config.crm_request_timeout = std::time::Duration::from_millis(500);
 }
@@ -141,7 +142,12 @@ fn phone_changed(id: &str, at_ms: i64, phone: &str) -> Value {
     event.to_json()
 }
 
-const T0: i64 = 1_764_000_000_000;
+/// The commit time of the tests' first event: an hour ago (the channel keeps events 72 hours, so
+/// a replay id is resumed from only when its event is younger).
+fn t0() -> i64 {
+    static FIRST: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *FIRST.get_or_init(|| (chrono::Utc::now() - chrono::Duration::hours(1)).timestamp_millis() / 1_000 * 1_000)
+}
 
 async fn changes_made_in_salesforce_reach_the_site_over_change_data_capture(database: TestDatabase) {
     let server = quiet_org().await;
@@ -153,7 +159,7 @@ async fn changes_made_in_salesforce_reach_the_site_over_change_data_capture(data
     assert_eq!(start.access_token.as_deref(), Some(TOKEN));
     assert_eq!(start.tenant.as_deref(), Some("00D000000000001AAA"));
 
-    fake.publish(created("003A", T0, "Ann", "Lee", "ann@example.com"));
+    fake.publish(created("003A", t0(), "Ann", "Lee", "ann@example.com"));
     let user = eventually("the contact created", || user_with_crm_id(&app.db, "003A")).await;
     assert_eq!(
         (user.name.as_str(), user.email.as_str(), user.phone.as_deref()),
@@ -161,7 +167,7 @@ async fn changes_made_in_salesforce_reach_the_site_over_change_data_capture(data
     );
 
     // An update carries only its changed fields; the name's one part changed is read whole.
-    let mut email = Event::new("UPDATE", "003A", T0 + 1_000);
+    let mut email = Event::new("UPDATE", "003A", t0() + 1_000);
     email.changed = vec![bitmap(&["Email"])];
     email.nulled = vec![bitmap(&["Phone"])];
     email.fields = json!({"Email": "ann.lee@example.com"});
@@ -173,16 +179,23 @@ async fn changes_made_in_salesforce_reach_the_site_over_change_data_capture(data
     assert_eq!(user.phone, None, "a nulled field is cleared");
     assert_eq!(user.name, "Ann Lee", "fields not in changedFields are left alone");
 
-    // An older change than what is applied loses (last writer wins on commitTimestamp).
-    fake.publish(phone_changed("003A", T0 + 500, "+44 old"));
-    fake.publish(phone_changed("003A", T0 + 2_000, "+44 new"));
+    // A change older than what is applied loses (last writer wins on commitTimestamp), whatever
+    // the order it comes in.
+    fake.publish(phone_changed("003A", t0() + 2_000, "+44 new"));
     eventually("the newer phone", || async {
         user_with_crm_id(&app.db, "003A").await.filter(|u| u.phone.as_deref() == Some("+44 new"))
     })
     .await;
-    assert_eq!(stored_events(&app.db).await, 4, "the replay id stored with every batch");
+    fake.publish(phone_changed("003A", t0() + 1_500, "+44 old"));
+    eventually("the older change taken", || async { (stored_events(&app.db).await == 4).then_some(()) }).await;
+    let user = user_with_crm_id(&app.db, "003A").await.unwrap();
+    assert_eq!(user.phone.as_deref(), Some("+44 new"), "the older change is stale");
+    let status: Value = app.get("/api/crm/status").await.json().await.unwrap();
+    let stream = &status["streams"][0];
+    assert_eq!((stream["channel"].as_str(), stream["events"].as_i64()), (Some(CHANNEL), Some(4)), "{status}");
+    assert!(stream["reader"].as_str().is_some_and(|r| !r.is_empty()), "the status names the reading instance");
 
-    fake.publish(Event::new("DELETE", "003A", T0 + 3_000).to_json());
+    fake.publish(Event::new("DELETE", "003A", t0() + 3_000).to_json());
     eventually("the contact deleted", || async {
         user_with_crm_id(&app.db, "003A").await.filter(|u| u.deleted_at.is_some())
     })
@@ -216,14 +229,18 @@ async fn the_gateways_own_writes_come_back_as_echoes_and_change_nothing(database
         .post_events(&json!({"id": "ev_e2", "type": "owner.updated", "data": {"id": "user_e", "phone": "+44 6"}}))
         .await;
     assert_eq!(response.status(), StatusCode::ACCEPTED);
+    // The echo comes without the gateway's tag (as a trigger's would): its value is the one sent.
     let mut echo = Event::new("UPDATE", "003E", chrono::Utc::now().timestamp_millis());
-    echo.origin = "com/salesforce/api/rest/62.0;client=crm-gateway/";
+    echo.origin = "";
     echo.changed = vec![bitmap(&["Phone"])];
     echo.fields = json!({"Phone": "+44 5"});
     fake.publish(echo.to_json());
     eventually("the echo taken", || async { (stored_events(&app.db).await == 1).then_some(()) }).await;
     let user = user::Entity::find_by_id("user_e").one(app.db.reader()).await.unwrap().unwrap();
     assert_eq!(user.phone.as_deref(), Some("+44 6"), "the echo of the old value does not undo the newer change");
+    let outcomes: Vec<String> =
+        entity::crm_inbox::Entity::find().all(app.db.reader()).await.unwrap().into_iter().map(|r| r.outcome).collect();
+    assert_eq!(outcomes, ["echo"], "known by the value sent, not by a tag");
 
     // Someone changes it in Salesforce: that is applied.
     fake.publish(phone_changed("003E", chrono::Utc::now().timestamp_millis() + 1_000, "+44 7"));
@@ -238,15 +255,15 @@ async fn a_restarted_gateway_resumes_after_the_last_event_it_applied(database: T
     let fake = FakePubSub::start().await;
     let mut first = TestApp::spawn_with(database, |c| use_salesforce_with(c, &server, &fake.url)).await;
     eventually("a subscription", || async { fake.starts().first().cloned() }).await;
-    fake.publish(created("003R", T0, "Rae", "Moss", "rae@example.com"));
-    fake.publish(phone_changed("003R", T0 + 1_000, "+44 2"));
+    fake.publish(created("003R", t0(), "Rae", "Moss", "rae@example.com"));
+    fake.publish(phone_changed("003R", t0() + 1_000, "+44 2"));
     eventually("two events applied", || async { (stored_events(&first.db).await == 2).then_some(()) }).await;
     let queries = server.received_requests().await.unwrap().iter().filter(|r| r.method.as_str() == "GET").count();
     first.stop().await.unwrap();
 
     // Changes made while no gateway reads the channel.
-    fake.publish(phone_changed("003R", T0 + 2_000, "+44 3"));
-    let mut name = Event::new("UPDATE", "003R", T0 + 3_000);
+    fake.publish(phone_changed("003R", t0() + 2_000, "+44 3"));
+    let mut name = Event::new("UPDATE", "003R", t0() + 3_000);
     name.changed = vec![name_bitmap(&["LastName"])];
     name.fields = json!({"Name": {"LastName": "Moss-Hart"}});
     fake.publish(name.to_json());
@@ -255,7 +272,8 @@ async fn a_restarted_gateway_resumes_after_the_last_event_it_applied(database: T
         .and(path("/services/data/v62.0/sobjects/Contact/003R"))
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({
             "Id": "003R", "FirstName": "Rae", "LastName": "Moss-Hart", "Email": "rae@example.com",
-            "Phone": "+44 3", "LastModifiedDate": "2025-11-24T16:00:03.000+0000"
+            "Phone": "+44 3",
+            "LastModifiedDate": chrono::DateTime::from_timestamp_millis(t0() + 3_000).unwrap().format("%Y-%m-%dT%H:%M:%S%.3f+0000").to_string()
         })))
         .mount(&server)
         .await;
@@ -277,7 +295,7 @@ async fn disconnects_and_a_refused_token_are_survived_without_losing_or_repeatin
     let fake = FakePubSub::start().await;
     let app = TestApp::spawn_with(database, |c| use_salesforce_with(c, &server, &fake.url)).await;
     eventually("a subscription", || async { fake.starts().first().cloned() }).await;
-    fake.publish(created("003D", T0, "Dan", "Cole", "dan@example.com"));
+    fake.publish(created("003D", t0(), "Dan", "Cole", "dan@example.com"));
     eventually("the contact", || user_with_crm_id(&app.db, "003D")).await;
     let tokens = || async {
         server.received_requests().await.unwrap().iter().filter(|r| r.url.path().ends_with("/token")).count()
@@ -289,7 +307,7 @@ async fn disconnects_and_a_refused_token_are_survived_without_losing_or_repeatin
     fake.disconnect_after(2);
     fake.disconnect();
     for i in 1..=5 {
-        fake.publish(phone_changed("003D", T0 + i * 1_000, &format!("+44 {i}")));
+        fake.publish(phone_changed("003D", t0() + i * 1_000, &format!("+44 {i}")));
     }
     eventually("every event applied", || async { (stored_events(&app.db).await == 6).then_some(()) }).await;
     let user = user_with_crm_id(&app.db, "003D").await.unwrap();
@@ -326,13 +344,14 @@ async fn a_refused_or_expired_replay_id_starts_at_the_next_event_and_reconciles(
         .mount(&server)
         .await;
     let fake = FakePubSub::start().await;
-    fake.publish(created("003X", T0, "Old", "Event", "old@example.com"));
+    fake.publish(created("003X", t0(), "Old", "Event", "old@example.com"));
     // A replay id the channel does not know any more.
     let db = database.migrated().await;
     let stale = entity::crm_stream_positions::ActiveModel {
         channel: sea_orm::Set(CHANNEL.into()),
         replay_id: sea_orm::Set("AAAAAAAAAAE=".into()),
         events: sea_orm::Set(7),
+        event_at: sea_orm::Set(chrono::Utc::now()),
         updated_at: sea_orm::Set(chrono::Utc::now()),
     };
     entity::crm_stream_positions::Entity::insert(stale).exec_without_returning(db.writer()).await.unwrap();
@@ -342,12 +361,26 @@ async fn a_refused_or_expired_replay_id_starts_at_the_next_event_and_reconciles(
     let starts = eventually("two subscriptions", || async { Some(fake.starts()).filter(|s| s.len() >= 2) }).await;
     use crm_gateway::crm::salesforce::pubsub::ReplayPreset;
     assert_eq!((starts[0].preset, starts[1].preset), (ReplayPreset::Custom, ReplayPreset::Latest));
-    fake.publish(phone_changed("003M", T0 + 1_000, "+44 9"));
+    fake.publish(phone_changed("003M", t0() + 1_000, "+44 9"));
     eventually("the change after it", || async {
         user_with_crm_id(&app.db, "003M").await.filter(|u| u.phone.as_deref() == Some("+44 9"))
     })
     .await;
     assert!(user_with_crm_id(&app.db, "003X").await.is_none(), "the event before the new start is not read");
+
+    // A replay id whose event is older than the channel keeps events is not even tried, however
+    // recently it was stored.
+    let mut app = app;
+    app.stop().await.unwrap();
+    let position =
+        entity::crm_stream_positions::Entity::find_by_id(CHANNEL.to_owned()).one(db.reader()).await.unwrap().unwrap();
+    let mut old: entity::crm_stream_positions::ActiveModel = position.into();
+    old.event_at = sea_orm::Set(chrono::Utc::now() - chrono::Duration::hours(80));
+    old.updated_at = sea_orm::Set(chrono::Utc::now());
+    entity::crm_stream_positions::Entity::update(old).exec(db.writer()).await.unwrap();
+    let _again = app.another_instance_with(|c| use_salesforce_with(c, &server, &fake.url)).await;
+    let starts = eventually("a third subscription", || async { Some(fake.starts()).filter(|s| s.len() >= 3) }).await;
+    assert_eq!(starts[2].preset, ReplayPreset::Latest, "{starts:?}");
 }
 
 async fn one_instance_reads_the_channel_and_another_takes_over_when_it_stops(database: TestDatabase) {
@@ -356,12 +389,12 @@ async fn one_instance_reads_the_channel_and_another_takes_over_when_it_stops(dat
     let mut first = TestApp::spawn_with(database, |c| use_salesforce_with(c, &server, &fake.url)).await;
     eventually("a subscription", || async { fake.starts().first().cloned() }).await;
     let second = first.another_instance_with(|c| use_salesforce_with(c, &server, &fake.url)).await;
-    fake.publish(created("003L", T0, "Lea", "Hill", "lea@example.com"));
+    fake.publish(created("003L", t0(), "Lea", "Hill", "lea@example.com"));
     eventually("the contact", || user_with_crm_id(&second.db, "003L")).await;
     assert_eq!(fake.starts().len(), 1, "the second instance does not read while the first holds the lease");
     first.stop().await.unwrap();
     eventually("the second instance reading", || async { (fake.starts().len() == 2).then_some(()) }).await;
-    fake.publish(phone_changed("003L", T0 + 1_000, "+44 8"));
+    fake.publish(phone_changed("003L", t0() + 1_000, "+44 8"));
     eventually("the change", || async {
         user_with_crm_id(&second.db, "003L").await.filter(|u| u.phone.as_deref() == Some("+44 8"))
     })
@@ -388,24 +421,18 @@ async fn killed_mid_stream_the_gateway_resumes_and_applies_every_event_once(data
     ];
     let gateway = Gateway::start(&env, dir.path()).await;
     eventually("a subscription", || async { fake.starts().first().cloned() }).await;
-    fake.publish(created("003K", T0, "Kit", "Vale", "kit@example.com"));
-    const UPDATES: i64 = 300;
+    fake.publish(created("003K", t0(), "Kit", "Vale", "kit@example.com"));
     let db = database.connect().await;
-    let mut published = 0;
-    // Publish while the gateway applies; kill it once it has applied part of the stream.
-    while published < UPDATES {
-        published += 1;
-        fake.publish(phone_changed("003K", T0 + published * 1_000, &format!("+44 {published}")));
-        if published % 10 == 0 && stored_events(&db).await > 40 {
-            break;
-        }
-        tokio::task::yield_now().await;
+    eventually("the contact", || user_with_crm_id(&db, "003K")).await;
+    const UPDATES: i64 = 300;
+    // Three batches at least (100 events a batch); killed once the first has committed.
+    for n in 1..=UPDATES {
+        fake.publish(phone_changed("003K", t0() + n * 1_000, &format!("+44 {n}")));
     }
+    eventually("part of the stream applied", || async { (stored_events(&db).await > 1).then_some(()) }).await;
     gateway.kill();
     let applied_before = stored_events(&db).await;
-    for n in published + 1..=UPDATES {
-        fake.publish(phone_changed("003K", T0 + n * 1_000, &format!("+44 {n}")));
-    }
+    assert!(applied_before < UPDATES + 1, "killed mid-stream ({applied_before} applied)");
     let gateway = Gateway::start(&env, dir.path()).await;
     eventually("every event applied", || async { (stored_events(&db).await == UPDATES + 1).then_some(()) }).await;
     let starts = fake.starts();
@@ -423,28 +450,40 @@ async fn killed_mid_stream_the_gateway_resumes_and_applies_every_event_once(data
     drop(gateway);
 }
 
-async fn an_unreadable_event_is_skipped_and_counted_and_keepalives_keep_the_position(database: TestDatabase) {
+async fn an_unreadable_event_is_read_from_the_listing_instead_and_keepalives_keep_the_position(database: TestDatabase) {
     let server = quiet_org().await;
     let fake = FakePubSub::start().await;
     fake.keepalive_every(Duration::from_millis(50));
     let app = TestApp::spawn_with(database, |c| use_salesforce_with(c, &server, &fake.url)).await;
     eventually("a subscription", || async { fake.starts().first().cloned() }).await;
+    let listings = || async {
+        server.received_requests().await.unwrap().iter().filter(|r| r.url.path().ends_with("/query")).count()
+    };
+    // The first start's reconciliation is over once the first event is applied.
+    fake.publish(created("003F", t0(), "Fay", "Lund", "fay@example.com"));
+    eventually("the first contact", || user_with_crm_id(&app.db, "003F")).await;
+    let before = listings().await;
     fake.publish_garbage();
-    fake.publish(created("003G", T0, "Gus", "Reed", "gus@example.com"));
+    fake.publish(created("003G", t0(), "Gus", "Reed", "gus@example.com"));
     eventually("the event after the unreadable one", || user_with_crm_id(&app.db, "003G")).await;
+    assert!(listings().await > before, "an unreadable event is covered by a reconciliation pass");
     let position = || async {
         entity::crm_stream_positions::Entity::find_by_id(CHANNEL.to_owned()).one(app.db.reader()).await.unwrap()
     };
-    let before = position().await.unwrap();
-    assert_eq!(before.events, 2, "the unreadable event is passed, not read again forever");
-    // An empty batch (a keepalive) stores the channel's latest replay id again.
-    eventually("a keepalive stored", || async { position().await.filter(|p| p.updated_at > before.updated_at) }).await;
+    let stored = position().await.unwrap();
+    assert_eq!(stored.events, 3, "the unreadable event is passed, not read again forever");
+    assert_eq!(stored.event_at.timestamp_millis(), t0(), "the time of the newest event applied");
+    // An empty batch (a keepalive) stores the channel's latest replay id again, keeping its time.
+    let kept =
+        eventually("a keepalive stored", || async { position().await.filter(|p| p.updated_at > stored.updated_at) })
+            .await;
+    assert_eq!(kept.event_at, stored.event_at);
     let metrics = app.get("/metrics").await.text().await.unwrap();
-    assert!(metrics.contains("cdc_event_undecodable"), "the skipped event is counted");
+    assert!(metrics.contains("cdc_event_unreadable"), "the unreadable event is counted");
 }
 
 on_both_databases_without_app!(
-    an_unreadable_event_is_skipped_and_counted_and_keepalives_keep_the_position,
+    an_unreadable_event_is_read_from_the_listing_instead_and_keepalives_keep_the_position,
     changes_made_in_salesforce_reach_the_site_over_change_data_capture,
     the_gateways_own_writes_come_back_as_echoes_and_change_nothing,
     a_restarted_gateway_resumes_after_the_last_event_it_applied,

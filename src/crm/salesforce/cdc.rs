@@ -109,16 +109,20 @@ pub fn action(mapping: &Mapping, header: &Header, values: &Map<String, Value>, o
 }
 
 /// Records read again over REST because of `header`'s event, as changes stamped by each record's
-/// `LastModifiedDate`; with `GAP_DELETE`, an id no longer readable is deleted.
+/// `LastModifiedDate` (whole seconds in Salesforce), or the event's commit time when later; with
+/// `GAP_DELETE`, an id no longer readable is deleted. Like a listing, a record read carries every
+/// field with one stamp, so fields changed here and not yet delivered keep their local value
+/// (`changeSource: import`).
 pub fn reread(t: RecordType, header: &Header, ids: &[String], records: &[crate::crm::CrmRecord]) -> Vec<Change> {
     let at = DateTime::<Utc>::from_timestamp_millis(header.commit_timestamp).unwrap_or_default();
     let mut changes = Vec::new();
     for id in ids {
         match records.iter().find(|r| &r.id == id) {
             Some(record) => {
-                let mut change =
-                    Change::of(t, "updated", key(header, id, "read"), id.clone(), record.updated_at.unwrap_or(at));
+                let stamp = record.updated_at.map_or(at, |read| read.max(at));
+                let mut change = Change::of(t, "updated", key(header, id, "read"), id.clone(), stamp);
                 change.set_record(record);
+                change.change_source = Some("import".to_owned());
                 // Every field read is news (an update names the fields it changes).
                 change.changed_fields =
                     record.fields.keys().filter(|k| !matches!(k.as_str(), "id" | "externalId")).cloned().collect();
@@ -146,9 +150,16 @@ fn changes_of(mapping: &Mapping, header: &Header, values: &Map<String, Value>) -
     let leaf = |name: &str| name.rsplit('.').next().unwrap_or(name).to_owned();
     match header.change_type.as_str() {
         "GAP_OVERFLOW" => Action::Resync(t, at),
-        kind if kind.starts_with("GAP_") || kind == "UNDELETE" => Action::Reread(t, ids),
-        "UPDATE" if !header.diff_fields.is_empty() => Action::Reread(t, ids),
+        // A key-prefix wildcard names no record to read: the whole object is read again.
         _ if ids.iter().any(|id| id.ends_with('*')) => Action::Resync(t, at),
+        // The site does not bring a deleted record back (its tombstone wins).
+        "UNDELETE" | "GAP_UNDELETE" => Action::Ignore(format!(
+            "{} {} was undeleted in Salesforce; it stays deleted here",
+            t.as_str(),
+            ids.join(", ")
+        )),
+        kind if kind.starts_with("GAP_") => Action::Reread(t, ids),
+        "UPDATE" if !header.diff_fields.is_empty() => Action::Reread(t, ids),
         "DELETE" => Action::Apply(
             ids.iter()
                 .map(|id| {
@@ -296,10 +307,7 @@ mod tests {
             action(&mapping, &header("GAP_UPDATE", &[]), &none, "crm-gateway"),
             Action::Reread(RecordType::Contact, vec!["003A".into()])
         );
-        assert_eq!(
-            action(&mapping, &header("UNDELETE", &[]), &none, "crm-gateway"),
-            Action::Reread(RecordType::Contact, vec!["003A".into()])
-        );
+        assert!(matches!(action(&mapping, &header("UNDELETE", &[]), &none, "crm-gateway"), Action::Ignore(_)));
         assert_eq!(
             action(&mapping, &header("UPDATE", &["Name.FirstName"]), &none, "crm-gateway"),
             Action::Reread(RecordType::Contact, vec!["003A".into()])
@@ -311,6 +319,8 @@ mod tests {
         let mut wildcard = header("UPDATE", &["Email"]);
         wildcard.record_ids = vec!["003*".into()];
         assert!(matches!(action(&mapping, &wildcard, &none, "crm-gateway"), Action::Resync(..)));
+        wildcard.change_type = "GAP_UPDATE".into();
+        assert!(matches!(action(&mapping, &wildcard, &none, "crm-gateway"), Action::Resync(..)), "never read by id");
         let mut account = header("UPDATE", &["Name"]);
         account.entity_name = "Account".into();
         assert!(matches!(action(&mapping, &account, &none, "crm-gateway"), Action::Ignore(_)));
@@ -344,7 +354,8 @@ mod tests {
         let ids = vec!["003A".to_owned(), "003B".to_owned()];
         let changes = reread(RecordType::Contact, &header("GAP_UPDATE", &[]), &ids, std::slice::from_ref(&record));
         assert_eq!(changes.len(), 1, "a record gone since is left to its own delete event");
-        assert_eq!(changes[0].object.updated_at, at.unwrap());
+        assert_eq!(changes[0].object.updated_at, at.unwrap(), "the read record's time, later than the event's");
+        assert_eq!(changes[0].change_source.as_deref(), Some("import"), "undelivered local changes stand");
         assert_eq!(changes[0].object.data.as_ref().unwrap()["lastName"], "Lee-Hart");
         assert!(changes[0].changed_fields.iter().any(|f| f == "lastName"), "{:?}", changes[0].changed_fields);
         let deleted = reread(RecordType::Contact, &header("GAP_DELETE", &[]), &ids, &[record]);

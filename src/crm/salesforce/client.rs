@@ -42,6 +42,8 @@ pub struct SalesforceConfig {
     /// What `Sforce-Call-Options: client=` names the gateway's writes.
     pub client_tag: String,
     pub mapping: Arc<Mapping>,
+    /// The JWT bearer flow instead of client credentials (`client_secret` is then unused).
+    pub jwt: Option<super::auth::JwtBearer>,
 }
 
 impl PartialEq for SalesforceConfig {
@@ -51,6 +53,7 @@ impl PartialEq for SalesforceConfig {
             && self.client_secret.expose_secret() == other.client_secret.expose_secret()
             && self.api_version == other.api_version
             && self.client_tag == other.client_tag
+            && self.jwt == other.jwt
             && self.mapping == other.mapping
     }
 }
@@ -74,8 +77,13 @@ struct Answer {
 impl SalesforceClient {
     pub fn new(config: SalesforceConfig, timeout: Duration, rate_limit: RateLimit) -> anyhow::Result<Self> {
         let http = crate::crm::http_client(timeout)?;
-        let tokens =
-            TokenSource::new(http.clone(), &config.api_url, config.client_id.clone(), config.client_secret.clone());
+        let tokens = TokenSource::new(
+            http.clone(),
+            &config.api_url,
+            config.client_id.clone(),
+            config.client_secret.clone(),
+            config.jwt.clone(),
+        );
         Ok(Self {
             http,
             config,
@@ -439,6 +447,7 @@ mod tests {
             api_version: "v62.0".into(),
             client_tag: "crm-gateway".into(),
             mapping: Arc::new(Mapping::defaults(Flavor::Salesforce)),
+            jwt: None,
         };
         let rate = RateLimit { requests: 10_000, period: Duration::from_secs(1) };
         let client = SalesforceClient::new(config, Duration::from_secs(5), rate).unwrap();
