@@ -751,13 +751,35 @@ impl Settings {
         };
         // The JWT bearer flow, when a key file is named; else client credentials.
         let jwt = match non_empty(&self.crm_jwt_key_file) {
-            None => None,
+            None => {
+                for (variable, value) in
+                    [("CRM_JWT_USERNAME", &self.crm_jwt_username), ("CRM_JWT_AUDIENCE", &self.crm_jwt_audience)]
+                {
+                    if non_empty(value).is_some() {
+                        problems.add(variable, "is for the JWT bearer flow, which needs CRM_JWT_KEY_FILE too");
+                    }
+                }
+                None
+            }
             Some(path) => {
                 let username = non_empty(&self.crm_jwt_username);
                 if username.is_none() {
                     problems.add("CRM_JWT_USERNAME", "required with CRM_JWT_KEY_FILE: the integration user's username");
                 }
-                let audience = non_empty(&self.crm_jwt_audience).unwrap_or("https://login.salesforce.com").to_owned();
+                let audience = non_empty(&self.crm_jwt_audience).unwrap_or("https://login.salesforce.com");
+                let audience = match http_url(problems, "CRM_JWT_AUDIENCE", audience) {
+                    Some(url) if url.scheme() == "https" && url.path() == "/" => {
+                        audience.trim_end_matches('/').to_owned()
+                    }
+                    Some(_) => {
+                        problems.add(
+                            "CRM_JWT_AUDIENCE",
+                            "expected https://login.salesforce.com, https://test.salesforce.com or a site's https URL",
+                        );
+                        String::new()
+                    }
+                    None => String::new(),
+                };
                 let key =
                     std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}")).and_then(|pem| {
                         crate::crm::salesforce::auth::JwtBearer::new(
@@ -931,9 +953,16 @@ mod tests {
             ("sync@acme.example", "https://login.salesforce.com")
         );
         let mut pairs = base.to_vec();
-        pairs.push(("CRM_JWT_KEY_FILE", "/nonexistent/key.pem"));
+        pairs.extend([
+            ("CRM_JWT_KEY_FILE", "/nonexistent/key.pem"),
+            ("CRM_JWT_AUDIENCE", "http://login.salesforce.com"),
+        ]);
         let err = settings(&pairs).validate().unwrap_err();
-        assert_eq!(variables(err), ["CRM_JWT_USERNAME", "CRM_JWT_KEY_FILE"]);
+        assert_eq!(variables(err), ["CRM_JWT_USERNAME", "CRM_JWT_AUDIENCE", "CRM_JWT_KEY_FILE"]);
+        let mut pairs = base.to_vec();
+        pairs.extend([("CRM_API_SECRET", "s"), ("CRM_JWT_USERNAME", "sync@acme.example")]);
+        let err = settings(&pairs).validate().unwrap_err();
+        assert_eq!(variables(err), ["CRM_JWT_USERNAME"], "half the JWT flow is not silently dropped");
     }
 
     #[test]

@@ -17,6 +17,9 @@ pub struct Model {
     pub events: i64,
     /// When the replay id's event was committed (the channel keeps events 72 hours from then).
     pub event_at: DateTimeUtc,
+    /// Set when a batch held events that could not be read: the records changed since then are
+    /// to be read over REST (then it is cleared).
+    pub reconcile_from: Option<DateTimeUtc>,
     pub updated_at: DateTimeUtc,
 }
 

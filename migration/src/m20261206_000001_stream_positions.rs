@@ -24,6 +24,9 @@ impl MigrationTrait for Migration {
                     // When the replay id's event was committed: the channel keeps events 72 hours
                     // from then, however recently the id was stored.
                     .col(timestamp_with_time_zone("event_at"))
+                    // Set when a batch held events that could not be read: the changes since
+                    // then are read over REST once the batch is stored, and this is cleared.
+                    .col(timestamp_with_time_zone_null("reconcile_from"))
                     .col(timestamp_with_time_zone("updated_at"))
                     .to_owned(),
             )

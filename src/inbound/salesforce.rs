@@ -51,9 +51,12 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 /// Events asked for at a time (the Pub/Sub API's largest).
 pub const BATCH: i32 = 100;
+/// `INVALID_ARGUMENT`s in a row, on subscriptions resuming from a replay id, after which the
+/// replay id is taken as refused even when the message does not name it.
+pub const REFUSALS_BEFORE_LATEST: u32 = 3;
 /// How long a channel keeps its events: an older replay id cannot be resumed from (72 hours,
-/// less an hour's margin for clocks and for the time the replay id was stored after its event).
-/// Measured from when the event was committed (`crm_stream_positions.event_at`).
+/// less an hour's margin for clocks), measured from when its event was committed
+/// (`crm_stream_positions.event_at`).
 pub const REPLAY_KEPT: chrono::Duration = chrono::Duration::hours(71);
 
 type Client = PubSubClient<InterceptedService<Channel, Auth>>;
@@ -131,6 +134,10 @@ pub struct Subscriber {
     holder: String,
     lease_name: String,
     current: Arc<RwLock<Option<Token>>>,
+    /// `INVALID_ARGUMENT`s in a row on subscriptions resuming from a replay id that received
+    /// nothing: at [`REFUSALS_BEFORE_LATEST`], the replay id is taken as refused, whatever the
+    /// message says.
+    custom_refusals: std::sync::atomic::AtomicU32,
     schemas: tokio::sync::Mutex<HashMap<String, Arc<EventSchema>>>,
 }
 
@@ -172,6 +179,7 @@ impl Subscriber {
             metrics,
             holder,
             current: Arc::new(RwLock::new(None)),
+            custom_refusals: std::sync::atomic::AtomicU32::new(0),
             schemas: tokio::sync::Mutex::new(HashMap::new()),
         })
     }
@@ -185,8 +193,10 @@ impl Subscriber {
             }
             let name = self.lease_name.clone();
             let (holder, ttl) = (self.holder.clone(), self.inbound.lease);
-            let taken =
-                self.writer.run(move |txn| Box::pin(async move { lease::take(txn, &name, &holder, ttl).await })).await;
+            let taken = on_lease(&self.db, &self.writer, move |txn| {
+                Box::pin(async move { lease::take(txn, &name, &holder, ttl).await })
+            })
+            .await;
             match taken {
                 Ok(true) => {}
                 Ok(false) => {
@@ -197,7 +207,7 @@ impl Subscriber {
                     continue;
                 }
                 Err(e) => {
-                    tracing::error!(error = %crate::error::ErrorChain(&e), "cannot take the channel's lease");
+                    tracing::error!(error = %e, "cannot take the channel's lease");
                     if wait(&mut stop, self.inbound.lease / 3).await {
                         break;
                     }
@@ -230,7 +240,10 @@ impl Subscriber {
             }
         }
         let (name, holder) = (self.lease_name.clone(), self.holder.clone());
-        let _ = self.writer.run(move |txn| Box::pin(async move { lease::release(txn, &name, &holder).await })).await;
+        let _ = on_lease(&self.db, &self.writer, move |txn| {
+            Box::pin(async move { lease::release(txn, &name, &holder).await })
+        })
+        .await;
     }
 
     /// One subscription, from connecting to its end.
@@ -266,6 +279,13 @@ impl Subscriber {
         let (lost, keeper) = self.keep_lease();
         let _keeper = AbortOnDrop(keeper);
         let mut lost_wait = lost.clone();
+        if let (Some(from), Some(_)) = (stored.as_ref().and_then(|p| p.reconcile_from), &resume) {
+            tokio::select! {
+                () = self.catch_up(from) => {}
+                _ = lost_wait.wait_for(|lost| *lost) => return Ok(Ended::LeaseLost),
+                _ = stop.wait_for(|stop| *stop) => return Ok(Ended::Stopped),
+            }
+        }
         if resume.is_none() {
             // Nothing to resume from: what changed since the last reconciliation is read over
             // REST (the subscription is open, so nothing after this point is missed).
@@ -288,6 +308,7 @@ impl Subscriber {
                 Ok(Ok(Some(response))) => response,
             };
             *heard = true;
+            self.custom_refusals.store(0, std::sync::atomic::Ordering::SeqCst);
             // Asked for again on receipt, not after applying: a stream with nothing requested
             // may be closed by the server while a slow batch (a REST read, a resync) applies. At
             // most two batches are held.
@@ -312,7 +333,13 @@ impl Subscriber {
                     return e.into();
                 }
             }
-            tonic::Code::InvalidArgument if custom && about_the_replay_id(&status) => {
+            tonic::Code::InvalidArgument
+                if custom
+                    && (about_the_replay_id(&status)
+                        || self.custom_refusals.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1
+                            >= REFUSALS_BEFORE_LATEST) =>
+            {
+                self.custom_refusals.store(0, std::sync::atomic::Ordering::SeqCst);
                 tracing::warn!(
                     channel = %self.inbound.channel,
                     message = status.message(),
@@ -343,16 +370,18 @@ impl Subscriber {
     /// Renews the lease every third of its time, in a task; the watch turns true when it is lost.
     fn keep_lease(&self) -> (watch::Receiver<bool>, tokio::task::JoinHandle<()>) {
         let (lost, watch) = watch::channel(false);
-        let (writer, name, holder, ttl) =
-            (self.writer.clone(), self.lease_name.clone(), self.holder.clone(), self.inbound.lease);
+        let (db, writer, name, holder, ttl) =
+            (self.db.clone(), self.writer.clone(), self.lease_name.clone(), self.holder.clone(), self.inbound.lease);
         let task = tokio::spawn(async move {
             let mut ticks = tokio::time::interval(ttl / 3);
             ticks.tick().await;
             loop {
                 ticks.tick().await;
                 let (name, holder) = (name.clone(), holder.clone());
-                let renewed =
-                    writer.run(move |txn| Box::pin(async move { lease::renew(txn, &name, &holder, ttl).await })).await;
+                let renewed = on_lease(&db, &writer, move |txn| {
+                    Box::pin(async move { lease::renew(txn, &name, &holder, ttl).await })
+                })
+                .await;
                 match renewed {
                     Ok(true) => {}
                     Ok(false) => {
@@ -360,7 +389,7 @@ impl Subscriber {
                         return;
                     }
                     // Not renewed this time; the lease outlives two failed renewals.
-                    Err(e) => tracing::warn!(error = %crate::error::ErrorChain(&e), "cannot renew the channel's lease"),
+                    Err(e) => tracing::warn!(error = %e, "cannot renew the channel's lease"),
                 }
             }
         });
@@ -405,6 +434,9 @@ impl Subscriber {
         if let Some(schema) = self.schemas.lock().await.get(id) {
             return Ok(schema.clone());
         }
+        // The current token (renewed once it is old), not the one the subscription began with.
+        let token = self.tokens.token().await?;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Some(token);
         let info = client.get_schema(SchemaRequest { schema_id: id.to_owned() }).await?.into_inner();
         let schema =
             EventSchema::parse(&info.schema_json).map_err(|message| Failure::Schema { id: id.to_owned(), message })?;
@@ -473,9 +505,6 @@ impl Subscriber {
                 Action::Ignore(why) => tracing::info!(event = %produced.id, %why, "change event not applied"),
             }
         }
-        if unreadable {
-            self.reconcile().await?;
-        }
         let events: Vec<Value> = changes.iter().map(crate::sync::change::Change::to_value).collect();
         let incoming = Incoming {
             delivery_id: format!("cdc-{}", base64::engine::general_purpose::STANDARD.encode(&last)),
@@ -486,6 +515,7 @@ impl Subscriber {
             replay_id: base64::engine::general_purpose::STANDARD.encode(&last),
             events: response.events.len() as i64,
             event_at: newest,
+            unreadable,
         };
         let (ctx, name, holder, ttl) =
             (self.sync.clone(), self.lease_name.clone(), self.holder.clone(), self.inbound.lease);
@@ -508,19 +538,60 @@ impl Subscriber {
                                 .pop()
                                 .unwrap_or_else(|| Ok(Vec::new()))?
                         };
-                        save_position(txn, position).await?;
-                        Ok(Some(results))
-                    })
-                        as futures_util::future::BoxFuture<'_, Result<Option<Vec<inbox::EventResult>>, DbErr>>
+                        let due = save_position(txn, position).await?;
+                        Ok(Some((results, due)))
+                    }) as futures_util::future::BoxFuture<'_, Result<Option<Written>, DbErr>>
                 }
             })
             .await?;
         match written {
             None => Ok(false),
-            Some(results) => {
+            Some((results, due)) => {
                 self.metrics.webhook_results(&results);
+                if let Some(from) = due {
+                    self.catch_up(from).await;
+                }
                 Ok(true)
             }
+        }
+    }
+
+    /// Reads over REST the records changed since `from` (events that could not be read were
+    /// stored past), after the batch holding them is stored, so an older event of that batch
+    /// cannot override what is read; then clears the mark. A pass that fails leaves the mark,
+    /// and is tried again after the next batch or subscription.
+    async fn catch_up(&self, from: chrono::DateTime<Utc>) {
+        for t in crate::sync::mapping::RecordType::ALL.into_iter().filter(|t| self.crm.syncs(*t)) {
+            if let Err(e) = self.importer.pass(t, Start::Since(from), false, &import::Quiet).await {
+                tracing::error!(
+                    record = t.as_str(),
+                    %from,
+                    error = %crate::error::ErrorChain(&e),
+                    "cannot read over REST the changes of events that could not be read; trying again later"
+                );
+                return;
+            }
+        }
+        let channel = self.inbound.channel.clone();
+        let cleared = self
+            .writer
+            .run(move |txn| {
+                Box::pin(async move {
+                    use sea_orm::{ColumnTrait, QueryFilter};
+                    let none: Option<chrono::DateTime<Utc>> = None;
+                    positions::Entity::update_many()
+                        .col_expr(positions::Column::ReconcileFrom, sea_orm::sea_query::Expr::value(none))
+                        .filter(positions::Column::Channel.eq(channel))
+                        .filter(positions::Column::ReconcileFrom.eq(from))
+                        .exec(txn)
+                        .await?;
+                    Ok(())
+                })
+            })
+            .await;
+        match cleared {
+            Ok(()) => tracing::info!(%from, "read over REST the changes of events that could not be read"),
+            Err(e) => tracing::error!(error = %crate::error::ErrorChain(&e), "cannot clear the catch-up mark"),
         }
     }
 
@@ -541,40 +612,64 @@ struct Position {
     events: i64,
     /// The newest commit time among them; `None` for a keepalive.
     event_at: Option<chrono::DateTime<Utc>>,
+    /// Some of them could not be read.
+    unreadable: bool,
 }
+
+/// What a batch's transaction wrote: each event's result, and the catch-up mark.
+type Written = (Vec<inbox::EventResult>, Option<chrono::DateTime<Utc>>);
 
 /// Writes the channel's position: the replay id of the last event applied. A keepalive's replay
 /// id keeps the time of the event stored before it while it is the same id, else now (a later
 /// event the channel holds but did not send here).
-async fn save_position(txn: &DatabaseTransaction, position: Position) -> Result<(), DbErr> {
+///
+/// With events that could not be read, it marks the changes since the previously stored event
+/// (less the listing overlap) to be read over REST; returns that mark, if one is set.
+async fn save_position(txn: &DatabaseTransaction, position: Position) -> Result<Option<chrono::DateTime<Utc>>, DbErr> {
     let now = Utc::now();
-    match positions::Entity::find_by_id(position.channel.clone()).one(txn).await? {
+    let stored = positions::Entity::find_by_id(position.channel.clone()).one(txn).await?;
+    let mark = |previous: chrono::DateTime<Utc>, kept: Option<chrono::DateTime<Utc>>| {
+        let from = previous - import::OVERLAP;
+        match (position.unreadable, kept) {
+            (true, Some(kept)) => Some(kept.min(from)),
+            (true, None) => Some(from),
+            (false, kept) => kept,
+        }
+    };
+    match stored {
         Some(row) => {
             let event_at = match position.event_at {
                 Some(at) => at,
                 None if row.replay_id == position.replay_id => row.event_at,
                 None => now,
             };
+            let due = mark(row.event_at, row.reconcile_from);
             let mut row: positions::ActiveModel = row.into();
             let events = row.events.take().unwrap_or_default() + position.events;
             row.events = Set(events);
             row.replay_id = Set(position.replay_id);
             row.event_at = Set(event_at);
+            row.reconcile_from = Set(due);
             row.updated_at = Set(now);
             positions::Entity::update(row).exec(txn).await?;
+            Ok(due)
         }
         None => {
+            // No event stored before: the subscription began with a reconciliation pass, but
+            // when is not kept; the channel's whole retention is read.
+            let due = mark(now - REPLAY_KEPT, None);
             let row = positions::ActiveModel {
                 channel: Set(position.channel),
                 replay_id: Set(position.replay_id),
                 events: Set(position.events),
                 event_at: Set(position.event_at.unwrap_or(now)),
+                reconcile_from: Set(due),
                 updated_at: Set(now),
             };
             positions::Entity::insert(row).exec_without_returning(txn).await?;
+            Ok(due)
         }
     }
-    Ok(())
 }
 
 /// Whether an `INVALID_ARGUMENT` is about the replay id (Salesforce names it in the message or
@@ -583,6 +678,26 @@ fn about_the_replay_id(status: &tonic::Status) -> bool {
     let code = status.metadata().get("error-code").and_then(|v| v.to_str().ok()).unwrap_or_default();
     let text = format!("{} {code}", status.message()).to_ascii_lowercase();
     text.contains("replay")
+}
+
+/// Runs a lease statement: on PostgreSQL in a transaction of its own connection, outside any
+/// group transaction (so it never holds a group's other locks while it waits for the lease's
+/// row); on SQLite through the writer (its only writing connection).
+async fn on_lease<T, F>(db: &Db, writer: &Writer, work: F) -> Result<T, String>
+where
+    T: Send + 'static,
+    F: for<'t> FnOnce(&'t DatabaseTransaction) -> futures_util::future::BoxFuture<'t, Result<T, DbErr>>
+        + Send
+        + 'static,
+{
+    if db.backend() == sea_orm::DatabaseBackend::Postgres {
+        let txn = sea_orm::TransactionTrait::begin(db.writer()).await.map_err(|e| e.to_string())?;
+        let result = work(&txn).await.map_err(|e| e.to_string())?;
+        txn.commit().await.map_err(|e| e.to_string())?;
+        Ok(result)
+    } else {
+        writer.run(work).await.map_err(|e| crate::error::ErrorChain(&e).to_string())
+    }
 }
 
 /// Waits `wait`, or until `stop` turns true (then true).

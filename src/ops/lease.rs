@@ -2,7 +2,9 @@
 //! reading Salesforce's Change Data Capture channel. The holder renews its lease well before it
 //! expires; an instance that dies stops renewing, and another takes the lease over once it has
 //! expired. Taking is one statement (an insert that, on conflict, updates only an expired lease or
-//! the taker's own), so two instances racing for it cannot both win.
+//! the taker's own), so two instances racing for it cannot both win. On PostgreSQL, taking and
+//! the keeper's renewals run on their own connection, outside the group transaction, so they
+//! never hold a group's other locks while waiting for the lease's row.
 
 use chrono::Utc;
 use entity::crm_leases::{self, Column as C};
@@ -13,6 +15,14 @@ use std::time::Duration;
 /// Takes the lease `name` for `holder` for `ttl`, if it is free, expired or the holder's own.
 pub async fn take(c: &impl ConnectionTrait, name: &str, holder: &str, ttl: Duration) -> Result<bool, DbErr> {
     let now = Utc::now();
+    // Held by another instance: said without the statement below, which (on PostgreSQL) would
+    // wait for the holder's transaction to finish.
+    if let Some(row) = crm_leases::Entity::find_by_id(name.to_owned()).one(c).await?
+        && row.holder != holder
+        && row.expires_at >= now
+    {
+        return Ok(false);
+    }
     let row = crm_leases::ActiveModel {
         name: Set(name.to_owned()),
         holder: Set(holder.to_owned()),

@@ -352,6 +352,7 @@ async fn a_refused_or_expired_replay_id_starts_at_the_next_event_and_reconciles(
         replay_id: sea_orm::Set("AAAAAAAAAAE=".into()),
         events: sea_orm::Set(7),
         event_at: sea_orm::Set(chrono::Utc::now()),
+        reconcile_from: sea_orm::Set(None),
         updated_at: sea_orm::Set(chrono::Utc::now()),
     };
     entity::crm_stream_positions::Entity::insert(stale).exec_without_returning(db.writer()).await.unwrap();
@@ -466,12 +467,17 @@ async fn an_unreadable_event_is_read_from_the_listing_instead_and_keepalives_kee
     fake.publish_garbage();
     fake.publish(created("003G", t0(), "Gus", "Reed", "gus@example.com"));
     eventually("the event after the unreadable one", || user_with_crm_id(&app.db, "003G")).await;
-    assert!(listings().await > before, "an unreadable event is covered by a reconciliation pass");
+    eventually("the reconciliation pass for the unreadable event", || async {
+        (listings().await > before).then_some(())
+    })
+    .await;
     let position = || async {
         entity::crm_stream_positions::Entity::find_by_id(CHANNEL.to_owned()).one(app.db.reader()).await.unwrap()
     };
-    let stored = position().await.unwrap();
-    assert_eq!(stored.events, 3, "the unreadable event is passed, not read again forever");
+    let stored = eventually("the catch-up mark cleared", || async {
+        position().await.filter(|p| p.events == 3 && p.reconcile_from.is_none())
+    })
+    .await;
     assert_eq!(stored.event_at.timestamp_millis(), t0(), "the time of the newest event applied");
     // An empty batch (a keepalive) stores the channel's latest replay id again, keeping its time.
     let kept =
@@ -482,7 +488,27 @@ async fn an_unreadable_event_is_read_from_the_listing_instead_and_keepalives_kee
     assert!(metrics.contains("cdc_event_unreadable"), "the unreadable event is counted");
 }
 
+async fn three_refusals_in_a_row_of_a_resumed_subscription_start_it_afresh(database: TestDatabase) {
+    use crm_gateway::crm::salesforce::pubsub::ReplayPreset::{Custom, Latest};
+    let server = quiet_org().await;
+    let fake = FakePubSub::start().await;
+    let mut first = TestApp::spawn_with(database, |c| use_salesforce_with(c, &server, &fake.url)).await;
+    eventually("a subscription", || async { fake.starts().first().cloned() }).await;
+    fake.publish(created("003T", t0(), "Tom", "Ash", "tom@example.com"));
+    eventually("the contact", || user_with_crm_id(&first.db, "003T")).await;
+    first.stop().await.unwrap();
+    // Refusals that do not name the replay id: two are retried from it, the third gives it up.
+    for _ in 0..3 {
+        fake.refuse_next(tonic::Status::invalid_argument("the request was refused"));
+    }
+    let _second = first.another_instance_with(|c| use_salesforce_with(c, &server, &fake.url)).await;
+    let starts = eventually("a fresh start", || async { Some(fake.starts()).filter(|s| s.len() >= 5) }).await;
+    let presets: Vec<_> = starts.iter().map(|s| s.preset).collect();
+    assert_eq!(presets, [Latest, Custom, Custom, Custom, Latest]);
+}
+
 on_both_databases_without_app!(
+    three_refusals_in_a_row_of_a_resumed_subscription_start_it_afresh,
     an_unreadable_event_is_read_from_the_listing_instead_and_keepalives_keep_the_position,
     changes_made_in_salesforce_reach_the_site_over_change_data_capture,
     the_gateways_own_writes_come_back_as_echoes_and_change_nothing,

@@ -40,11 +40,12 @@ impl JwtBearer {
         Ok(Self { username, audience, key: Arc::new(rsa_key(pem)?) })
     }
 
-    /// A signed assertion for `client_id`, valid for three minutes from `now` (Unix seconds).
+    /// A signed assertion for `client_id`, valid for two minutes from `now` (Unix seconds):
+    /// Salesforce takes at most three, and a clock a little ahead stays within them.
     pub fn assertion(&self, client_id: &str, now: i64) -> Result<String, String> {
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let claims =
-            serde_json::json!({"iss": client_id, "sub": self.username, "aud": self.audience, "exp": now + 180});
+            serde_json::json!({"iss": client_id, "sub": self.username, "aud": self.audience, "exp": now + 120});
         let signed = format!("{}.{}", b64.encode(br#"{"alg":"RS256"}"#), b64.encode(claims.to_string()));
         let mut signature = vec![0; self.key.public().modulus_len()];
         self.key
@@ -76,22 +77,39 @@ impl PartialEq for JwtBearer {
     }
 }
 
-/// An RSA private key from PEM text.
+/// An RSA private key from PEM text: the first private key block (a file may hold the
+/// certificate too); an encrypted key is refused with what to do.
 fn rsa_key(pem: &str) -> Result<ring::rsa::KeyPair, String> {
-    let begin = pem.find("-----BEGIN ").ok_or("no PEM block (-----BEGIN ...-----) found")?;
-    let rest = &pem[begin + "-----BEGIN ".len()..];
-    let (label, rest) = rest.split_once("-----").ok_or("a PEM block without its label")?;
-    let end = rest.find("-----END ").ok_or("a PEM block without its end")?;
-    let text: String = rest[..end].chars().filter(|c| !c.is_whitespace()).collect();
-    let der = base64::engine::general_purpose::STANDARD
-        .decode(text)
-        .map_err(|e| format!("the PEM block is not base64: {e}"))?;
-    match label {
-        "PRIVATE KEY" => ring::rsa::KeyPair::from_pkcs8(&der),
-        "RSA PRIVATE KEY" => ring::rsa::KeyPair::from_der(&der),
-        other => return Err(format!("a {other} PEM block; expected PRIVATE KEY or RSA PRIVATE KEY")),
+    let mut rest = pem;
+    let mut labels = Vec::new();
+    while let Some(begin) = rest.find("-----BEGIN ") {
+        let after = &rest[begin + "-----BEGIN ".len()..];
+        let (label, body) = after.split_once("-----").ok_or("a PEM block without its label")?;
+        let end = body.find("-----END ").ok_or("a PEM block without its end")?;
+        rest = &body[end + "-----END ".len()..];
+        let text = &body[..end];
+        if label == "ENCRYPTED PRIVATE KEY" || text.contains("ENCRYPTED") {
+            return Err("the key is encrypted: decrypt it first (openssl pkey -in KEY -out PLAIN)".into());
+        }
+        if !matches!(label, "PRIVATE KEY" | "RSA PRIVATE KEY") {
+            labels.push(label.to_owned());
+            continue;
+        }
+        let text: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(|e| format!("the PEM block is not base64: {e}"))?;
+        return if label == "PRIVATE KEY" {
+            ring::rsa::KeyPair::from_pkcs8(&der)
+        } else {
+            ring::rsa::KeyPair::from_der(&der)
+        }
+        .map_err(|e| format!("not an RSA private key of 2048 to 4096 bits: {e}"));
     }
-    .map_err(|e| format!("not an RSA private key of 2048 bits or more: {e}"))
+    Err(match labels.is_empty() {
+        true => "no PEM block (-----BEGIN ...-----) found".into(),
+        false => format!("no PRIVATE KEY or RSA PRIVATE KEY PEM block (found {})", labels.join(", ")),
+    })
 }
 
 /// A token and where it works.
@@ -341,7 +359,7 @@ mod tests {
         assert_eq!(claims["sub"], "sync@acme.example");
         assert_eq!(claims["aud"], "https://login.salesforce.com");
         let exp = claims["exp"].as_i64().unwrap() - chrono::Utc::now().timestamp();
-        assert!((170..=180).contains(&exp), "a short expiry: {exp}");
+        assert!((110..=120).contains(&exp), "a short expiry: {exp}");
         assert!(!form.contains_key("client_secret"));
     }
 
@@ -353,5 +371,11 @@ mod tests {
         assert!(
             refused("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----").contains("not an RSA private key")
         );
+        let encrypted = "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----";
+        assert!(refused(encrypted).contains("decrypt"));
+        // The certificate first, then the key: the key is found.
+        let key = include_str!("../../../tests/fixtures/salesforce/jwt-test-key.pem");
+        let bundle = format!("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n{key}");
+        assert!(JwtBearer::new("u".into(), "a".into(), &bundle).is_ok());
     }
 }
