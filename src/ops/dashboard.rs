@@ -153,6 +153,8 @@ fn layout() -> Markup {
                                 dt { "Differences" } dd data-field="audit.differences" { "–" }
                                 dt { "Pending, not compared" } dd data-field="audit.pending" { "–" }
                                 dt { "Import read through" } dd data-field="import.through" { "–" }
+                                dt { "Change stream" } dd data-field="stream.state" { "–" }
+                                dt { "Read by" } dd data-field="stream.reader" { "–" }
                             }
                         }
                     }

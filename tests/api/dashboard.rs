@@ -218,5 +218,34 @@ async fn the_dashboard_shows_live_changes_retries_a_failure_and_escapes_what_it_
     assert!(text_of(client, "[data-field='audit.differences']").await.starts_with("1 ("));
     screenshot(client, "dashboard-4-audit").await;
 
+    // A change stream (Salesforce's Change Data Capture channel) read by an instance: the card
+    // tells how far it is and who reads it.
+    assert_eq!(text_of(client, "[data-field='stream.state']").await, "none (webhooks)");
+    let now = chrono::Utc::now();
+    let position = entity::crm_stream_positions::ActiveModel {
+        channel: sea_orm::Set("/data/ChangeEvents".into()),
+        replay_id: sea_orm::Set("AAAAAAAAA+k=".into()),
+        events: sea_orm::Set(1234),
+        event_at: sea_orm::Set(now),
+        reconcile_from: sea_orm::Set(None),
+        updated_at: sea_orm::Set(now),
+    };
+    let lease = entity::crm_leases::ActiveModel {
+        name: sea_orm::Set("salesforce-cdc:/data/ChangeEvents".into()),
+        holder: sea_orm::Set("gw-2:4242:ab12cd34".into()),
+        taken_at: sea_orm::Set(now),
+        expires_at: sea_orm::Set(now + chrono::Duration::minutes(5)),
+    };
+    entity::crm_stream_positions::Entity::insert(position).exec_without_returning(app.db.writer()).await.unwrap();
+    entity::crm_leases::Entity::insert(lease).exec_without_returning(app.db.writer()).await.unwrap();
+    until(
+        client,
+        "the change stream",
+        "document.querySelector(\"[data-field='stream.state']\").textContent.includes('1,234 events')",
+    )
+    .await;
+    assert_eq!(text_of(client, "[data-field='stream.reader']").await, "gw-2:4242:ab12cd34");
+    screenshot(client, "dashboard-5-change-stream").await;
+
     browser.client.clone().close().await.unwrap();
 }

@@ -162,6 +162,18 @@ function renderAudit(status) {
     .map((p) => p.through)
     .sort();
   field('import.through', through.length ? ago(through[0]) : 'never', through.length ? through[0] : 'run: crm-gateway import');
+  // Salesforce's Change Data Capture channel: events applied, when its position last moved,
+  // and which instance reads it (while its lease holds).
+  const streams = status.streams || [];
+  if (!streams.length) {
+    field('stream.state', 'none (webhooks)', 'the CRM sends webhooks; no change stream is read');
+    field('stream.reader', '–');
+  } else {
+    const s = streams[0];
+    const reading = s.reader && s.leaseExpiresAt && new Date(s.leaseExpiresAt) > new Date();
+    field('stream.state', count(s.events) + ' events, ' + ago(s.updatedAt), s.channel + ', position stored ' + s.updatedAt);
+    field('stream.reader', reading ? s.reader : 'nobody', reading ? 'lease until ' + s.leaseExpiresAt : 'no instance holds the lease');
+  }
 }
 
 function renderRecords(status) {
