@@ -398,14 +398,20 @@ impl Subscriber {
 
     /// One reconciliation pass over every synced type (from where the last one stopped).
     async fn reconcile(&self) -> Result<(), Failure> {
+        Ok(self.pass_every_type(Start::Resume, "reconciled over REST before reading the channel").await?)
+    }
+
+    /// One import pass from `start` over every synced type, parents first; stops at the first
+    /// that fails.
+    async fn pass_every_type(&self, start: Start, done: &'static str) -> Result<(), PassError> {
         for t in crate::sync::mapping::RecordType::ALL.into_iter().filter(|t| self.crm.syncs(*t)) {
-            let summary = self.importer.pass(t, Start::Resume, false, &import::Quiet).await?;
+            let summary = self.importer.pass(t, start, false, &import::Quiet).await?;
             tracing::info!(
                 record = t.as_str(),
                 seen = summary.seen,
                 created = summary.created,
                 updated = summary.updated,
-                "reconciled over REST before reading the channel"
+                "{done}"
             );
         }
         Ok(())
@@ -561,16 +567,14 @@ impl Subscriber {
     /// cannot override what is read; then clears the mark. A pass that fails leaves the mark,
     /// and is tried again after the next batch or subscription.
     async fn catch_up(&self, from: chrono::DateTime<Utc>) {
-        for t in crate::sync::mapping::RecordType::ALL.into_iter().filter(|t| self.crm.syncs(*t)) {
-            if let Err(e) = self.importer.pass(t, Start::Since(from), false, &import::Quiet).await {
-                tracing::error!(
-                    record = t.as_str(),
-                    %from,
-                    error = %crate::error::ErrorChain(&e),
-                    "cannot read over REST the changes of events that could not be read; trying again later"
-                );
-                return;
-            }
+        let read = "read over REST the records changed around events that could not be read";
+        if let Err(e) = self.pass_every_type(Start::Since(from), read).await {
+            tracing::error!(
+                %from,
+                error = %crate::error::ErrorChain(&e),
+                "cannot read over REST the changes of events that could not be read; trying again later"
+            );
+            return;
         }
         let channel = self.inbound.channel.clone();
         let cleared = self

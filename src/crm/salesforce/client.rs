@@ -99,11 +99,6 @@ impl SalesforceClient {
         self
     }
 
-    /// The token source, shared with the Change Data Capture subscriber.
-    pub fn tokens(&self) -> Arc<TokenSource> {
-        self.tokens.clone()
-    }
-
     fn data(&self, rest: &str) -> String {
         format!("/services/data/{}{rest}", self.config.api_version)
     }
