@@ -122,9 +122,12 @@ async fn receive_set(
             }
         }
     }
-    let new = insert_new(c, rows.iter().map(|(row, _)| row)).await?;
-    rows.retain(|(row, _)| new.contains(&row.event_id));
-    let (applied, _) = apply_rows(c, ctx, rows, false, Vec::new(), true).await?;
+    // Their inbox rows are written once, with their outcomes, at the end ([`Outcomes::write`]);
+    // one recorded meanwhile by another transaction fails the group, which is then done again
+    // event by event, each inserted before it is applied.
+    let stored = stored_ids(c, rows.iter().map(|(row, _)| row.event_id.as_str())).await?;
+    rows.retain(|(row, _)| !stored.contains(&row.event_id));
+    let (applied, _) = apply_rows(c, ctx, rows, Rows::New, Vec::new(), true).await?;
     let mut applied: HashMap<String, EventResult> = applied.into_iter().map(|r| (r.event_id.clone(), r)).collect();
     Ok(deliveries
         .iter()
@@ -167,7 +170,7 @@ pub async fn receive(
     raw: &Value,
 ) -> Result<EventResult, DbErr> {
     let row = inbox_row(delivery_id, raw, Utc::now());
-    if insert_new(c, [&row]).await?.is_empty() {
+    if insert_new(c, vec![row.clone()]).await? == 0 {
         return Ok(EventResult { event_id: row.event_id, outcome: Outcome::Duplicate, reason: None, created: false });
     }
     let (result, linked) = apply_guarded(c, ctx, row, raw.clone(), false).await?;
@@ -201,28 +204,54 @@ fn inbox_row(delivery_id: &str, raw: &Value, now: chrono::DateTime<Utc>) -> crm_
     }
 }
 
-/// Inserts the rows whose event id is not in the inbox yet (in event id order, so that two
-/// instances inserting overlapping groups take turns); returns the ids of those inserted.
-async fn insert_new<'r>(
+/// Which of `ids` the inbox holds.
+async fn stored_ids<'i>(
     c: &DatabaseTransaction,
-    rows: impl IntoIterator<Item = &'r crm_inbox::Model>,
+    ids: impl IntoIterator<Item = &'i str>,
 ) -> Result<HashSet<String>, DbErr> {
-    let mut rows: Vec<&crm_inbox::Model> = rows.into_iter().collect();
-    rows.sort_by(|a, b| a.event_id.cmp(&b.event_id));
-    let models = rows.into_iter().map(|row| crm_inbox::ActiveModel::from(row.clone()).reset_all()).collect();
-    Ok(crate::db::insert_absent(c, models, crm_inbox::Column::EventId).await?.into_iter().collect())
+    let ids: Vec<&str> = ids.into_iter().collect();
+    let mut stored = HashSet::new();
+    for chunk in ids.chunks(crate::db::MAX_PARAMS) {
+        let found: Vec<String> = crm_inbox::Entity::find()
+            .select_only()
+            .column(crm_inbox::Column::EventId)
+            .filter(crm_inbox::Column::EventId.is_in(chunk.iter().copied()))
+            .into_tuple()
+            .all(c)
+            .await?;
+        stored.extend(found);
+    }
+    Ok(stored)
 }
 
-/// Applies stored events `rows` (with their payloads) against one [`View`] of the group, then
-/// (with `release`) the events that waited for a record they linked, and for those of `linked`;
-/// writes everything, the inbox outcomes included. `again`: the rows were applied before (a
-/// replay, a release), which counts an attempt. Returns each row's result and, without
-/// `release`, the linked records whose waiting events are still to be released.
+/// Inserts those of `rows` whose event id is not in the inbox yet (in event id order, so that
+/// two instances inserting overlapping groups take turns); returns how many it inserted.
+async fn insert_new(c: &DatabaseTransaction, mut rows: Vec<crm_inbox::Model>) -> Result<usize, DbErr> {
+    rows.sort_by(|a, b| a.event_id.cmp(&b.event_id));
+    let models = rows.into_iter().map(|row| crm_inbox::ActiveModel::from(row).reset_all()).collect();
+    Ok(crate::db::insert_absent(c, models, crm_inbox::Column::EventId).await?.len())
+}
+
+/// Where the inbox rows given to [`apply_rows`] stand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rows {
+    /// Not in the inbox yet: each is inserted with its outcome.
+    New,
+    /// In the inbox as received, not applied yet.
+    Received,
+    /// Applied before (a replay, a release), which counts an attempt.
+    Again,
+}
+
+/// Applies events `rows` (with their payloads) against one [`View`] of the group, then (with
+/// `release`) the events that waited for a record they linked, and for those of `linked`; writes
+/// everything, the inbox outcomes included. Returns each row's result and, without `release`,
+/// the linked records whose waiting events are still to be released.
 async fn apply_rows(
     c: &DatabaseTransaction,
     ctx: &SyncContext,
     rows: Vec<(crm_inbox::Model, Value)>,
-    again: bool,
+    stand: Rows,
     linked: Vec<Key>,
     release: bool,
 ) -> Result<(Vec<EventResult>, Vec<Key>), DbErr> {
@@ -244,7 +273,10 @@ async fn apply_rows(
             created: decision.created,
         });
         queue.extend(decision.linked.clone());
-        outcomes.record(&mut view, row, &decision, again);
+        if stand == Rows::New {
+            outcomes.fresh.insert(row.event_id.clone());
+        }
+        outcomes.record(&mut view, row, &decision, stand == Rows::Again);
     }
     if release {
         release_in(&mut view, ctx, &mut outcomes, &mut queue).await?;
@@ -291,6 +323,8 @@ async fn release_in(
 struct Outcomes {
     rows: Vec<crm_inbox::Model>,
     at: HashMap<String, usize>,
+    /// The events whose rows are not in the inbox yet.
+    fresh: HashSet<String>,
 }
 
 impl Outcomes {
@@ -323,13 +357,28 @@ impl Outcomes {
         self.at.get(&row.event_id).map_or(row, |&i| self.rows[i].clone())
     }
 
-    /// One `UPDATE` for each distinct outcome (most groups have one or two).
+    /// The fresh rows inserted together (failing if another transaction recorded one of them
+    /// meanwhile), then one `UPDATE` for each distinct outcome of the others (most groups have
+    /// one or two).
     async fn write(self, c: &DatabaseTransaction) -> Result<(), DbErr> {
         let now = Utc::now();
+        let (fresh, stored): (Vec<_>, Vec<_>) =
+            self.rows.into_iter().partition(|row| self.fresh.contains(&row.event_id));
+        if !fresh.is_empty() {
+            let expected = fresh.len();
+            let fresh = fresh.into_iter().map(|row| crm_inbox::Model { processed_at: now, ..row }).collect();
+            let inserted = insert_new(c, fresh).await?;
+            if inserted != expected {
+                return Err(DbErr::Custom(format!(
+                    "{} of {expected} events were recorded by another transaction meanwhile",
+                    expected - inserted
+                )));
+            }
+        }
         // (outcome, reason, waiting for, attempts) → the events that have it.
         type Same = (String, Option<String>, Option<String>, i32);
         let mut by_outcome: HashMap<Same, Vec<String>> = HashMap::new();
-        for row in self.rows {
+        for row in stored {
             by_outcome.entry((row.outcome, row.reason, row.waiting_for, row.attempts)).or_default().push(row.event_id);
         }
         for ((outcome, reason, waiting_for, attempts), ids) in by_outcome {
@@ -449,7 +498,7 @@ pub async fn release_waiting(
         return Ok(());
     }
     let savepoint = c.begin().await?;
-    match apply_rows(&savepoint, ctx, Vec::new(), true, linked.clone(), true).await {
+    match apply_rows(&savepoint, ctx, Vec::new(), Rows::Again, linked.clone(), true).await {
         Ok(_) => return savepoint.commit().await,
         Err(e) => {
             savepoint.rollback().await?;
@@ -525,7 +574,8 @@ async fn apply_guarded(
     let mut last_error = None;
     for _ in 0..2 {
         let savepoint = c.begin().await?;
-        match apply_rows(&savepoint, ctx, vec![(row.clone(), raw.clone())], again, Vec::new(), false).await {
+        let stand = if again { Rows::Again } else { Rows::Received };
+        match apply_rows(&savepoint, ctx, vec![(row.clone(), raw.clone())], stand, Vec::new(), false).await {
             Ok((mut results, linked)) => {
                 savepoint.commit().await?;
                 return Ok((results.remove(0), linked));

@@ -517,6 +517,68 @@ async fn two_instances_on_postgres_take_the_same_event_once() {
     crate::helpers::run_db_test(crate::helpers::Backend::Postgres, two_instances_take_the_same_event_once).await;
 }
 
+/// A group reads which of its events the inbox holds, applies the others and records them at its
+/// end. An instance that records one of them in between (here: a transaction holding its inbox
+/// row, committed once the group waits for it) makes it a duplicate: nothing of the group's
+/// apply of it stays.
+async fn an_event_recorded_by_another_instance_while_a_group_applies_it_is_its_duplicate(database: TestDatabase) {
+    use sea_orm::{ConnectionTrait, Statement, TransactionTrait};
+    let app = TestApp::spawn(database).await;
+    let other = sea_orm::Database::connect(&app.database_config.url).await.unwrap();
+    let meanwhile = other.begin().await.unwrap();
+    let now = Utc::now();
+    crm_inbox::ActiveModel {
+        event_id: Set("evt_meanwhile".into()),
+        delivery_id: Set("dlv_other".into()),
+        event_type: Set("contact.created".into()),
+        record_type: Set(Some("contact".into())),
+        crm_id: Set(Some("crm_contact_1".into())),
+        received_at: Set(now),
+        payload: Set("{}".into()),
+        outcome: Set("applied".into()),
+        reason: Set(None),
+        waiting_for: Set(None),
+        attempts: Set(1),
+        processed_at: Set(now),
+    }
+    .insert(&meanwhile)
+    .await
+    .unwrap();
+
+    let event = [created("evt_meanwhile", "crm_contact_1")];
+    let delivery = app.deliver(&event);
+    let commit_once_it_waits = async {
+        // The group's insert of its inbox rows waits for the uncommitted row.
+        let waiting = Statement::from_string(
+            sea_orm::DatabaseBackend::Postgres,
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO \"crm_inbox\"%'",
+        );
+        for _ in 0..2_000 {
+            let row = other.query_one_raw(waiting.clone()).await.unwrap().unwrap();
+            if row.try_get::<i64>("", "n").unwrap() > 0 {
+                return meanwhile.commit().await.unwrap();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        panic!("the delivery never waited for the inbox row");
+    };
+    let (answer, ()) = tokio::join!(delivery, commit_once_it_waits);
+
+    assert_eq!(answer, ["duplicate"]);
+    assert_eq!(user::Entity::find().count(app.db.reader()).await.unwrap(), 0, "the group's apply was undone");
+    let row = crm_inbox::Entity::find_by_id("evt_meanwhile").one(app.db.reader()).await.unwrap().unwrap();
+    assert_eq!(row.delivery_id, "dlv_other");
+}
+
+#[tokio::test]
+async fn an_event_recorded_by_another_instance_on_postgres_while_a_group_applies_it_is_its_duplicate() {
+    crate::helpers::run_db_test(
+        crate::helpers::Backend::Postgres,
+        an_event_recorded_by_another_instance_while_a_group_applies_it_is_its_duplicate,
+    )
+    .await;
+}
+
 async fn an_admin_stays_admin_whatever_role_treadsoft_holds(app: TestApp) {
     let applied = app.deliver(&[event("evt_1", "contact.created", "crm_c1", 1, 0, &[], contact("+44 1", None))]).await;
     assert_eq!(applied, ["applied"]);
