@@ -247,6 +247,28 @@ pub async fn find_many(
     ids: &[String],
     email_keys: &[String],
 ) -> Result<Vec<Local>, DbErr> {
+    select_many(c, t, crm_ids, ids, email_keys, true).await
+}
+
+/// The records of `t` whose primary key is in `ids`, deleted or not, by id, unlocked: a read
+/// outside any write transaction (what the delivery worker sends).
+pub async fn read_many(
+    c: &impl ConnectionTrait,
+    t: RecordType,
+    ids: &[String],
+) -> Result<std::collections::HashMap<String, Local>, DbErr> {
+    let found = select_many(c, t, &[], ids, &[], false).await?;
+    Ok(found.into_iter().map(|local| (local.id.clone(), local)).collect())
+}
+
+async fn select_many(
+    c: &impl ConnectionTrait,
+    t: RecordType,
+    crm_ids: &[String],
+    ids: &[String],
+    email_keys: &[String],
+    lock: bool,
+) -> Result<Vec<Local>, DbErr> {
     let ids: Vec<sea_orm::Value> = ids.iter().filter_map(|id| id_value(t, id)).collect();
     let crm_ids: Vec<&String> = crm_ids.iter().filter(|id| !id.contains('\0')).collect();
     let email_keys: Vec<&String> =
@@ -270,7 +292,11 @@ pub async fn find_many(
             if !emails.is_empty() {
                 any = any.add(user::Column::EmailKey.is_in(emails.iter().map(|s| s.as_str())));
             }
-            let models = m::Entity::find().filter(any).order_by_asc(m::Column::Id).lock_exclusive().all(c).await?;
+            let mut select = m::Entity::find().filter(any).order_by_asc(m::Column::Id);
+            if lock {
+                select = select.lock_exclusive();
+            }
+            let models = select.all(c).await?;
             for model in models {
                 out.push(to_local(t, model)?);
             }

@@ -197,6 +197,7 @@ impl Delivery {
         }
         self.record_all(unknown, now).await?;
         for (t, rows) in by_type {
+            let loaded = self.load(t, &rows).await;
             let mut creates: Vec<Create> = Vec::new();
             for row in rows {
                 let unsent = if lease_short() {
@@ -211,7 +212,11 @@ impl Delivery {
                     self.record_all(vec![(row, Attempt::Later(Duration::ZERO, reason.into()))], now).await?;
                     continue;
                 }
-                let attempt = match crm::send_by(send_by, self.prepare(t, &row)).await {
+                let prepared = match &loaded {
+                    Ok(loaded) => crm::send_by(send_by, self.prepare(t, &row, loaded)).await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                let attempt = match prepared {
                     Ok(Prepared::Create(local, payload)) => {
                         creates.push((row, local, payload));
                         continue;

@@ -10,17 +10,62 @@ use entity::crm_outbox;
 use entity::enums::OutboxOperation;
 use sea_orm::DbErr;
 use serde_json::{Map, Value, json};
+use std::collections::{BTreeMap, HashMap};
+
+/// The records a batch of claimed rows of one type sends, and the parents their references
+/// name, read together (one statement per table, not one per row).
+pub(super) struct Loaded(HashMap<(RecordType, String), Local>);
+
+impl Loaded {
+    fn get(&self, t: RecordType, id: &str) -> Option<&Local> {
+        self.0.get(&(t, id.to_owned()))
+    }
+}
+
+/// The id a reference field's value names.
+fn ref_id(value: &Value) -> String {
+    value.as_str().map_or_else(|| value.to_string(), str::to_owned)
+}
 
 impl Delivery {
-    /// Builds what a row sends; sends it unless it is a create (those go out in batches).
-    pub(super) async fn prepare(&self, t: RecordType, row: &crm_outbox::Model) -> Result<Prepared, DbErr> {
+    /// Reads the records `rows` (of type `t`) send, and their parents.
+    pub(super) async fn load(&self, t: RecordType, rows: &[crm_outbox::Model]) -> Result<Loaded, DbErr> {
+        let ids: Vec<String> = rows.iter().map(|row| row.record_id.clone()).collect();
+        let found = records::read_many(self.db.reader(), t, &ids).await?;
+        let mut parents: BTreeMap<RecordType, Vec<String>> = BTreeMap::new();
+        for local in found.values() {
+            for field in t.fields() {
+                if let Kind::Ref(target) | Kind::OptRef(target) = field.kind
+                    && let Some(value) = local.values.get(field.local).filter(|v| !v.is_null())
+                {
+                    parents.entry(target).or_default().push(ref_id(value));
+                }
+            }
+        }
+        let mut loaded: HashMap<(RecordType, String), Local> =
+            found.into_iter().map(|(id, local)| ((t, id), local)).collect();
+        for (target, ids) in parents {
+            let found = records::read_many(self.db.reader(), target, &ids).await?;
+            loaded.extend(found.into_iter().map(|(id, local)| ((target, id), local)));
+        }
+        Ok(Loaded(loaded))
+    }
+
+    /// Builds what a row sends (its record and parents from `loaded`); sends it unless it is a
+    /// create (those go out in batches).
+    pub(super) async fn prepare(
+        &self,
+        t: RecordType,
+        row: &crm_outbox::Model,
+        loaded: &Loaded,
+    ) -> Result<Prepared, DbErr> {
         if !self.crm.syncs(t) {
             return Ok(Prepared::Sent(Attempt::Skipped(format!(
                 "{} records are not synced (the mapping)",
                 t.as_str()
             ))));
         }
-        let Some(local) = records::find_by_id(self.db.reader(), t, &row.record_id).await? else {
+        let Some(local) = loaded.get(t, &row.record_id).cloned() else {
             return Ok(Prepared::Sent(Attempt::Skipped("the local record no longer exists".into())));
         };
         let crm_id = local.crm_id().map(str::to_owned);
@@ -35,7 +80,7 @@ impl Delivery {
             _ if local.is_deleted() => Ok(Prepared::Sent(Attempt::Skipped("the record was deleted".into()))),
             (_, crm_id) => {
                 let fields: Option<Vec<String>> = row.fields.as_deref().and_then(|f| serde_json::from_str(f).ok());
-                let payload = match self.payload(t, &local, fields.as_deref()).await? {
+                let payload = match self.payload(t, &local, fields.as_deref(), loaded).await? {
                     Ok(payload) => payload,
                     Err(attempt) => return Ok(Prepared::Sent(attempt)),
                 };
@@ -43,7 +88,7 @@ impl Delivery {
                     Some(crm_id) => Ok(Prepared::Sent(self.patch(t, &crm_id, payload).await)),
                     None => {
                         // A create sends the whole record, whatever fields the row lists.
-                        let full = match self.payload(t, &local, None).await? {
+                        let full = match self.payload(t, &local, None, loaded).await? {
                             Ok(full) => full,
                             Err(attempt) => return Ok(Prepared::Sent(attempt)),
                         };
@@ -60,6 +105,7 @@ impl Delivery {
         t: RecordType,
         local: &Local,
         fields: Option<&[String]>,
+        loaded: &Loaded,
     ) -> Result<Result<Map<String, Value>, Attempt>, DbErr> {
         if t == RecordType::Contact && local.values.get("role").and_then(Value::as_str) == Some("admin") {
             return Ok(Err(Attempt::Skipped("admins are not synced to the CRM".into())));
@@ -69,15 +115,15 @@ impl Delivery {
             let value = local.values.get(field.local).cloned().unwrap_or(Value::Null);
             let parent_crm_id = match field.kind {
                 Kind::Ref(target) | Kind::OptRef(target) if !value.is_null() => {
-                    let parent_id = value.as_str().map_or_else(|| value.to_string(), str::to_owned);
-                    let parent = records::find_by_id(self.db.reader(), target, &parent_id).await?;
-                    let dead = match &parent {
+                    let parent_id = ref_id(&value);
+                    let parent = loaded.get(target, &parent_id);
+                    let dead = match parent {
                         Some(p) if p.crm_id().is_none() => {
                             outbox::dead_lettered(self.db.reader(), target, &p.id).await?
                         }
                         _ => false,
                     };
-                    match parent.as_ref().and_then(Local::crm_id) {
+                    match parent.and_then(Local::crm_id) {
                         Some(crm_id) => Some(crm_id.to_owned()),
                         // Its parent's create was dead-lettered: waiting would never end.
                         None if dead => {
