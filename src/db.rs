@@ -94,6 +94,11 @@ impl Db {
         self.writer.set_metric_callback(callback);
     }
 
+    /// Calls `callback` after each statement run through [`Db::reader`].
+    pub fn on_read_statement(&mut self, callback: impl Fn(&sea_orm::metric::Info<'_>) + Send + Sync + 'static) {
+        self.reader.set_metric_callback(callback);
+    }
+
     /// A connection for reads that need not see the writer's open transaction.
     pub fn reader(&self) -> &DatabaseConnection {
         &self.reader

@@ -443,7 +443,59 @@ async fn an_outcome_that_cannot_be_written_leaves_only_its_row_in_flight(databas
     assert_eq!([status("user_1"), status("user_2"), status("user_3")], ["delivered", "in_flight", "delivered"]);
 }
 
+/// The point of reading a claimed batch's records (and their parents) together: delivering fifty
+/// new owners and a house of each takes as many statements, reads and writes, as one of each.
+async fn fifty_owners_and_houses_are_delivered_with_as_many_statements_as_one(database: TestDatabase) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let stub = Stub::start().await;
+    let mut db = database.migrated().await;
+    let statements = Arc::new(AtomicUsize::new(0));
+    let (reads, writes) = (statements.clone(), statements.clone());
+    db.on_read_statement(move |_| {
+        reads.fetch_add(1, Ordering::SeqCst);
+    });
+    db.on_write_statement(move |_| {
+        writes.fetch_add(1, Ordering::SeqCst);
+    });
+    let app = TestApp::spawn_on(database, db, |c| use_stub(c, &stub)).await;
+    let deliver = |from: usize, n: usize| {
+        let (app, statements) = (&app, &statements);
+        async move {
+            let events: Vec<Value> = (from..from + n)
+                .flat_map(|i| {
+                    let house = json!({"id": 5000 + i, "ownerId": format!("user_{i}"), "title": "Cottage",
+                        "location": "Hebden", "bedrooms": 2, "pricePerNight": 9000, "currency": "GBP", "status": "draft"});
+                    [
+                        json!({"id": format!("ev_o{i}"), "type": "owner.registered", "data": owner(&format!("user_{i}"))}),
+                        json!({"id": format!("ev_h{i}"), "type": "property.created", "data": house}),
+                    ]
+                })
+                .collect();
+            assert_eq!(app.post_events(&json!({"events": events})).await.status(), StatusCode::ACCEPTED);
+            let before = statements.load(Ordering::SeqCst);
+            assert_eq!(app.deliver_pending().await, 2 * n);
+            statements.load(Ordering::SeqCst) - before
+        }
+    };
+
+    let one = deliver(0, 1).await;
+    let fifty = deliver(1, 50).await;
+
+    assert_eq!(fifty, one, "statements to deliver 50 owners and houses vs 1");
+    let state = stub.state();
+    let houses: Vec<&Value> =
+        state.records.iter().filter(|((kind, _), _)| kind == "properties").map(|(_, house)| house).collect();
+    assert_eq!(houses.len(), 51);
+    for house in houses {
+        let i = house["externalId"].as_str().unwrap().parse::<usize>().unwrap() - 5000;
+        let owner = &state.records[&("contacts".to_owned(), house["ownerContactId"].as_str().unwrap().to_owned())];
+        assert_eq!(owner["externalId"], json!(format!("user_{i}")), "each house names its owner's TreadSoft id");
+    }
+}
+
 on_both_databases_without_app!(
+    fifty_owners_and_houses_are_delivered_with_as_many_statements_as_one,
     two_workers_deliver_a_thousand_changes_exactly_once,
     an_outcome_that_cannot_be_written_leaves_only_its_row_in_flight,
     a_new_owner_reaches_treadsoft_once_signed_and_linked,

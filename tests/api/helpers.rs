@@ -258,6 +258,14 @@ impl TestApp {
         app
     }
 
+    /// Spawns over `db`, an open and migrated connection to `database` (one that counts its
+    /// statements, say).
+    pub async fn spawn_on(database: TestDatabase, db: Db, adjust: impl FnOnce(&mut Config)) -> Self {
+        let mut app = Self::start_on(database.config.clone(), database.backend, Some(db), adjust).await;
+        app._database = Some(database);
+        app
+    }
+
     /// A second gateway instance on the same database (as when scaling out on PostgreSQL).
     pub async fn another_instance(&self) -> Self {
         self.another_instance_with(|_| {}).await
@@ -269,10 +277,23 @@ impl TestApp {
     }
 
     async fn start(database: DatabaseConfig, backend: Backend, adjust: impl FnOnce(&mut Config)) -> Self {
+        Self::start_on(database, backend, None, adjust).await
+    }
+
+    async fn start_on(
+        database: DatabaseConfig,
+        backend: Backend,
+        db: Option<Db>,
+        adjust: impl FnOnce(&mut Config),
+    ) -> Self {
         init_test_logging();
         let mut config = test_config(database.clone());
         adjust(&mut config);
-        let app = Application::build(config).await.expect("build the application");
+        let app = match db {
+            Some(db) => Application::build_with_db(config, db).await,
+            None => Application::build(config).await,
+        };
+        let app = app.expect("build the application");
         let port = app.port();
         let db = app.db().clone();
         let sync = app.sync().clone();
