@@ -12,6 +12,7 @@ mod m20261203_000001_operations_indexes;
 mod m20261204_000001_import_and_audit;
 mod m20261205_000001_sent_values;
 mod m20261206_000001_stream_positions;
+mod m20261207_000001_outbox_open_index;
 
 pub struct Migrator;
 
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000001_import_and_audit::Migration),
             Box::new(m20261205_000001_sent_values::Migration),
             Box::new(m20261206_000001_stream_positions::Migration),
+            Box::new(m20261207_000001_outbox_open_index::Migration),
         ]
     }
 }
