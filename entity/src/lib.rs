@@ -19,7 +19,7 @@ pub mod enquiries;
 pub mod enums;
 pub mod owner_memberships;
 pub mod properties;
-pub mod sync_field_versions;
+pub mod sync_record_versions;
 pub mod sync_tombstones;
 pub mod user;
 

@@ -13,6 +13,7 @@ mod m20261204_000001_import_and_audit;
 mod m20261205_000001_sent_values;
 mod m20261206_000001_stream_positions;
 mod m20261207_000001_outbox_open_index;
+mod m20261208_000001_record_versions;
 
 pub struct Migrator;
 
@@ -30,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261205_000001_sent_values::Migration),
             Box::new(m20261206_000001_stream_positions::Migration),
             Box::new(m20261207_000001_outbox_open_index::Migration),
+            Box::new(m20261208_000001_record_versions::Migration),
         ]
     }
 }

@@ -7,12 +7,12 @@
 use crate::error::{ApiError, resource};
 use crate::state::AppState;
 use crate::sync::mapping::RecordType;
-use crate::sync::records;
+use crate::sync::{records, stamps};
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Utc};
 use entity::enums::OutboxStatus;
-use entity::{crm_inbox, crm_outbox, crm_sync_logs, sync_field_versions, sync_tombstones};
+use entity::{crm_inbox, crm_outbox, crm_sync_logs, sync_tombstones};
 use sea_orm::{ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -379,21 +379,18 @@ pub const INSPECT_ROWS: u64 = 50;
 pub async fn inspect(c: &impl ConnectionTrait, t: RecordType, id: &str) -> Result<Option<Inspection>, DbErr> {
     let local = records::find_by_id(c, t, id).await?;
     let crm_id = local.as_ref().and_then(|l| l.crm_id().map(str::to_owned));
-    let field_stamps = sync_field_versions::Entity::find()
-        .filter(sync_field_versions::Column::EntityType.eq(t.as_str()))
-        .filter(sync_field_versions::Column::EntityId.eq(id))
-        .order_by_asc(sync_field_versions::Column::Field)
-        .all(c)
+    let mut field_stamps: Vec<FieldStamp> = stamps::field_versions(c, t, id)
         .await?
         .into_iter()
-        .map(|v| FieldStamp {
-            field: v.field,
-            stamp_ms: v.stamp_ms,
-            stamp_seq: v.stamp_seq,
-            origin: v.origin,
+        .map(|(field, v)| FieldStamp {
+            field,
+            stamp_ms: v.stamp.ms,
+            stamp_seq: v.stamp.seq,
+            origin: v.origin.as_str().to_owned(),
             event_id: v.event_id,
         })
         .collect();
+    field_stamps.sort_by(|a, b| a.field.cmp(&b.field));
     let outbox: Vec<OutboxEntry> = crm_outbox::Entity::find()
         .filter(crm_outbox::Column::RecordType.eq(t.as_str()))
         .filter(crm_outbox::Column::RecordId.eq(id))

@@ -1,102 +1,142 @@
-//! Stored version stamps: one per synced field of each record, and one per deleted CRM record.
+//! Stored version stamps: those of each record's synced fields (one row per record), and one per
+//! deleted CRM record.
+//!
+//! A record's stamps are read and written while its record row is locked (every path that writes
+//! them reads the record `FOR UPDATE` first, or has just created it), so the read-merge-write of
+//! the one row cannot lose another instance's stamps.
 
 use super::hlc::Stamp;
 use super::lww::{Origin, Version};
 use super::mapping::RecordType;
-use entity::{sync_field_versions as versions, sync_tombstones as tombstones};
+use entity::{sync_record_versions as versions, sync_tombstones as tombstones};
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 fn version(ms: i64, seq: i64, origin: &str, event_id: String) -> Version {
     Version { stamp: Stamp { ms, seq }, origin: Origin::parse(origin), event_id }
 }
 
-/// The stamps of record `id`'s fields, by local field name.
-pub async fn field_versions(
-    c: &impl ConnectionTrait,
-    t: RecordType,
-    id: &str,
-) -> Result<HashMap<String, Version>, DbErr> {
-    let rows = versions::Entity::find()
-        .filter(versions::Column::EntityType.eq(t.as_str()))
-        .filter(versions::Column::EntityId.eq(id))
-        .all(c)
-        .await?;
-    Ok(rows.into_iter().map(|r| (r.field, version(r.stamp_ms, r.stamp_seq, &r.origin, r.event_id))).collect())
+/// The stamps of one record's fields, by local field name.
+pub type Stamps = HashMap<String, Version>;
+
+/// One field's stamp as stored: `[stamp_ms, stamp_seq, origin, event_id]`.
+type Stored<'a> = (i64, i64, &'a str, &'a str);
+
+/// Reads a stored `stamps` object; a row that does not parse is an error, not an empty record:
+/// deciding without its stamps could let an older change win.
+fn decode(row: &versions::Model) -> Result<Stamps, DbErr> {
+    let stored: HashMap<String, (i64, i64, String, String)> = serde_json::from_str(&row.stamps).map_err(|e| {
+        DbErr::Custom(format!(
+            "sync_record_versions ({}, {}): the stamps are not a JSON object of [ms, seq, origin, event id]: {e}",
+            row.entity_type, row.entity_id
+        ))
+    })?;
+    Ok(stored
+        .into_iter()
+        .map(|(field, (ms, seq, origin, event_id))| (field, version(ms, seq, &origin, event_id)))
+        .collect())
 }
 
-/// Stamps `fields` of record `id` with `v`.
-pub async fn set_field_versions(
-    c: &impl ConnectionTrait,
-    t: RecordType,
-    id: &str,
-    fields: &[&str],
-    v: &Version,
-) -> Result<(), DbErr> {
-    write_field_versions(c, fields.iter().map(|field| (t, id, *field, v))).await
+/// The stored form of `stamps` (fields in name order) and its largest `stamp_ms`.
+fn encode(stamps: &Stamps) -> (String, i64) {
+    let stored: BTreeMap<&str, Stored<'_>> = stamps
+        .iter()
+        .map(|(field, v)| (field.as_str(), (v.stamp.ms, v.stamp.seq, v.origin.as_str(), v.event_id.as_str())))
+        .collect();
+    let max_ms = stamps.values().map(|v| v.stamp.ms).max().unwrap_or(0);
+    (serde_json::to_string(&stored).unwrap_or_else(|_| "{}".into()), max_ms)
+}
+
+/// The stamps of record `id`'s fields, by local field name.
+pub async fn field_versions(c: &impl ConnectionTrait, t: RecordType, id: &str) -> Result<Stamps, DbErr> {
+    match versions::Entity::find_by_id((t.as_str().to_owned(), id.to_owned())).one(c).await? {
+        Some(row) => decode(&row),
+        None => Ok(Stamps::new()),
+    }
 }
 
 /// A record of a type, by its local key (or, for tombstones, its CRM id).
 pub type Key = (RecordType, String);
 
-/// The stamps of the fields of every record in `records`, by record and local field name.
-pub async fn field_versions_of(
-    c: &impl ConnectionTrait,
-    records: &[Key],
-) -> Result<HashMap<Key, HashMap<String, Version>>, DbErr> {
-    let mut out: HashMap<Key, HashMap<String, Version>> = HashMap::new();
+/// The stamps of the fields of every record in `records` that has any, by record and local field name.
+pub async fn field_versions_of(c: &impl ConnectionTrait, records: &[Key]) -> Result<HashMap<Key, Stamps>, DbErr> {
+    let mut out: HashMap<Key, Stamps> = HashMap::new();
     for chunk in records.chunks(crate::db::MAX_PARAMS / 2) {
         let rows = versions::Entity::find()
             .filter(by_type(chunk, versions::Column::EntityType, versions::Column::EntityId))
             .all(c)
             .await?;
         for r in rows {
-            let key = (RecordType::parse(&r.entity_type).unwrap_or(RecordType::Contact), r.entity_id);
-            out.entry(key).or_default().insert(r.field, version(r.stamp_ms, r.stamp_seq, &r.origin, r.event_id));
+            let stamps = decode(&r)?;
+            out.insert((RecordType::parse(&r.entity_type).unwrap_or(RecordType::Contact), r.entity_id), stamps);
         }
     }
     Ok(out)
 }
 
-/// Stamps each (record type, record id, field) with its version, in as few statements as possible.
-/// A field listed twice takes its last version.
+/// Writes the whole stamps of each record given, over what is stored, in as few statements as
+/// possible. A record listed twice takes its last.
+pub async fn write_record_versions<'a>(
+    c: &impl ConnectionTrait,
+    records: impl IntoIterator<Item = (RecordType, &'a str, &'a Stamps)>,
+) -> Result<(), DbErr> {
+    let rows = last_of_each(records.into_iter().map(|(t, id, stamps)| {
+        let (stamps, max_ms) = encode(stamps);
+        let row = versions::ActiveModel {
+            entity_type: Set(t.as_str().to_owned()),
+            entity_id: Set(id.to_owned()),
+            stamps: Set(stamps),
+            max_ms: Set(max_ms),
+        };
+        ((t, id), row)
+    }));
+    let on_conflict = OnConflict::columns([versions::Column::EntityType, versions::Column::EntityId])
+        .update_columns([versions::Column::Stamps, versions::Column::MaxMs])
+        .to_owned();
+    crate::db::insert_all(c, rows, Some(on_conflict)).await
+}
+
+/// Stamps each (record type, record id, field) with its version, keeping the other fields'
+/// stamps: one read and one write for all the records. A field listed twice takes its last
+/// version. The records must be locked (see the module's note).
 pub async fn write_field_versions<'a>(
     c: &impl ConnectionTrait,
     stamps: impl IntoIterator<Item = (RecordType, &'a str, &'a str, &'a Version)>,
 ) -> Result<(), DbErr> {
-    let mut last: HashMap<(RecordType, &str, &str), &Version> = HashMap::new();
-    let mut order = Vec::new();
+    let mut new: BTreeMap<Key, Vec<(&str, &Version)>> = BTreeMap::new();
     for (t, id, field, v) in stamps {
-        if last.insert((t, id, field), v).is_none() {
-            order.push((t, id, field));
+        new.entry((t, id.to_owned())).or_default().push((field, v));
+    }
+    if new.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<Key> = new.keys().cloned().collect();
+    let mut stored = field_versions_of(c, &keys).await?;
+    for (key, fields) in &new {
+        let record = stored.entry(key.clone()).or_default();
+        for (field, v) in fields {
+            record.insert((*field).to_owned(), (*v).clone());
         }
     }
-    let rows: Vec<versions::ActiveModel> = order
-        .into_iter()
-        .map(|(t, id, field)| {
-            let v = last[&(t, id, field)];
-            versions::ActiveModel {
-                entity_type: Set(t.as_str().to_owned()),
-                entity_id: Set(id.to_owned()),
-                field: Set(field.to_owned()),
-                stamp_ms: Set(v.stamp.ms),
-                stamp_seq: Set(v.stamp.seq),
-                origin: Set(v.origin.as_str().to_owned()),
-                event_id: Set(v.event_id.clone()),
+    write_record_versions(c, keys.iter().map(|key| (key.0, key.1.as_str(), &stored[key]))).await
+}
+
+/// The rows in the order their keys first come, each key's last row standing: one row per key
+/// in a multi-row upsert (PostgreSQL refuses to update one row twice in a statement).
+fn last_of_each<K: std::hash::Hash + Eq, R>(rows: impl IntoIterator<Item = (K, R)>) -> Vec<R> {
+    let mut out: Vec<R> = Vec::new();
+    let mut at: HashMap<K, usize> = HashMap::new();
+    for (key, row) in rows {
+        match at.get(&key) {
+            Some(&i) => out[i] = row,
+            None => {
+                at.insert(key, out.len());
+                out.push(row);
             }
-        })
-        .collect();
-    let on_conflict =
-        OnConflict::columns([versions::Column::EntityType, versions::Column::EntityId, versions::Column::Field])
-            .update_columns([
-                versions::Column::StampMs,
-                versions::Column::StampSeq,
-                versions::Column::Origin,
-                versions::Column::EventId,
-            ])
-            .to_owned();
-    crate::db::insert_all(c, rows, Some(on_conflict)).await
+        }
+    }
+    out
 }
 
 /// `<type_column> = t AND <column> IN (...)` for each record type in `keys`, joined by OR.
@@ -136,9 +176,7 @@ pub async fn write_tombstones<'a>(
     c: &impl ConnectionTrait,
     deletes: impl IntoIterator<Item = (RecordType, &'a str, Option<&'a str>, &'a Version)>,
 ) -> Result<(), DbErr> {
-    let mut rows: Vec<tombstones::ActiveModel> = Vec::new();
-    let mut at: HashMap<(RecordType, &str), usize> = HashMap::new();
-    for (t, crm_id, local_id, v) in deletes {
+    let rows = last_of_each(deletes.into_iter().map(|(t, crm_id, local_id, v)| {
         let row = tombstones::ActiveModel {
             entity_type: Set(t.as_str().to_owned()),
             crm_id: Set(crm_id.to_owned()),
@@ -149,14 +187,8 @@ pub async fn write_tombstones<'a>(
             event_id: Set(v.event_id.clone()),
             created_at: Set(chrono::Utc::now()),
         };
-        match at.get(&(t, crm_id)) {
-            Some(&i) => rows[i] = row,
-            None => {
-                at.insert((t, crm_id), rows.len());
-                rows.push(row);
-            }
-        }
-    }
+        ((t, crm_id), row)
+    }));
     let on_conflict = OnConflict::columns([tombstones::Column::EntityType, tombstones::Column::CrmId])
         .update_columns([
             tombstones::Column::EntityId,
@@ -191,7 +223,7 @@ pub async fn set_tombstone(
 pub async fn max_stamp(c: &impl ConnectionTrait) -> Result<Stamp, DbErr> {
     let row: Option<(Option<i64>,)> = versions::Entity::find()
         .select_only()
-        .column_as(versions::Column::StampMs.max(), "max_ms")
+        .column_as(versions::Column::MaxMs.max(), "max_ms")
         .into_tuple()
         .one(c)
         .await?;

@@ -54,7 +54,11 @@ pub(crate) struct View<'c, C> {
     /// with the hash read, when known, so that a newer value sent meanwhile stays).
     forgotten_sent: Vec<(String, Option<String>)>,
     versions: HashMap<Key, HashMap<String, Version>>,
-    new_versions: BTreeMap<(RecordType, String, String), Version>,
+    /// Records whose stamps changed: each is written whole at [`Self::flush`].
+    changed_versions: BTreeSet<Key>,
+    /// Records stamped before their stored stamps were read: those are read and kept under the
+    /// new ones at [`Self::flush`], so that no stored stamp is written over with nothing.
+    unread_versions: BTreeSet<Key>,
     /// Each request's fields and, for a value sent, its hash.
     requests: HashMap<String, Option<OwnRequest>>,
     undelivered: HashMap<Key, Vec<crm_outbox::Model>>,
@@ -141,7 +145,8 @@ impl<'c, C: ConnectionTrait> View<'c, C> {
             new_tombstones: BTreeMap::new(),
             forgotten_sent: Vec::new(),
             versions: HashMap::new(),
-            new_versions: BTreeMap::new(),
+            changed_versions: BTreeSet::new(),
+            unread_versions: BTreeSet::new(),
             requests: HashMap::new(),
             undelivered: HashMap::new(),
             waiting: HashMap::new(),
@@ -447,12 +452,15 @@ impl<'c, C: ConnectionTrait> View<'c, C> {
     }
 
     pub(crate) fn set_field_versions(&mut self, i: usize, fields: &[&str], v: &Version) {
-        let (t, id) = (self.slots[i].t, self.slots[i].local.id.clone());
-        let stored = self.versions.entry((t, id.clone())).or_default();
+        let key = (self.slots[i].t, self.slots[i].local.id.clone());
+        if !self.versions.contains_key(&key) {
+            self.unread_versions.insert(key.clone());
+        }
+        let stored = self.versions.entry(key.clone()).or_default();
         for field in fields {
             stored.insert((*field).to_owned(), v.clone());
-            self.new_versions.insert((t, id.clone(), (*field).to_owned()), v.clone());
         }
+        self.changed_versions.insert(key);
     }
 
     /// The CRM fields request `request_id` of the gateway set, if it is one of its own, and for
@@ -637,8 +645,15 @@ impl<'c, C: ConnectionTrait> View<'c, C> {
     /// link-backs and log rows, a few multi-row statements for each table.
     pub(crate) async fn flush(&mut self) -> Result<(), DbErr> {
         self.flush_records().await?;
-        let versions = std::mem::take(&mut self.new_versions);
-        stamps::write_field_versions(self.c, versions.iter().map(|((t, id, f), v)| (*t, id.as_str(), f.as_str(), v)))
+        let unread: Vec<Key> = std::mem::take(&mut self.unread_versions).into_iter().collect();
+        if !unread.is_empty() {
+            for (key, mut stored) in stamps::field_versions_of(self.c, &unread).await? {
+                stored.extend(self.versions.remove(&key).unwrap_or_default());
+                self.versions.insert(key, stored);
+            }
+        }
+        let changed = std::mem::take(&mut self.changed_versions);
+        stamps::write_record_versions(self.c, changed.iter().map(|key| (key.0, key.1.as_str(), &self.versions[key])))
             .await?;
         let tombstones = std::mem::take(&mut self.new_tombstones);
         stamps::write_tombstones(

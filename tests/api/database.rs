@@ -64,6 +64,108 @@ async fn migrations_go_up_down_and_up_again(database: TestDatabase) {
     assert!(Migrator::get_pending_migrations(db.writer()).await.unwrap().is_empty());
 }
 
+/// Stamps stored one row per field before the migration to one row per record are the same
+/// stamps after it, and back after `down`.
+async fn field_stamps_move_to_one_row_per_record_and_back(database: TestDatabase) {
+    use crm_gateway::sync::lww::Origin;
+    use crm_gateway::sync::mapping::RecordType;
+    use crm_gateway::sync::stamps;
+    use sea_orm::Statement;
+
+    let db = database.connect().await;
+    let w = db.writer();
+    let before_it = Migrator::migrations().len() as u32 - 1;
+    Migrator::up(w, Some(before_it)).await.unwrap();
+    let rows = [
+        ("contact", "user_1", "email", 1_764_590_400_000_i64, 4_i64, "crm", "evt_1"),
+        ("contact", "user_1", "phone", 1_764_590_460_000, 0, "local", "ev_9"),
+        ("contact", "user_2", "name", 1_764_590_000_000, 2, "crm", "evt_2"),
+        ("property", "7", "title", 1_764_000_000_000, 1, "local", "ev_3"),
+    ];
+    for (t, id, field, ms, seq, origin, event) in rows {
+        w.execute_unprepared(&format!(
+            "INSERT INTO sync_field_versions (entity_type, entity_id, field, stamp_ms, stamp_seq, origin, event_id) \
+             VALUES ('{t}', '{id}', '{field}', {ms}, {seq}, '{origin}', '{event}')"
+        ))
+        .await
+        .unwrap();
+    }
+
+    Migrator::up(w, None).await.unwrap();
+    let user_1 = stamps::field_versions(w, RecordType::Contact, "user_1").await.unwrap();
+    assert_eq!(user_1.len(), 2, "{user_1:?}");
+    assert_eq!((user_1["email"].stamp.ms, user_1["email"].stamp.seq), (1_764_590_400_000, 4));
+    assert_eq!((user_1["email"].origin, user_1["email"].event_id.as_str()), (Origin::Crm, "evt_1"));
+    assert_eq!((user_1["phone"].stamp.ms, user_1["phone"].origin), (1_764_590_460_000, Origin::Local));
+    assert_eq!(stamps::field_versions(w, RecordType::Property, "7").await.unwrap()["title"].event_id, "ev_3");
+    assert!(stamps::field_versions(w, RecordType::Contact, "user_3").await.unwrap().is_empty());
+    assert_eq!(stamps::max_stamp(w).await.unwrap().ms, 1_764_590_460_000, "the clock's floor after a restart");
+
+    Migrator::down(w, Some(1)).await.unwrap();
+    let back = w
+        .query_all_raw(Statement::from_string(
+            w.get_database_backend(),
+            "SELECT entity_type, entity_id, field, stamp_ms, stamp_seq, origin, event_id FROM sync_field_versions \
+             ORDER BY entity_type, entity_id, field",
+        ))
+        .await
+        .unwrap();
+    let back: Vec<(String, String, String, i64, i64, String, String)> = back
+        .iter()
+        .map(|r| {
+            (
+                r.try_get("", "entity_type").unwrap(),
+                r.try_get("", "entity_id").unwrap(),
+                r.try_get("", "field").unwrap(),
+                r.try_get("", "stamp_ms").unwrap(),
+                r.try_get("", "stamp_seq").unwrap(),
+                r.try_get("", "origin").unwrap(),
+                r.try_get("", "event_id").unwrap(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, String, String, i64, i64, String, String)> = rows
+        .iter()
+        .map(|(t, id, f, ms, seq, o, e)| {
+            (t.to_string(), id.to_string(), f.to_string(), *ms, *seq, o.to_string(), e.to_string())
+        })
+        .collect();
+    assert_eq!(back, expected);
+}
+
+/// Stamping some fields of a record keeps the stamps of its others (one row holds them all).
+async fn stamping_some_fields_keeps_the_stamps_of_the_others(database: TestDatabase) {
+    use crm_gateway::sync::hlc::Stamp;
+    use crm_gateway::sync::lww::{Origin, Version};
+    use crm_gateway::sync::mapping::RecordType::Contact;
+    use crm_gateway::sync::stamps;
+
+    let db = database.migrated().await;
+    let w = db.writer();
+    let v =
+        |ms: i64, event: &str| Version { stamp: Stamp { ms, seq: 0 }, origin: Origin::Local, event_id: event.into() };
+    let (first, second, third) = (v(1_000, "ev_1"), v(2_000, "ev_2"), v(3_000, "ev_3"));
+    stamps::write_field_versions(w, [(Contact, "user_1", "email", &first), (Contact, "user_1", "phone", &first)])
+        .await
+        .unwrap();
+    stamps::write_field_versions(
+        w,
+        [
+            (Contact, "user_1", "name", &second),
+            (Contact, "user_1", "phone", &second),
+            (Contact, "user_1", "phone", &third),
+        ],
+    )
+    .await
+    .unwrap();
+
+    let stored = stamps::field_versions(w, Contact, "user_1").await.unwrap();
+    let by_field: std::collections::BTreeMap<&str, &str> =
+        stored.iter().map(|(f, v)| (f.as_str(), v.event_id.as_str())).collect();
+    assert_eq!(by_field, [("email", "ev_1"), ("name", "ev_2"), ("phone", "ev_3")].into_iter().collect());
+    assert_eq!(stamps::max_stamp(w).await.unwrap().ms, 3_000);
+}
+
 async fn every_record_type_round_trips_exactly(database: TestDatabase) {
     let db = database.migrated().await;
     let w = db.writer();
@@ -222,6 +324,8 @@ async fn sqlite_runs_durable_wal_with_foreign_keys(database: TestDatabase) {
 
 on_both_databases_without_app!(
     migrations_go_up_down_and_up_again,
+    field_stamps_move_to_one_row_per_record_and_back,
+    stamping_some_fields_keeps_the_stamps_of_the_others,
     every_record_type_round_trips_exactly,
     emails_are_unique_whatever_their_case,
     a_crm_id_links_to_one_record_only,

@@ -19,10 +19,7 @@ fn hot_queries() -> Vec<(&'static str, String)> {
             "events waiting for a parent",
             "SELECT * FROM crm_inbox WHERE outcome = 'waiting' AND waiting_for = '1'".into(),
         ),
-        (
-            "field versions of a record",
-            "SELECT * FROM sync_field_versions WHERE entity_type = '1' AND entity_id = '1'".into(),
-        ),
+        ("stamps of a record", "SELECT * FROM sync_record_versions WHERE entity_type = '1' AND entity_id = '1'".into()),
         ("tombstone", "SELECT * FROM sync_tombstones WHERE entity_type = '1' AND crm_id = '1'".into()),
         (
             "a record's deliveries",
