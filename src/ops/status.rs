@@ -11,7 +11,6 @@ use crate::sync::records;
 use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Duration as TimeDelta, Utc};
 use entity::enums::CrmSyncStatus;
-use entity::enums::OutboxStatus;
 use entity::{crm_inbox, crm_outbox};
 use sea_orm::sea_query::{Expr, Func};
 use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
@@ -47,7 +46,7 @@ pub async fn outbox_depth(c: &impl ConnectionTrait, now: DateTime<Utc>) -> Resul
         .column(crm_outbox::Column::Status)
         .column_as(crm_outbox::Column::Id.count(), "rows")
         .column_as(crm_outbox::Column::CreatedAt.min(), "oldest")
-        .filter(crm_outbox::Column::Status.is_in([OutboxStatus::Pending, OutboxStatus::InFlight, OutboxStatus::Failed]))
+        .filter(crate::outbound::outbox::status_in(&crate::outbound::outbox::OPEN))
         .group_by(crm_outbox::Column::RecordType)
         .group_by(crm_outbox::Column::Status)
         .into_tuple()

@@ -45,7 +45,7 @@ pub async fn enqueue(
     let pending = crm_outbox::Entity::find()
         .filter(crm_outbox::Column::RecordType.eq(t.as_str()))
         .filter(crm_outbox::Column::RecordId.eq(record_id))
-        .filter(crm_outbox::Column::Status.eq(OutboxStatus::Pending))
+        .filter(status_in(&[OutboxStatus::Pending]))
         .filter(crm_outbox::Column::Operation.ne(OutboxOperation::Link))
         .lock_exclusive()
         .one(c)
@@ -105,6 +105,21 @@ pub fn pending_row(
     }
 }
 
+/// The statuses of a delivery not done yet: the rows `idx_crm_outbox_open` holds.
+pub const OPEN: [OutboxStatus; 3] = [OutboxStatus::Pending, OutboxStatus::InFlight, OutboxStatus::Failed];
+
+/// `status IN (...)` with the statuses written into the statement as constants, not bound as
+/// parameters: a plan can use the partial index of open rows (`idx_crm_outbox_open`, `WHERE status
+/// IN ('pending', 'in_flight', 'failed')`) only where the database can prove the query's rows are
+/// among the index's, and with bound values it cannot (a cached generic plan on PostgreSQL;
+/// SQLite's planner). Without that index a record's lookup walks its delivered history.
+pub fn status_in(statuses: &[OutboxStatus]) -> Expr {
+    use sea_orm::ActiveEnum;
+    use sea_orm::sea_query::ExprTrait;
+    Expr::col((crm_outbox::Entity, crm_outbox::Column::Status))
+        .is_in(statuses.iter().map(|s| Expr::Constant(s.to_value().into())))
+}
+
 /// The record's deliveries that are not done (pending, in flight or failed), links aside.
 async fn undelivered(
     c: &impl ConnectionTrait,
@@ -115,7 +130,7 @@ async fn undelivered(
     let mut query = crm_outbox::Entity::find()
         .filter(crm_outbox::Column::RecordType.eq(t.as_str()))
         .filter(crm_outbox::Column::RecordId.eq(record_id))
-        .filter(crm_outbox::Column::Status.is_in([OutboxStatus::Pending, OutboxStatus::InFlight, OutboxStatus::Failed]))
+        .filter(status_in(&OPEN))
         .filter(crm_outbox::Column::Operation.ne(OutboxOperation::Link));
     if let Some(id) = except {
         query = query.filter(crm_outbox::Column::Id.ne(id));
@@ -133,7 +148,7 @@ pub async fn undelivered_ids(
         .column(crm_outbox::Column::RecordId)
         .distinct()
         .filter(crm_outbox::Column::RecordType.eq(t.as_str()))
-        .filter(crm_outbox::Column::Status.is_in([OutboxStatus::Pending, OutboxStatus::InFlight, OutboxStatus::Failed]))
+        .filter(status_in(&OPEN))
         .filter(crm_outbox::Column::Operation.ne(OutboxOperation::Link))
         .into_tuple()
         .all(c)
@@ -197,26 +212,21 @@ fn fields_of<'a>(rows: impl Iterator<Item = &'a crm_outbox::Model>) -> Option<BT
 /// The undelivered rows (as [`undelivered`]) of every record in `records`, by record. Pending
 /// rows are locked (a change may be merged into one; the claim skips locked rows); rows in flight
 /// or failed are only read, so that recording a delivery's outcome (which locks its row, then the
-/// record) never waits in a cycle with an apply (which locks the record, then reads these).
+/// record) never waits in a cycle with an apply (which locks the record, then reads these). On
+/// SQLite, where the writer's transaction holds the whole database, that is one read.
 pub async fn undelivered_of(
     c: &impl ConnectionTrait,
     records: &[(RecordType, String)],
 ) -> Result<HashMap<(RecordType, String), Vec<crm_outbox::Model>>, DbErr> {
     let mut out: HashMap<(RecordType, String), Vec<crm_outbox::Model>> = HashMap::new();
     for chunk in records.chunks(crate::db::MAX_PARAMS / 2) {
-        let of = |statuses: &[OutboxStatus]| {
-            crm_outbox::Entity::find()
-                .filter(crate::sync::stamps::by_type(
-                    chunk,
-                    crm_outbox::Column::RecordType,
-                    crm_outbox::Column::RecordId,
-                ))
-                .filter(crm_outbox::Column::Status.is_in(statuses.iter().copied()))
-                .filter(crm_outbox::Column::Operation.ne(OutboxOperation::Link))
-                .order_by_asc(crm_outbox::Column::Id)
+        let rows = if c.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
+            let mut rows = undelivered_query(chunk, &[OutboxStatus::Pending]).lock_exclusive().all(c).await?;
+            rows.extend(undelivered_query(chunk, &[OutboxStatus::InFlight, OutboxStatus::Failed]).all(c).await?);
+            rows
+        } else {
+            undelivered_query(chunk, &OPEN).all(c).await?
         };
-        let mut rows = of(&[OutboxStatus::Pending]).lock_exclusive().all(c).await?;
-        rows.extend(of(&[OutboxStatus::InFlight, OutboxStatus::Failed]).all(c).await?);
         for row in rows {
             if let Some(t) = RecordType::parse(&row.record_type) {
                 out.entry((t, row.record_id.clone())).or_default().push(row);
@@ -224,6 +234,18 @@ pub async fn undelivered_of(
         }
     }
     Ok(out)
+}
+
+/// The rows of `records` in one of `statuses`, links aside, oldest first.
+pub fn undelivered_query(
+    records: &[(RecordType, String)],
+    statuses: &[OutboxStatus],
+) -> sea_orm::Select<crm_outbox::Entity> {
+    crm_outbox::Entity::find()
+        .filter(crate::sync::stamps::by_type(records, crm_outbox::Column::RecordType, crm_outbox::Column::RecordId))
+        .filter(status_in(statuses))
+        .filter(crm_outbox::Column::Operation.ne(OutboxOperation::Link))
+        .order_by_asc(crm_outbox::Column::Id)
 }
 
 /// Whether the record's delivery was dead-lettered and nothing of it is queued or being sent
@@ -258,7 +280,7 @@ pub async fn cancel_pending(c: &impl ConnectionTrait, t: RecordType, record_id: 
     crm_outbox::Entity::delete_many()
         .filter(crm_outbox::Column::RecordType.eq(t.as_str()))
         .filter(crm_outbox::Column::RecordId.eq(record_id))
-        .filter(crm_outbox::Column::Status.eq(OutboxStatus::Pending))
+        .filter(status_in(&[OutboxStatus::Pending]))
         .exec(c)
         .await?;
     Ok(())

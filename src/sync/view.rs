@@ -687,7 +687,7 @@ impl<'c, C: ConnectionTrait> View<'c, C> {
         for chunk in cancelled.chunks(crate::db::MAX_PARAMS / 2) {
             crm_outbox::Entity::delete_many()
                 .filter(stamps::by_type(chunk, crm_outbox::Column::RecordType, crm_outbox::Column::RecordId))
-                .filter(crm_outbox::Column::Status.eq(OutboxStatus::Pending))
+                .filter(outbox::status_in(&[OutboxStatus::Pending]))
                 .exec(self.c)
                 .await?;
         }
