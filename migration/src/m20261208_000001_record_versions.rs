@@ -32,6 +32,15 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
+        if manager.get_database_backend() == DatabaseBackend::Postgres {
+            // An instance still running the version before this one must not write stamps after
+            // the copy has read the table: they would go with the dropped table. It waits here
+            // (then fails on the missing table: stop older instances before this upgrade).
+            manager
+                .get_connection()
+                .execute_unprepared(r#"LOCK TABLE "sync_field_versions" IN EXCLUSIVE MODE"#)
+                .await?;
+        }
         let copy = match manager.get_database_backend() {
             DatabaseBackend::Postgres => {
                 r#"INSERT INTO "sync_record_versions" ("entity_type", "entity_id", "stamps", "max_ms")

@@ -112,12 +112,20 @@ pub const OPEN: [OutboxStatus; 3] = [OutboxStatus::Pending, OutboxStatus::InFlig
 /// parameters: a plan can use the partial index of open rows (`idx_crm_outbox_open`, `WHERE status
 /// IN ('pending', 'in_flight', 'failed')`) only where the database can prove the query's rows are
 /// among the index's, and with bound values it cannot (a cached generic plan on PostgreSQL;
-/// SQLite's planner). Without that index a record's lookup walks its delivered history.
+/// SQLite's planner). Without that index a record's lookup walks its delivered history. SQLite
+/// proves it only from a term identical to the index's, so some of the open statuses are asked
+/// for as `status IN (<all three>) AND status IN (<these>)`.
 pub fn status_in(statuses: &[OutboxStatus]) -> Expr {
     use sea_orm::ActiveEnum;
     use sea_orm::sea_query::ExprTrait;
-    Expr::col((crm_outbox::Entity, crm_outbox::Column::Status))
-        .is_in(statuses.iter().map(|s| Expr::Constant(s.to_value().into())))
+    let of = |statuses: &[OutboxStatus]| {
+        Expr::col((crm_outbox::Entity, crm_outbox::Column::Status))
+            .is_in(statuses.iter().map(|s| Expr::Constant(s.to_value().into())))
+    };
+    if statuses != OPEN && statuses.iter().all(|s| OPEN.contains(s)) {
+        return of(&OPEN).and(of(statuses));
+    }
+    of(statuses)
 }
 
 /// The record's deliveries that are not done (pending, in flight or failed), links aside.
@@ -354,7 +362,7 @@ pub async fn retry_failed(
     writer
         .run(move |txn| {
             Box::pin(async move {
-                let mut which = Condition::all().add(crm_outbox::Column::Status.eq(OutboxStatus::Failed));
+                let mut which = Condition::all().add(status_in(&[OutboxStatus::Failed]));
                 if let Some(t) = record_type {
                     which = which.add(crm_outbox::Column::RecordType.eq(t.as_str()));
                 }
@@ -376,7 +384,7 @@ pub async fn queue_now(writer: &Writer, t: RecordType, record_id: String) -> Res
                 let waiting = crm_outbox::Entity::find()
                     .filter(crm_outbox::Column::RecordType.eq(t.as_str()))
                     .filter(crm_outbox::Column::RecordId.eq(&record_id))
-                    .filter(crm_outbox::Column::Status.is_in([OutboxStatus::Pending, OutboxStatus::Failed]))
+                    .filter(status_in(&[OutboxStatus::Pending, OutboxStatus::Failed]))
                     .filter(crm_outbox::Column::Operation.ne(OutboxOperation::Link))
                     .one(txn)
                     .await?;

@@ -24,10 +24,11 @@ pub type Stamps = HashMap<String, Version>;
 type Stored<'a> = (i64, i64, &'a str, &'a str);
 
 /// Reads a stored `stamps` object; a row that does not parse is an error, not an empty record:
-/// deciding without its stamps could let an older change win.
+/// deciding without its stamps could let an older change win. It is a data error (the work that
+/// reads it fails alone, recorded as failed, rather than being tried again for ever).
 fn decode(row: &versions::Model) -> Result<Stamps, DbErr> {
     let stored: HashMap<String, (i64, i64, String, String)> = serde_json::from_str(&row.stamps).map_err(|e| {
-        DbErr::Custom(format!(
+        DbErr::Json(format!(
             "sync_record_versions ({}, {}): the stamps are not a JSON object of [ms, seq, origin, event id]: {e}",
             row.entity_type, row.entity_id
         ))

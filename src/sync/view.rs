@@ -452,6 +452,9 @@ impl<'c, C: ConnectionTrait> View<'c, C> {
     }
 
     pub(crate) fn set_field_versions(&mut self, i: usize, fields: &[&str], v: &Version) {
+        if fields.is_empty() {
+            return;
+        }
         let key = (self.slots[i].t, self.slots[i].local.id.clone());
         if !self.versions.contains_key(&key) {
             self.unread_versions.insert(key.clone());

@@ -296,6 +296,33 @@ async fn rule_1_per_field_concurrent_edits_to_different_fields_both_survive(app:
     assert_eq!(user.company_name.as_deref(), Some("New Co"));
 }
 
+/// A record whose stored stamps cannot be read (a hand edit gone wrong) fails the events that
+/// touch it, each recorded `failed` with the reason, and nothing else: the delivery is answered,
+/// not refused to be redelivered for ever, and the record is not changed without its stamps.
+async fn a_record_whose_stamps_cannot_be_read_fails_its_events_alone(app: TestApp) {
+    use sea_orm::ConnectionTrait;
+    app.deliver(&[created("evt_1", "crm_contact_1"), created("evt_2", "crm_contact_2")]).await;
+    let broken = user_by_crm_id(&app, "crm_contact_1").await;
+    app.db
+        .writer()
+        .execute_unprepared(&format!(
+            "UPDATE sync_record_versions SET stamps = 'not json' WHERE entity_type = 'contact' AND entity_id = '{}'",
+            broken.id
+        ))
+        .await
+        .unwrap();
+    let change =
+        |id: &str, crm_id: &str| event(id, "contact.updated", crm_id, 2, 20, &["phone"], contact("+44 2", None));
+
+    let outcomes = app.deliver(&[change("evt_3", "crm_contact_1"), change("evt_4", "crm_contact_2")]).await;
+
+    assert_eq!(outcomes, ["failed", "applied"]);
+    let row = crm_inbox::Entity::find_by_id("evt_3").one(app.db.reader()).await.unwrap().unwrap();
+    assert!(row.reason.as_deref().unwrap_or_default().contains("sync_record_versions"), "{:?}", row.reason);
+    assert_eq!(user_by_crm_id(&app, "crm_contact_1").await.phone, broken.phone, "not changed without its stamps");
+    assert_eq!(user_by_crm_id(&app, "crm_contact_2").await.phone.as_deref(), Some("+44 2"));
+}
+
 async fn rule_2_clocks_a_local_stamp_after_a_crm_change_is_newer_even_if_crm_runs_ahead(app: TestApp) {
     let future = Utc::now() + Duration::hours(2);
     let mut ahead = created("evt_1", "crm_contact_1");
@@ -597,6 +624,7 @@ async fn an_admin_stays_admin_whatever_role_treadsoft_holds(app: TestApp) {
 }
 
 on_both_databases!(
+    a_record_whose_stamps_cannot_be_read_fails_its_events_alone,
     an_admin_stays_admin_whatever_role_treadsoft_holds,
     many_concurrent_deliveries_are_all_stored,
     a_signed_delivery_creates_the_contact_as_a_user,

@@ -124,7 +124,9 @@ pub(super) async fn record(
         let key = (t, row.record_id.clone());
         let update = match attempt {
             Attempt::Done { crm_id, request_id, action, request, response, answered } => {
-                if let (Some((ms, version)), true) = (answered, undelivered_others(&undelivered, &key, row.id) == 0) {
+                // Only a record read under lock above: its stamps are written whole (read, merged).
+                let restamp = locals.contains_key(&key) && undelivered_others(&undelivered, &key, row.id) == 0;
+                if let (Some((ms, version)), true) = (answered, restamp) {
                     // The sent fields now hold TreadSoft's version `version`: stamped so, a listing
                     // read before this write (an older version, its older values) cannot undo it.
                     // Not while another change of the record waits: its fields stay the local ones.
