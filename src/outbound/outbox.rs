@@ -135,11 +135,7 @@ async fn undelivered(
     record_id: &str,
     except: Option<i64>,
 ) -> Result<Vec<crm_outbox::Model>, DbErr> {
-    let mut query = crm_outbox::Entity::find()
-        .filter(crm_outbox::Column::RecordType.eq(t.as_str()))
-        .filter(crm_outbox::Column::RecordId.eq(record_id))
-        .filter(status_in(&OPEN))
-        .filter(crm_outbox::Column::Operation.ne(OutboxOperation::Link));
+    let mut query = undelivered_query(&[(t, record_id.to_owned())], &OPEN);
     if let Some(id) = except {
         query = query.filter(crm_outbox::Column::Id.ne(id));
     }

@@ -40,13 +40,14 @@ fn decode(row: &versions::Model) -> Result<Stamps, DbErr> {
 }
 
 /// The stored form of `stamps` (fields in name order) and its largest `stamp_ms`.
-fn encode(stamps: &Stamps) -> (String, i64) {
+fn encode(stamps: &Stamps) -> Result<(String, i64), DbErr> {
     let stored: BTreeMap<&str, Stored<'_>> = stamps
         .iter()
         .map(|(field, v)| (field.as_str(), (v.stamp.ms, v.stamp.seq, v.origin.as_str(), v.event_id.as_str())))
         .collect();
     let max_ms = stamps.values().map(|v| v.stamp.ms).max().unwrap_or(0);
-    (serde_json::to_string(&stored).unwrap_or_else(|_| "{}".into()), max_ms)
+    let text = serde_json::to_string(&stored).map_err(|e| DbErr::Json(format!("stamps not written: {e}")))?;
+    Ok((text, max_ms))
 }
 
 /// The stamps of record `id`'s fields, by local field name.
@@ -82,16 +83,20 @@ pub async fn write_record_versions<'a>(
     c: &impl ConnectionTrait,
     records: impl IntoIterator<Item = (RecordType, &'a str, &'a Stamps)>,
 ) -> Result<(), DbErr> {
-    let rows = last_of_each(records.into_iter().map(|(t, id, stamps)| {
-        let (stamps, max_ms) = encode(stamps);
-        let row = versions::ActiveModel {
-            entity_type: Set(t.as_str().to_owned()),
-            entity_id: Set(id.to_owned()),
-            stamps: Set(stamps),
-            max_ms: Set(max_ms),
-        };
-        ((t, id), row)
-    }));
+    let rows = records
+        .into_iter()
+        .map(|(t, id, stamps)| {
+            let (stamps, max_ms) = encode(stamps)?;
+            let row = versions::ActiveModel {
+                entity_type: Set(t.as_str().to_owned()),
+                entity_id: Set(id.to_owned()),
+                stamps: Set(stamps),
+                max_ms: Set(max_ms),
+            };
+            Ok(((t, id), row))
+        })
+        .collect::<Result<Vec<_>, DbErr>>()?;
+    let rows = last_of_each(rows);
     let on_conflict = OnConflict::columns([versions::Column::EntityType, versions::Column::EntityId])
         .update_columns([versions::Column::Stamps, versions::Column::MaxMs])
         .to_owned();
@@ -105,22 +110,31 @@ pub async fn write_field_versions<'a>(
     c: &impl ConnectionTrait,
     stamps: impl IntoIterator<Item = (RecordType, &'a str, &'a str, &'a Version)>,
 ) -> Result<(), DbErr> {
-    let mut new: BTreeMap<Key, Vec<(&str, &Version)>> = BTreeMap::new();
+    let mut new: BTreeMap<Key, Stamps> = BTreeMap::new();
     for (t, id, field, v) in stamps {
-        new.entry((t, id.to_owned())).or_default().push((field, v));
-    }
-    if new.is_empty() {
-        return Ok(());
+        new.entry((t, id.to_owned())).or_default().insert(field.to_owned(), v.clone());
     }
     let keys: Vec<Key> = new.keys().cloned().collect();
-    let mut stored = field_versions_of(c, &keys).await?;
-    for (key, fields) in &new {
-        let record = stored.entry(key.clone()).or_default();
-        for (field, v) in fields {
-            record.insert((*field).to_owned(), (*v).clone());
-        }
+    let whole = over_stored(c, new).await?;
+    write_record_versions(c, keys.iter().map(|key| (key.0, key.1.as_str(), &whole[key]))).await
+}
+
+/// Each record's `new` stamps over its stored ones (the fields it does not name keep theirs):
+/// one read for all the records.
+pub async fn over_stored(
+    c: &impl ConnectionTrait,
+    new: impl IntoIterator<Item = (Key, Stamps)>,
+) -> Result<HashMap<Key, Stamps>, DbErr> {
+    let new: HashMap<Key, Stamps> = new.into_iter().collect();
+    if new.is_empty() {
+        return Ok(new);
     }
-    write_record_versions(c, keys.iter().map(|key| (key.0, key.1.as_str(), &stored[key]))).await
+    let keys: Vec<Key> = new.keys().cloned().collect();
+    let mut whole = field_versions_of(c, &keys).await?;
+    for (key, stamps) in new {
+        whole.entry(key).or_default().extend(stamps);
+    }
+    Ok(whole)
 }
 
 /// The rows in the order their keys first come, each key's last row standing: one row per key

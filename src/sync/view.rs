@@ -648,13 +648,10 @@ impl<'c, C: ConnectionTrait> View<'c, C> {
     /// link-backs and log rows, a few multi-row statements for each table.
     pub(crate) async fn flush(&mut self) -> Result<(), DbErr> {
         self.flush_records().await?;
-        let unread: Vec<Key> = std::mem::take(&mut self.unread_versions).into_iter().collect();
-        if !unread.is_empty() {
-            for (key, mut stored) in stamps::field_versions_of(self.c, &unread).await? {
-                stored.extend(self.versions.remove(&key).unwrap_or_default());
-                self.versions.insert(key, stored);
-            }
-        }
+        let unread = std::mem::take(&mut self.unread_versions);
+        let new = unread.into_iter().map(|key| (key.clone(), self.versions.remove(&key).unwrap_or_default()));
+        let new: Vec<(Key, stamps::Stamps)> = new.collect();
+        self.versions.extend(stamps::over_stored(self.c, new).await?);
         let changed = std::mem::take(&mut self.changed_versions);
         stamps::write_record_versions(self.c, changed.iter().map(|key| (key.0, key.1.as_str(), &self.versions[key])))
             .await?;
