@@ -293,7 +293,7 @@ pub(crate) async fn open(config: &Config) -> anyhow::Result<(Db, Writer)> {
         .await
         .with_context(|| format!("cannot open the database {}", config.database.redacted_url()))?;
     db.migrate().await.context("cannot migrate the database")?;
-    let (writer, _task) = Writer::start(db.writer().clone(), Arc::new(crate::ops::metrics::Metrics::new()));
+    let (writer, _task) = Writer::start(&db, Arc::new(crate::ops::metrics::Metrics::new()));
     Ok((db, writer))
 }
 

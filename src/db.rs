@@ -2,14 +2,16 @@
 //!
 //! SQLite gets two pools: one writer connection, through which every write goes, so writes are
 //! serialized inside the gateway and no request ever sees "database is locked"; and a pool of
-//! read-only connections that WAL mode lets read alongside the writer. PostgreSQL gets one pool
-//! that serves both roles.
+//! read-only connections that WAL mode lets read alongside the writer; plus one connection that
+//! copies the writer's commits from the WAL into the database file ([`Db::start_checkpoints`]).
+//! PostgreSQL gets one pool that serves both roles.
 
 use crate::config::{DatabaseConfig, SqliteSynchronous};
 use migration::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous as Synchronous};
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseBackend, DatabaseConnection, DbErr, Statement};
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// Turns Nagle's algorithm off on this process's TCP connections to port `port` (PostgreSQL's).
 ///
@@ -47,6 +49,40 @@ const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Db {
     writer: DatabaseConnection,
     reader: DatabaseConnection,
+    /// SQLite: a writable connection of its own for [`Db::start_checkpoints`].
+    checkpointer: Option<DatabaseConnection>,
+}
+
+/// What the last WAL checkpoint found and did ([`Db::start_checkpoints`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WalState {
+    /// The number of the writer's commit signalled last before the checkpoint began: every page
+    /// committed by then was in the WAL the checkpoint read.
+    pub through_commit: u64,
+    /// Frames in the WAL file.
+    pub frames: i64,
+    /// Of those, frames copied into the database file (by this checkpoint or earlier ones); fewer
+    /// than `frames` while a reader still uses older pages or the writer checkpoints at once.
+    pub copied: i64,
+}
+
+/// The writer's side of the checkpoints: signals each commit.
+#[derive(Debug)]
+pub struct Checkpoints {
+    commits: watch::Sender<u64>,
+    state: watch::Receiver<WalState>,
+}
+
+impl Checkpoints {
+    /// Says a commit happened: a checkpoint follows (one for several commits if it is busy).
+    pub fn committed(&self) {
+        self.commits.send_modify(|n| *n += 1);
+    }
+
+    /// What the checkpoints did, as they finish.
+    pub fn state(&self) -> watch::Receiver<WalState> {
+        self.state.clone()
+    }
 }
 
 impl Db {
@@ -56,7 +92,8 @@ impl Db {
         if config.url.starts_with("sqlite:") {
             let writer = connect_sqlite(config, Role::Writer).await?;
             let reader = connect_sqlite(config, Role::Reader).await?;
-            Ok(Self { writer, reader })
+            let checkpointer = Some(connect_sqlite(config, Role::Checkpointer).await?);
+            Ok(Self { writer, reader, checkpointer })
         } else {
             // The password goes to the driver on its own, not in the URL: sea-orm and sqlx log
             // their connect options (URL included) at trace level.
@@ -80,7 +117,7 @@ impl Db {
                 .acquire_timeout(Duration::from_secs(10))
                 .sqlx_logging(false);
             let pool = Database::connect(options).await?;
-            Ok(Self { writer: pool.clone(), reader: pool })
+            Ok(Self { writer: pool.clone(), reader: pool, checkpointer: None })
         }
     }
 
@@ -121,11 +158,44 @@ impl Db {
         Ok(())
     }
 
+    /// SQLite: starts copying committed pages from the WAL into the database file on a connection
+    /// of the gateway's own, after each commit the returned handle signals, until it is dropped.
+    /// Left to the writer (SQLite's automatic checkpoint every 1,000 pages), the copy and its
+    /// `fsync` of the database file ran inside a commit every few groups, on the writer's path:
+    /// 13 % of the writer connection's CPU under load, and the slowest groups (BENCHMARKS.md,
+    /// session 12). Here it runs beside the writer (WAL lets a `PASSIVE` checkpoint run while the
+    /// writer appends). The writer's automatic checkpoint stays on as the bound on the WAL's size:
+    /// SQLite starts the WAL file over only when a write transaction begins with every frame copied,
+    /// which a writer that is never idle may not find; it then has little left to copy. `None` on
+    /// PostgreSQL.
+    pub fn start_checkpoints(&self) -> Option<Checkpoints> {
+        let connection = self.checkpointer.clone()?;
+        let (commits, mut signalled) = watch::channel(0u64);
+        let (publish, state) = watch::channel(WalState::default());
+        tokio::spawn(async move {
+            // Ends when the writer drops its handle.
+            while signalled.changed().await.is_ok() {
+                let through_commit = *signalled.borrow_and_update();
+                match checkpoint(&connection).await {
+                    Ok((frames, copied)) => {
+                        publish.send_replace(WalState { through_commit, frames, copied });
+                    }
+                    // The writer's own checkpoints go on meanwhile; the next commit tries again.
+                    Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed"),
+                }
+            }
+        });
+        Some(Checkpoints { commits, state })
+    }
+
     pub async fn close(self) -> Result<(), DbErr> {
         let same = self.backend() == DatabaseBackend::Postgres;
         self.reader.close().await?;
         if !same {
             self.writer.close().await?;
+        }
+        if let Some(checkpointer) = self.checkpointer {
+            checkpointer.close().await?;
         }
         Ok(())
     }
@@ -148,6 +218,18 @@ fn split_password(url: &str) -> (String, Option<String>) {
 enum Role {
     Writer,
     Reader,
+    Checkpointer,
+}
+
+/// One `PASSIVE` checkpoint (it waits for no reader or writer): the WAL's frames, and how many of
+/// them are in the database file now. SQLite answers `-1` for both when another connection was
+/// checkpointing at that moment.
+async fn checkpoint(c: &DatabaseConnection) -> Result<(i64, i64), DbErr> {
+    let row = c
+        .query_one_raw(Statement::from_string(DatabaseBackend::Sqlite, "PRAGMA wal_checkpoint(PASSIVE)"))
+        .await?
+        .ok_or_else(|| DbErr::Custom("PRAGMA wal_checkpoint answered no row".into()))?;
+    Ok((row.try_get_by_index::<i64>(1)?, row.try_get_by_index::<i64>(2)?))
 }
 
 async fn connect_sqlite(config: &DatabaseConfig, role: Role) -> Result<DatabaseConnection, DbErr> {
@@ -157,8 +239,8 @@ async fn connect_sqlite(config: &DatabaseConfig, role: Role) -> Result<DatabaseC
     };
     let mut options = ConnectOptions::new(config.url.clone());
     options
-        .max_connections(if role == Role::Writer { 1 } else { config.max_connections })
-        .min_connections(if role == Role::Writer { 1 } else { 0 })
+        .max_connections(if role == Role::Reader { config.max_connections } else { 1 })
+        .min_connections(if role == Role::Reader { 0 } else { 1 })
         .acquire_timeout(Duration::from_secs(30))
         .sqlx_logging(false)
         .map_sqlx_sqlite_opts(move |o| {
@@ -174,6 +256,7 @@ async fn connect_sqlite(config: &DatabaseConfig, role: Role) -> Result<DatabaseC
             match role {
                 Role::Writer => o.create_if_missing(true),
                 Role::Reader => o.read_only(true),
+                Role::Checkpointer => o,
             }
         });
     Database::connect(options).await

@@ -73,7 +73,7 @@ impl Application {
         let floor = stamps::max_stamp(db.reader()).await.context("cannot read the latest version stamp")?;
         let sync = Arc::new(SyncContext { precedence: config.tie_winner, hlc: Hlc::starting_after(floor) });
         let metrics = Arc::new(Metrics::new());
-        let (writer, writer_task) = Writer::start(db.writer().clone(), metrics.clone());
+        let (writer, writer_task) = Writer::start(&db, metrics.clone());
         let crm = crm::from_config(&config, metrics.clone()).context("cannot set up the CRM client")?;
         let health = CrmHealth::new(crm.clone(), crm::provider_name(&config));
         let delivery = Arc::new(

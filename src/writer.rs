@@ -10,6 +10,7 @@
 //! told was written is durably written. This turns N fsyncs into one under load without adding a
 //! waiting window: an idle writer starts a transaction as soon as one piece of work arrives.
 
+use crate::db::{Checkpoints, Db, WalState};
 use crate::ops::metrics::Metrics;
 use crate::outbound::events::{self, AppEvent};
 use crate::sync::apply::SyncContext;
@@ -77,15 +78,25 @@ pub enum WriteError {
 #[derive(Clone)]
 pub struct Writer {
     jobs: mpsc::Sender<Job>,
+    wal: Option<watch::Receiver<WalState>>,
 }
 
 impl Writer {
-    /// Starts the writer task over `connection` (the database's single writer connection).
-    /// The size of each group is counted in `metrics`.
-    pub fn start(connection: DatabaseConnection, metrics: Arc<Metrics>) -> (Self, WriterTask) {
+    /// Starts the writer task over `db`'s single writer connection, and on SQLite the WAL
+    /// checkpoints that follow its commits ([`Db::start_checkpoints`]). The size of each group is
+    /// counted in `metrics`.
+    pub fn start(db: &Db, metrics: Arc<Metrics>) -> (Self, WriterTask) {
         let (jobs, queue) = mpsc::channel(4 * MAX_BATCH);
         let (stop, stopped) = watch::channel(false);
-        (Self { jobs }, WriterTask { stop, handle: tokio::spawn(run(connection, queue, stopped, metrics)) })
+        let checkpoints = db.start_checkpoints();
+        let wal = checkpoints.as_ref().map(Checkpoints::state);
+        let task = tokio::spawn(run(db.writer().clone(), checkpoints, queue, stopped, metrics));
+        (Self { jobs, wal }, WriterTask { stop, handle: task })
+    }
+
+    /// SQLite: what the WAL checkpoints after this writer's commits did, as they finish.
+    pub fn wal_checkpoints(&self) -> Option<watch::Receiver<WalState>> {
+        self.wal.clone()
     }
 
     /// How many pieces of work wait for the next group transaction (in the queue: a piece held
@@ -237,6 +248,7 @@ fn answer_after_commit<T: Send + 'static>(
 
 async fn run(
     connection: DatabaseConnection,
+    checkpoints: Option<Checkpoints>,
     mut queue: mpsc::Receiver<Job>,
     mut stop: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
@@ -325,8 +337,10 @@ async fn run(
         let committed = txn.commit().await.map_err(Arc::new);
         tracing::debug!(jobs = completions.len(), ?applied, total = ?started.elapsed(), "group committed");
         metrics.group_jobs.observe(completions.len() as f64);
-        if let Err(e) = &committed {
-            tracing::error!(error = %e, jobs = completions.len(), "group commit failed");
+        match (&committed, &checkpoints) {
+            (Err(e), _) => tracing::error!(error = %e, jobs = completions.len(), "group commit failed"),
+            (Ok(()), Some(checkpoints)) => checkpoints.committed(),
+            (Ok(()), None) => {}
         }
         completions.into_iter().for_each(|complete| complete(committed.clone()));
     }
@@ -366,7 +380,7 @@ mod tests {
         let db = crate::db::Db::connect(&config).await.unwrap();
         db.migrate().await.unwrap();
         let metrics = Arc::new(Metrics::new());
-        let (writer, task) = Writer::start(db.writer().clone(), metrics.clone());
+        let (writer, task) = Writer::start(&db, metrics.clone());
         let ctx = Arc::new(SyncContext { precedence: Origin::Crm, hlc: Hlc::starting_after(Stamp::default()) });
         let m = MAX_GROUP_EVENTS;
 

@@ -126,7 +126,7 @@ pub(crate) async fn pair(backend: Backend) -> Option<Pair> {
     tokio::spawn(crate::webhooks::run(sim.clone(), hooks));
 
     let db = Db::connect(&database).await.unwrap();
-    let (writer, _task) = Writer::start(db.writer().clone(), Arc::new(crm_gateway::ops::metrics::Metrics::new()));
+    let (writer, _task) = Writer::start(&db, Arc::new(crm_gateway::ops::metrics::Metrics::new()));
     let floor = crm_gateway::sync::stamps::max_stamp(db.reader()).await.unwrap();
     let sync = Arc::new(SyncContext { precedence: Origin::Crm, hlc: Hlc::starting_after(floor) });
     let client = TreadSoftClient::new(

@@ -322,6 +322,39 @@ async fn sqlite_runs_durable_wal_with_foreign_keys(database: TestDatabase) {
     assert_eq!(pragma("temp_store").await, "2", "temporary tables in memory, no file per statement");
 }
 
+/// The writer's commits are copied from the WAL into the database file on a connection beside
+/// it: once the checkpoint after the last commit has run, a copy of the database file alone,
+/// without its `-wal`, holds everything committed.
+async fn sqlite_commits_reach_the_database_file_beside_the_writer(database: TestDatabase) {
+    use crm_gateway::ops::metrics::Metrics;
+    use crm_gateway::writer::Writer;
+    use std::sync::Arc;
+
+    let db = database.migrated().await;
+    let (writer, task) = Writer::start(&db, Arc::new(Metrics::new()));
+    let mut checkpoints = writer.wal_checkpoints().expect("SQLite's writer is checkpointed beside it");
+    for i in 0..20 {
+        let user = a_user(&format!("u{i}"), &format!("user{i}@example.com"));
+        writer.run(move |txn| Box::pin(async move { user.insert(txn).await.map(drop) })).await.unwrap();
+    }
+    let last = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        checkpoints.wait_for(|state| state.through_commit >= 20),
+    )
+    .await
+    .expect("a checkpoint after the twentieth commit")
+    .map(|state| *state)
+    .unwrap();
+    assert!(last.frames > 0 && last.copied == last.frames, "every frame copied: {last:?}");
+
+    let file = database.config.url.strip_prefix("sqlite://").unwrap();
+    let copy = std::path::Path::new(file).with_file_name("copy.db");
+    std::fs::copy(file, &copy).unwrap();
+    let alone = sea_orm::Database::connect(format!("sqlite://{}?mode=rwc", copy.display())).await.unwrap();
+    assert_eq!(user::Entity::find().count(&alone).await.unwrap(), 20, "the database file alone holds every commit");
+    task.stop().await;
+}
+
 on_both_databases_without_app!(
     migrations_go_up_down_and_up_again,
     field_stamps_move_to_one_row_per_record_and_back,
@@ -338,5 +371,16 @@ mod sqlite_pragmas {
     async fn sqlite() {
         crate::helpers::run_db_test(crate::helpers::Backend::Sqlite, super::sqlite_runs_durable_wal_with_foreign_keys)
             .await;
+    }
+}
+
+mod sqlite_checkpoints {
+    #[tokio::test]
+    async fn sqlite() {
+        crate::helpers::run_db_test(
+            crate::helpers::Backend::Sqlite,
+            super::sqlite_commits_reach_the_database_file_beside_the_writer,
+        )
+        .await;
     }
 }
