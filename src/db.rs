@@ -7,9 +7,12 @@
 //! PostgreSQL gets one pool that serves both roles.
 
 use crate::config::{DatabaseConfig, SqliteSynchronous};
+use crate::ops::metrics::Metrics;
 use migration::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous as Synchronous};
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseBackend, DatabaseConnection, DbErr, Statement};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -49,11 +52,25 @@ const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Db {
     writer: DatabaseConnection,
     reader: DatabaseConnection,
-    /// SQLite: a writable connection of its own for [`Db::start_checkpoints`].
+    /// SQLite: a writable connection of its own for [`Db::start_checkpoints`], opened on first use.
     checkpointer: Option<DatabaseConnection>,
+    /// Whether [`Db::start_checkpoints`] ran: the checkpoints of one database run once.
+    checkpoints_started: Arc<AtomicBool>,
 }
 
-/// What the last WAL checkpoint found and did ([`Db::start_checkpoints`]).
+/// SQLite's automatic checkpoint on the writer connection, in WAL frames (pages): the writer
+/// copies the WAL into the database file itself once a commit leaves this many, and so bounds the
+/// WAL (SQLite's default, set explicitly because [`Db::start_checkpoints`] counts on it).
+const WAL_AUTOCHECKPOINT: i64 = 1000;
+
+/// When SQLite starts the WAL over after it grew past this (a reader held an old snapshot, say),
+/// it cuts the `-wal` file back to it, instead of keeping its largest size for good.
+const WAL_SIZE_LIMIT: i64 = 32 * 1024 * 1024;
+
+/// How long the checkpoints pause after one failed, leaving the work to the writer's own.
+const CHECKPOINT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// What a WAL checkpoint found and did ([`Db::start_checkpoints`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WalState {
     /// The number of the writer's commit signalled last before the checkpoint began: every page
@@ -62,7 +79,7 @@ pub struct WalState {
     /// Frames in the WAL file.
     pub frames: i64,
     /// Of those, frames copied into the database file (by this checkpoint or earlier ones); fewer
-    /// than `frames` while a reader still uses older pages or the writer checkpoints at once.
+    /// than `frames` while a reader still uses older pages.
     pub copied: i64,
 }
 
@@ -79,7 +96,8 @@ impl Checkpoints {
         self.commits.send_modify(|n| *n += 1);
     }
 
-    /// What the checkpoints did, as they finish.
+    /// What the checkpoints did, as they finish (a checkpoint that found another connection
+    /// checkpointing did nothing and is not published).
     pub fn state(&self) -> watch::Receiver<WalState> {
         self.state.clone()
     }
@@ -93,7 +111,7 @@ impl Db {
             let writer = connect_sqlite(config, Role::Writer).await?;
             let reader = connect_sqlite(config, Role::Reader).await?;
             let checkpointer = Some(connect_sqlite(config, Role::Checkpointer).await?);
-            Ok(Self { writer, reader, checkpointer })
+            Ok(Self { writer, reader, checkpointer, checkpoints_started: Arc::default() })
         } else {
             // The password goes to the driver on its own, not in the URL: sea-orm and sqlx log
             // their connect options (URL included) at trace level.
@@ -117,7 +135,7 @@ impl Db {
                 .acquire_timeout(Duration::from_secs(10))
                 .sqlx_logging(false);
             let pool = Database::connect(options).await?;
-            Ok(Self { writer: pool.clone(), reader: pool, checkpointer: None })
+            Ok(Self { writer: pool.clone(), reader: pool, checkpointer: None, checkpoints_started: Arc::default() })
         }
     }
 
@@ -159,33 +177,55 @@ impl Db {
     }
 
     /// SQLite: starts copying committed pages from the WAL into the database file on a connection
-    /// of the gateway's own, after each commit the returned handle signals, until it is dropped.
-    /// Left to the writer (SQLite's automatic checkpoint every 1,000 pages), the copy and its
-    /// `fsync` of the database file ran inside a commit every few groups, on the writer's path:
-    /// 13 % of the writer connection's CPU under load, and the slowest groups (BENCHMARKS.md,
-    /// session 12). Here it runs beside the writer (WAL lets a `PASSIVE` checkpoint run while the
-    /// writer appends). The writer's automatic checkpoint stays on as the bound on the WAL's size:
-    /// SQLite starts the WAL file over only when a write transaction begins with every frame copied,
-    /// which a writer that is never idle may not find; it then has little left to copy. `None` on
-    /// PostgreSQL.
-    pub fn start_checkpoints(&self) -> Option<Checkpoints> {
+    /// of the gateway's own, after each commit the returned handle signals, until it is dropped
+    /// (the task then ends). Left to the writer (SQLite's automatic checkpoint every
+    /// [`WAL_AUTOCHECKPOINT`] frames), the copy and its `fsync` of the database file ran inside a
+    /// commit every few groups, on the path every caller waits on (BENCHMARKS.md, session 12).
+    /// Here it runs beside the writer: a `PASSIVE` checkpoint waits for no reader or writer, and
+    /// the writer goes on appending to the WAL meanwhile.
+    ///
+    /// The WAL's bound stays the writer's: SQLite starts the WAL file over only when a write
+    /// transaction begins with every frame copied, which a writer with work queued finds right
+    /// after its own checkpoint (the same connection, nothing committed in between) and seldom
+    /// after another connection's. So once a checkpoint here finds the WAL at the writer's
+    /// threshold, it lets the next commit go by: the writer's own checkpoint then takes the lock
+    /// uncontended (one connection at a time may checkpoint; the other is refused at once), copies
+    /// the little left, and the WAL starts over at the next group. `None` on PostgreSQL, or when
+    /// the checkpoints of this database run already.
+    pub fn start_checkpoints(&self, metrics: Arc<Metrics>) -> Option<(Checkpoints, tokio::task::JoinHandle<()>)> {
         let connection = self.checkpointer.clone()?;
+        if self.checkpoints_started.swap(true, Ordering::SeqCst) {
+            return None;
+        }
         let (commits, mut signalled) = watch::channel(0u64);
         let (publish, state) = watch::channel(WalState::default());
-        tokio::spawn(async move {
-            // Ends when the writer drops its handle.
+        let task = tokio::spawn(async move {
+            let mut leave_next = false;
+            let mut failed = Throttled::default();
+            // Ends when the writer drops its handle (after the checkpoint of its last commit).
             while signalled.changed().await.is_ok() {
                 let through_commit = *signalled.borrow_and_update();
+                if std::mem::take(&mut leave_next) {
+                    continue;
+                }
                 match checkpoint(&connection).await {
-                    Ok((frames, copied)) => {
+                    Ok(Some((frames, copied))) => {
+                        metrics.sqlite_wal_frames.set(frames);
+                        leave_next = frames >= WAL_AUTOCHECKPOINT;
                         publish.send_replace(WalState { through_commit, frames, copied });
                     }
-                    // The writer's own checkpoints go on meanwhile; the next commit tries again.
-                    Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed"),
+                    // The writer's own checkpoint had the lock: it did the work.
+                    Ok(None) => {}
+                    Err(e) => {
+                        metrics.sqlite_checkpoint_failures.inc();
+                        failed.warn(&e);
+                        // The writer's own checkpoints go on meanwhile, uncontended.
+                        tokio::time::sleep(CHECKPOINT_BACKOFF).await;
+                    }
                 }
             }
         });
-        Some(Checkpoints { commits, state })
+        Some((Checkpoints { commits, state }, task))
     }
 
     pub async fn close(self) -> Result<(), DbErr> {
@@ -222,14 +262,36 @@ enum Role {
 }
 
 /// One `PASSIVE` checkpoint (it waits for no reader or writer): the WAL's frames, and how many of
-/// them are in the database file now. SQLite answers `-1` for both when another connection was
-/// checkpointing at that moment.
-async fn checkpoint(c: &DatabaseConnection) -> Result<(i64, i64), DbErr> {
+/// them are in the database file now; `None` when another connection was checkpointing at that
+/// moment (SQLite answers busy, and `-1` for both counts).
+async fn checkpoint(c: &DatabaseConnection) -> Result<Option<(i64, i64)>, DbErr> {
     let row = c
         .query_one_raw(Statement::from_string(DatabaseBackend::Sqlite, "PRAGMA wal_checkpoint(PASSIVE)"))
         .await?
         .ok_or_else(|| DbErr::Custom("PRAGMA wal_checkpoint answered no row".into()))?;
-    Ok((row.try_get_by_index::<i64>(1)?, row.try_get_by_index::<i64>(2)?))
+    if row.try_get_by_index::<i64>(0)? != 0 {
+        return Ok(None);
+    }
+    Ok(Some((row.try_get_by_index::<i64>(1)?, row.try_get_by_index::<i64>(2)?)))
+}
+
+/// A failure that may repeat at every commit, logged at most once a minute, with the number of
+/// failures since the last line.
+#[derive(Default)]
+struct Throttled {
+    last: Option<std::time::Instant>,
+    unlogged: u64,
+}
+
+impl Throttled {
+    fn warn(&mut self, e: &DbErr) {
+        self.unlogged += 1;
+        if self.last.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+            tracing::warn!(error = %e, failures = self.unlogged, "WAL checkpoint failed (the writer's own go on)");
+            self.last = Some(std::time::Instant::now());
+            self.unlogged = 0;
+        }
+    }
 }
 
 async fn connect_sqlite(config: &DatabaseConfig, role: Role) -> Result<DatabaseConnection, DbErr> {
@@ -240,7 +302,10 @@ async fn connect_sqlite(config: &DatabaseConfig, role: Role) -> Result<DatabaseC
     let mut options = ConnectOptions::new(config.url.clone());
     options
         .max_connections(if role == Role::Reader { config.max_connections } else { 1 })
-        .min_connections(if role == Role::Reader { 0 } else { 1 })
+        .min_connections(if role == Role::Writer { 1 } else { 0 })
+        // The checkpoint connection opens when the checkpoints first run: one-shot commands and
+        // `migrate` never start them.
+        .connect_lazy(role == Role::Checkpointer)
         .acquire_timeout(Duration::from_secs(30))
         .sqlx_logging(false)
         .map_sqlx_sqlite_opts(move |o| {
@@ -254,7 +319,10 @@ async fn connect_sqlite(config: &DatabaseConfig, role: Role) -> Result<DatabaseC
                 // /var/tmp. In memory: 8-12 % less CPU per event, the same RSS (BENCHMARKS.md).
                 .pragma("temp_store", "memory");
             match role {
-                Role::Writer => o.create_if_missing(true),
+                Role::Writer => o
+                    .create_if_missing(true)
+                    .pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT.to_string())
+                    .pragma("journal_size_limit", WAL_SIZE_LIMIT.to_string()),
                 Role::Reader => o.read_only(true),
                 Role::Checkpointer => o,
             }

@@ -88,10 +88,10 @@ impl Writer {
     pub fn start(db: &Db, metrics: Arc<Metrics>) -> (Self, WriterTask) {
         let (jobs, queue) = mpsc::channel(4 * MAX_BATCH);
         let (stop, stopped) = watch::channel(false);
-        let checkpoints = db.start_checkpoints();
+        let (checkpoints, checkpointing) = db.start_checkpoints(metrics.clone()).unzip();
         let wal = checkpoints.as_ref().map(Checkpoints::state);
         let task = tokio::spawn(run(db.writer().clone(), checkpoints, queue, stopped, metrics));
-        (Self { jobs, wal }, WriterTask { stop, handle: task })
+        (Self { jobs, wal }, WriterTask { stop, handle: task, checkpointing })
     }
 
     /// SQLite: what the WAL checkpoints after this writer's commits did, as they finish.
@@ -200,14 +200,22 @@ where
 pub struct WriterTask {
     stop: watch::Sender<bool>,
     handle: tokio::task::JoinHandle<()>,
+    /// SQLite: the WAL checkpoints after the writer's commits; they end after the writer does.
+    checkpointing: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl WriterTask {
-    /// Stops taking work, writes and commits what is queued already, and waits for that.
+    /// Stops taking work, writes and commits what is queued already, and waits for that (and for
+    /// the checkpoint of the last commit).
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         if let Err(e) = self.handle.await {
             tracing::error!(error = %e, "the writer task failed");
+        }
+        if let Some(checkpointing) = self.checkpointing
+            && let Err(e) = checkpointing.await
+        {
+            tracing::error!(error = %e, "the WAL checkpoint task failed");
         }
     }
 }

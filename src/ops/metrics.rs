@@ -83,6 +83,8 @@ pub struct Metrics {
     pub http_request_seconds: Histogram,
     pub crm_circuit_open: Gauge,
     pub crm_last_call_ok: Gauge,
+    pub sqlite_wal_frames: Gauge,
+    pub sqlite_checkpoint_failures: Counter,
     last_crm_call: Mutex<Option<CrmCall>>,
     /// Duplicate webhook events per minute over the last day: the inbox keeps no row for a
     /// duplicate, so the dashboard's windows count them here (this instance only).
@@ -206,6 +208,18 @@ impl Metrics {
             "1 if this instance's last CRM call succeeded, 0 if it failed, -1 before the first call",
             crm_last_call_ok.clone(),
         );
+        let sqlite_wal_frames = Gauge::default();
+        registry.register(
+            "sqlite_wal_frames",
+            "SQLite: pages in the WAL file at the last checkpoint beside the writer; growing while a reader holds an old snapshot",
+            sqlite_wal_frames.clone(),
+        );
+        let sqlite_checkpoint_failures = Counter::default();
+        registry.register(
+            "sqlite_checkpoint_failures",
+            "SQLite: checkpoints beside the writer that failed (the writer's own go on)",
+            sqlite_checkpoint_failures.clone(),
+        );
         Self {
             registry,
             webhook_events,
@@ -223,6 +237,8 @@ impl Metrics {
             http_request_seconds,
             crm_circuit_open,
             crm_last_call_ok,
+            sqlite_wal_frames,
+            sqlite_checkpoint_failures,
             last_crm_call: Mutex::new(None),
             recent_duplicates: Mutex::new(VecDeque::new()),
         }

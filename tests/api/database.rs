@@ -326,6 +326,7 @@ async fn sqlite_runs_durable_wal_with_foreign_keys(database: TestDatabase) {
 /// it: once the checkpoint after the last commit has run, a copy of the database file alone,
 /// without its `-wal`, holds everything committed.
 async fn sqlite_commits_reach_the_database_file_beside_the_writer(database: TestDatabase) {
+    use crm_gateway::db::WalState;
     use crm_gateway::ops::metrics::Metrics;
     use crm_gateway::writer::Writer;
     use std::sync::Arc;
@@ -337,22 +338,24 @@ async fn sqlite_commits_reach_the_database_file_beside_the_writer(database: Test
         let user = a_user(&format!("u{i}"), &format!("user{i}@example.com"));
         writer.run(move |txn| Box::pin(async move { user.insert(txn).await.map(drop) })).await.unwrap();
     }
-    let last = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        checkpoints.wait_for(|state| state.through_commit >= 20),
-    )
-    .await
-    .expect("a checkpoint after the twentieth commit")
-    .map(|state| *state)
-    .unwrap();
-    assert!(last.frames > 0 && last.copied == last.frames, "every frame copied: {last:?}");
+    let copied_all = |state: &WalState| state.through_commit >= 20 && state.frames > 0 && state.copied == state.frames;
+    let waited = tokio::time::timeout(std::time::Duration::from_secs(10), checkpoints.wait_for(copied_all))
+        .await
+        .is_ok_and(|seen| seen.is_ok());
+    let last = *checkpoints.borrow();
+    assert!(waited, "no checkpoint copied every frame after the twentieth commit: {last:?}");
+    assert!(last.frames < 1000, "the writer's own checkpoint had nothing to do: {last:?}");
 
     let file = database.config.url.strip_prefix("sqlite://").unwrap();
     let copy = std::path::Path::new(file).with_file_name("copy.db");
     std::fs::copy(file, &copy).unwrap();
     let alone = sea_orm::Database::connect(format!("sqlite://{}?mode=rwc", copy.display())).await.unwrap();
     assert_eq!(user::Entity::find().count(&alone).await.unwrap(), 20, "the database file alone holds every commit");
+
+    // The checkpoints end with the writer.
     task.stop().await;
+    let ended = async { while checkpoints.changed().await.is_ok() {} };
+    tokio::time::timeout(std::time::Duration::from_secs(10), ended).await.expect("the checkpoint task ended");
 }
 
 on_both_databases_without_app!(
