@@ -42,14 +42,8 @@ pub async fn enqueue(
     event_id: Option<&str>,
 ) -> Result<i64, DbErr> {
     let now = Utc::now();
-    let pending = crm_outbox::Entity::find()
-        .filter(crm_outbox::Column::RecordType.eq(t.as_str()))
-        .filter(crm_outbox::Column::RecordId.eq(record_id))
-        .filter(status_in(&[OutboxStatus::Pending]))
-        .filter(crm_outbox::Column::Operation.ne(OutboxOperation::Link))
-        .lock_exclusive()
-        .one(c)
-        .await?;
+    let pending =
+        undelivered_query(&[(t, record_id.to_owned())], &[OutboxStatus::Pending]).lock_exclusive().one(c).await?;
     if let Some(row) = pending {
         let merged = merged(operation, &row, fields);
         let id = row.id;
@@ -377,13 +371,10 @@ pub async fn queue_now(writer: &Writer, t: RecordType, record_id: String) -> Res
     writer
         .run(move |txn| {
             Box::pin(async move {
-                let waiting = crm_outbox::Entity::find()
-                    .filter(crm_outbox::Column::RecordType.eq(t.as_str()))
-                    .filter(crm_outbox::Column::RecordId.eq(&record_id))
-                    .filter(status_in(&[OutboxStatus::Pending, OutboxStatus::Failed]))
-                    .filter(crm_outbox::Column::Operation.ne(OutboxOperation::Link))
-                    .one(txn)
-                    .await?;
+                let waiting =
+                    undelivered_query(&[(t, record_id.clone())], &[OutboxStatus::Pending, OutboxStatus::Failed])
+                        .one(txn)
+                        .await?;
                 if let Some(row) = waiting {
                     let which = Condition::all()
                         .add(crm_outbox::Column::Id.eq(row.id))
