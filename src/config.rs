@@ -133,6 +133,10 @@ pub struct Settings {
     /// (faster; the last transactions before a power loss may be lost, never corrupted).
     #[arg(long, env = "SQLITE_SYNCHRONOUS", global = true)]
     pub sqlite_synchronous: Option<String>,
+    /// The CPU the SQLite writer and its connection's thread are pinned to: auto (default: the
+    /// last CPU the process may run on, when it may run on two or more), off, or a CPU number.
+    #[arg(long, env = "SQLITE_WRITER_CPU", global = true)]
+    pub sqlite_writer_cpu: Option<String>,
     /// Address the HTTP server listens on. Default 127.0.0.1:8080; port 0 picks a free port.
     #[arg(long, env = "BIND_ADDR", global = true)]
     pub bind_addr: Option<String>,
@@ -257,6 +261,18 @@ pub enum SqliteSynchronous {
     Normal,
 }
 
+/// Where the SQLite writer runs (`SQLITE_WRITER_CPU`, [`crate::affinity`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WriterCpu {
+    /// The last CPU the process may run on, when it may run on two or more.
+    #[default]
+    Auto,
+    /// Not pinned: the writer shares the gateway's runtime.
+    Off,
+    /// This CPU.
+    Cpu(usize),
+}
+
 /// Validated configuration. Secrets are [`SecretString`]s: `Debug` shows `[REDACTED]`.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -319,6 +335,8 @@ pub struct DatabaseConfig {
     pub url: String,
     pub max_connections: u32,
     pub sqlite_synchronous: SqliteSynchronous,
+    /// SQLite: the CPU of the writer's threads.
+    pub sqlite_writer_cpu: WriterCpu,
 }
 
 impl DatabaseConfig {
@@ -341,6 +359,7 @@ impl fmt::Debug for DatabaseConfig {
             .field("url", &format_args!("{scheme}://[REDACTED]"))
             .field("max_connections", &self.max_connections)
             .field("sqlite_synchronous", &self.sqlite_synchronous)
+            .field("sqlite_writer_cpu", &self.sqlite_writer_cpu)
             .finish()
     }
 }
@@ -425,6 +444,17 @@ fn parse_positive<T: std::str::FromStr + PartialOrd + Default>(value: &str) -> R
         Ok(n) if n > T::default() => Ok(n),
         _ => Err(format!("expected a whole number above 0, got {value:?}")),
     }
+}
+
+/// `auto`, `off`, or a CPU this process may run on.
+fn parse_writer_cpu(v: &str) -> Result<WriterCpu, String> {
+    let choice = match v.to_ascii_lowercase().as_str() {
+        "auto" => WriterCpu::Auto,
+        "off" | "none" => WriterCpu::Off,
+        n => WriterCpu::Cpu(n.parse().map_err(|_| format!("expected auto, off or a CPU number, got {v:?}"))?),
+    };
+    crate::affinity::choose(choice)?;
+    Ok(choice)
 }
 
 /// An interval of at least a minute (`30m`, `1h`), or `off`.
@@ -585,6 +615,12 @@ impl Settings {
                     "NORMAL" => Ok(SqliteSynchronous::Normal),
                     _ => Err(format!("expected FULL or NORMAL, got {v:?}")),
                 },
+            ),
+            sqlite_writer_cpu: problems.parse(
+                "SQLITE_WRITER_CPU",
+                self.sqlite_writer_cpu.as_deref(),
+                WriterCpu::Auto,
+                parse_writer_cpu,
             ),
         };
 
@@ -870,6 +906,7 @@ mod tests {
                 "CRM_JWT_AUDIENCE" => s.crm_jwt_audience = v,
                 "CRM_WEBHOOK_SECRET" => s.crm_webhook_secret = v,
                 "DATABASE_URL" => s.database_url = v,
+                "SQLITE_WRITER_CPU" => s.sqlite_writer_cpu = v,
                 "BIND_ADDR" => s.bind_addr = v,
                 "LOG_FORMAT" => s.log_format = v,
                 "GATEWAY_API_TOKEN" => s.gateway_api_token = v,
@@ -896,6 +933,23 @@ mod tests {
         assert_eq!(config.bind_addr.to_string(), "127.0.0.1:8080");
         assert_eq!(config.log_format, LogFormat::Human);
         assert!(config.api_token.is_none());
+    }
+
+    #[test]
+    fn the_sqlite_writer_cpu_is_auto_off_or_one_the_process_may_run_on() {
+        let cpu = |v: &str| settings(&[("SQLITE_WRITER_CPU", v)]).validate().map(|c| c.database.sqlite_writer_cpu);
+        assert_eq!(Settings::default().validate().unwrap().database.sqlite_writer_cpu, WriterCpu::Auto);
+        assert_eq!(cpu("AUTO").unwrap(), WriterCpu::Auto);
+        assert_eq!(cpu("off").unwrap(), WriterCpu::Off);
+        let err = cpu("fast").unwrap_err();
+        assert!(err.to_string().contains("expected auto, off or a CPU number, got \"fast\""), "{err}");
+        // CPU_SETSIZE is 1024: no process may run on CPU 4096.
+        let err = cpu("4096").unwrap_err();
+        assert_eq!(variables(err.clone()), ["SQLITE_WRITER_CPU"]);
+        if let Some(&first) = crate::affinity::allowed_cpus().first() {
+            assert!(err.to_string().contains("not one this process may run on"), "{err}");
+            assert_eq!(cpu(&first.to_string()).unwrap(), WriterCpu::Cpu(first));
+        }
     }
 
     #[test]

@@ -56,7 +56,15 @@ pub struct Db {
     checkpointer: Option<DatabaseConnection>,
     /// Whether [`Db::start_checkpoints`] ran: the checkpoints of one database run once.
     checkpoints_started: Arc<AtomicBool>,
+    /// SQLite: the CPU the writer connection's thread is pinned to, and the writer's with it
+    /// ([`crate::affinity`]).
+    writer_cpu: Option<usize>,
+    /// SQLite: the name of the writer connection's thread.
+    writer_thread: WriterThread,
 }
+
+/// The name sqlx gave the thread of the writer's connection last (it names each one it opens).
+type WriterThread = Arc<std::sync::Mutex<String>>;
 
 /// SQLite's automatic checkpoint on the writer connection, in WAL frames (pages): the writer
 /// copies the WAL into the database file itself once a commit leaves this many, and so bounds the
@@ -108,10 +116,13 @@ impl Db {
     #[tracing::instrument(name = "db.connect", skip_all)]
     pub async fn connect(config: &DatabaseConfig) -> Result<Self, DbErr> {
         if config.url.starts_with("sqlite:") {
-            let writer = connect_sqlite(config, Role::Writer).await?;
-            let reader = connect_sqlite(config, Role::Reader).await?;
-            let checkpointer = Some(connect_sqlite(config, Role::Checkpointer).await?);
-            Ok(Self { writer, reader, checkpointer, checkpoints_started: Arc::default() })
+            let writer_cpu = crate::affinity::choose(config.sqlite_writer_cpu)
+                .map_err(|e| DbErr::Custom(format!("SQLITE_WRITER_CPU: {e}")))?;
+            let writer_thread = WriterThread::default();
+            let writer = connect_sqlite(config, Role::Writer(writer_cpu), &writer_thread).await?;
+            let reader = connect_sqlite(config, Role::Reader, &writer_thread).await?;
+            let checkpointer = Some(connect_sqlite(config, Role::Checkpointer, &writer_thread).await?);
+            Ok(Self { writer, reader, checkpointer, checkpoints_started: Arc::default(), writer_cpu, writer_thread })
         } else {
             // The password goes to the driver on its own, not in the URL: sea-orm and sqlx log
             // their connect options (URL included) at trace level.
@@ -135,13 +146,33 @@ impl Db {
                 .acquire_timeout(Duration::from_secs(10))
                 .sqlx_logging(false);
             let pool = Database::connect(options).await?;
-            Ok(Self { writer: pool.clone(), reader: pool, checkpointer: None, checkpoints_started: Arc::default() })
+            Ok(Self {
+                writer: pool.clone(),
+                reader: pool,
+                checkpointer: None,
+                checkpoints_started: Arc::default(),
+                writer_cpu: None,
+                writer_thread: WriterThread::default(),
+            })
         }
     }
 
     /// The connection every write (and every transaction that writes) must use.
     pub fn writer(&self) -> &DatabaseConnection {
         &self.writer
+    }
+
+    /// SQLite: the CPU the writer's threads are pinned to (`SQLITE_WRITER_CPU`); `None` when they
+    /// are not, and on PostgreSQL.
+    pub fn writer_cpu(&self) -> Option<usize> {
+        self.writer_cpu
+    }
+
+    /// SQLite: the name of the thread the writer's connection runs on (`sqlite-wr-N`, as `top -H`
+    /// shows it); `None` on PostgreSQL.
+    pub fn writer_thread(&self) -> Option<String> {
+        let name = self.writer_thread.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        (!name.is_empty()).then_some(name)
     }
 
     /// Calls `callback` after each statement run through [`Db::writer`] (to count them, say).
@@ -256,7 +287,8 @@ fn split_password(url: &str) -> (String, Option<String>) {
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Role {
-    Writer,
+    /// With the CPU its thread is pinned to.
+    Writer(Option<usize>),
     Reader,
     Checkpointer,
 }
@@ -294,15 +326,20 @@ impl Throttled {
     }
 }
 
-async fn connect_sqlite(config: &DatabaseConfig, role: Role) -> Result<DatabaseConnection, DbErr> {
+async fn connect_sqlite(
+    config: &DatabaseConfig,
+    role: Role,
+    writer_thread: &WriterThread,
+) -> Result<DatabaseConnection, DbErr> {
     let synchronous = match config.sqlite_synchronous {
         SqliteSynchronous::Full => Synchronous::Full,
         SqliteSynchronous::Normal => Synchronous::Normal,
     };
+    let (writer_thread, named) = (writer_thread.clone(), writer_thread.clone());
     let mut options = ConnectOptions::new(config.url.clone());
     options
         .max_connections(if role == Role::Reader { config.max_connections } else { 1 })
-        .min_connections(if role == Role::Writer { 1 } else { 0 })
+        .min_connections(if matches!(role, Role::Writer(_)) { 1 } else { 0 })
         // The checkpoint connection opens when the checkpoints first run: one-shot commands and
         // `migrate` never start them.
         .connect_lazy(role == Role::Checkpointer)
@@ -319,14 +356,40 @@ async fn connect_sqlite(config: &DatabaseConfig, role: Role) -> Result<DatabaseC
                 // /var/tmp. In memory: 8-12 % less CPU per event, the same RSS (BENCHMARKS.md).
                 .pragma("temp_store", "memory");
             match role {
-                Role::Writer => o
-                    .create_if_missing(true)
-                    .pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT.to_string())
-                    .pragma("journal_size_limit", WAL_SIZE_LIMIT.to_string()),
+                Role::Writer(_) => {
+                    let slot = writer_thread.clone();
+                    o.create_if_missing(true)
+                        // Named, so that its thread can be found and pinned below.
+                        .thread_name(move |id| {
+                            let name = format!("sqlite-wr-{id}");
+                            *slot.lock().unwrap_or_else(|e| e.into_inner()) = name.clone();
+                            name
+                        })
+                        .pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT.to_string())
+                        .pragma("journal_size_limit", WAL_SIZE_LIMIT.to_string())
+                }
                 Role::Reader => o.read_only(true),
                 Role::Checkpointer => o,
             }
         });
+    if let Role::Writer(Some(cpu)) = role {
+        // Each connection the pool opens (the first, and any that replaces it) has its thread
+        // pinned beside the writer's ([`crate::affinity`]).
+        options.map_sqlx_sqlite_pool_opts(move |o| {
+            let named = named.clone();
+            o.after_connect(move |_, _| {
+                let name = named.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                Box::pin(async move {
+                    match crate::affinity::pin_named(&name, cpu) {
+                        Ok(n) if n > 0 => tracing::debug!(thread = %name, cpu, "SQLite writer connection pinned"),
+                        Ok(_) => tracing::warn!(thread = %name, "cannot find the SQLite writer connection's thread to pin it"),
+                        Err(e) => tracing::warn!(thread = %name, cpu, error = %e, "cannot pin the SQLite writer connection's thread"),
+                    }
+                    Ok(())
+                })
+            })
+        });
+    }
     Database::connect(options).await
 }
 

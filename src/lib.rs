@@ -7,6 +7,7 @@
 //! - [`ops`]: health and readiness
 //! - [`cli`], [`telemetry`]: the command line and logging
 
+pub mod affinity;
 pub mod auth;
 pub mod cli;
 pub mod config;

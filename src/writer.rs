@@ -90,8 +90,12 @@ impl Writer {
         let (stop, stopped) = watch::channel(false);
         let (checkpoints, checkpointing) = db.start_checkpoints(metrics.clone()).unzip();
         let wal = checkpoints.as_ref().map(Checkpoints::state);
-        let task = tokio::spawn(run(db.writer().clone(), checkpoints, queue, stopped, metrics));
-        (Self { jobs, wal }, WriterTask { stop, handle: task, checkpointing })
+        let work = run(db.writer().clone(), checkpoints, queue, stopped, metrics);
+        let handle = match db.writer_cpu() {
+            Some(cpu) => on_own_thread(work, cpu),
+            None => tokio::spawn(work),
+        };
+        (Self { jobs, wal }, WriterTask { stop, handle, checkpointing })
     }
 
     /// SQLite: what the WAL checkpoints after this writer's commits did, as they finish.
@@ -219,6 +223,41 @@ impl WriterTask {
         }
     }
 }
+
+/// Runs `work` on a thread of its own (named `crm-writer`, with a runtime of its own) pinned to
+/// `cpu`, beside its SQLite connection's thread ([`crate::affinity`]); the handle returned ends
+/// when the work does.
+fn on_own_thread(
+    work: impl std::future::Future<Output = ()> + Send + 'static,
+    cpu: usize,
+) -> tokio::task::JoinHandle<()> {
+    let (done, finished) = oneshot::channel::<()>();
+    // As `std::thread::spawn` and `tokio::spawn` do, fail loudly when the system has no thread
+    // left to give.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("cannot build the SQLite writer's runtime");
+    std::thread::Builder::new()
+        .name(WRITER_THREAD.into())
+        .spawn(move || {
+            match crate::affinity::pin_current(cpu) {
+                Ok(()) => tracing::info!(cpu, "the SQLite writer runs on CPU {cpu}, with its connection's thread"),
+                Err(e) => tracing::warn!(cpu, error = %e, "cannot pin the SQLite writer's thread: it runs unpinned"),
+            }
+            runtime.block_on(work);
+            let _ = done.send(());
+        })
+        .expect("cannot start the SQLite writer's thread");
+    tokio::spawn(async move {
+        if finished.await.is_err() {
+            panic!("the writer thread ended without finishing its work");
+        }
+    })
+}
+
+/// The name of the SQLite writer's thread (as `top -H` and `/proc` show it).
+pub const WRITER_THREAD: &str = "crm-writer";
 
 /// How often [`Writer::run_retrying`] tries work again after a conflict.
 pub const CONFLICT_RETRIES: usize = 3;
@@ -384,7 +423,12 @@ mod tests {
     async fn a_group_takes_at_most_max_group_events_and_never_splits_a_delivery() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("writer.db").display());
-        let config = DatabaseConfig { url, max_connections: 2, sqlite_synchronous: SqliteSynchronous::Full };
+        let config = DatabaseConfig {
+            url,
+            max_connections: 2,
+            sqlite_synchronous: SqliteSynchronous::Full,
+            sqlite_writer_cpu: Default::default(),
+        };
         let db = crate::db::Db::connect(&config).await.unwrap();
         db.migrate().await.unwrap();
         let metrics = Arc::new(Metrics::new());

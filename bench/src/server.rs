@@ -17,7 +17,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The gateway's environment variables (src/config.rs): all are cleared before the benchmark sets
 /// its own, so a developer's shell or `.env` cannot change what is measured.
-const GATEWAY_VARIABLES: [&str; 23] = [
+const GATEWAY_VARIABLES: [&str; 24] = [
     "CRM_ENABLED",
     "CRM_PROVIDER",
     "CRM_API_URL",
@@ -35,6 +35,7 @@ const GATEWAY_VARIABLES: [&str; 23] = [
     "DATABASE_URL",
     "DATABASE_MAX_CONNECTIONS",
     "SQLITE_SYNCHRONOUS",
+    "SQLITE_WRITER_CPU",
     "BIND_ADDR",
     "GATEWAY_API_TOKEN",
     "RUST_LOG",

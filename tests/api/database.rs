@@ -358,6 +358,47 @@ async fn sqlite_commits_reach_the_database_file_beside_the_writer(database: Test
     tokio::time::timeout(std::time::Duration::from_secs(10), ended).await.expect("the checkpoint task ended");
 }
 
+/// SQLite: the writer and its connection's thread take turns on one CPU (`SQLITE_WRITER_CPU`,
+/// `auto` by default: the last CPU the process may run on, when it may run on two or more), and
+/// with `off` neither is pinned.
+async fn sqlite_writer_and_its_connection_share_one_cpu(database: TestDatabase) {
+    use crm_gateway::affinity::{allowed_cpus, list, thread_cpus};
+    use crm_gateway::config::WriterCpu;
+    use crm_gateway::ops::metrics::Metrics;
+    use crm_gateway::writer::{WRITER_THREAD, Writer};
+    use std::sync::Arc;
+
+    let allowed = allowed_cpus();
+    let db = database.migrated().await;
+    let (writer, task) = Writer::start(&db, Arc::new(Metrics::new()));
+    let user = a_user("u1", "user1@example.com");
+    writer.run(move |txn| Box::pin(async move { user.insert(txn).await.map(drop) })).await.unwrap();
+    let connection = db.writer_thread().expect("the writer connection's thread is named");
+    assert!(connection.starts_with("sqlite-wr-"), "{connection}");
+    if allowed.len() >= 2 {
+        let cpu = *allowed.iter().max().unwrap();
+        assert_eq!(db.writer_cpu(), Some(cpu));
+        assert_eq!(thread_cpus(&connection), Some(cpu.to_string()), "the connection's thread");
+        // Every test's writer is pinned the same way, so any `crm-writer` thread will do.
+        assert_eq!(thread_cpus(WRITER_THREAD), Some(cpu.to_string()), "the writer's thread");
+    } else {
+        assert_eq!(db.writer_cpu(), None, "one CPU: nothing to pin");
+    }
+    task.stop().await;
+
+    let mut config = database.config.clone();
+    config.sqlite_writer_cpu = WriterCpu::Off;
+    let db = crm_gateway::db::Db::connect(&config).await.unwrap();
+    let (writer, task) = Writer::start(&db, Arc::new(Metrics::new()));
+    let user = a_user("u2", "user2@example.com");
+    writer.run(move |txn| Box::pin(async move { user.insert(txn).await.map(drop) })).await.unwrap();
+    assert_eq!(db.writer_cpu(), None);
+    let connection = db.writer_thread().unwrap();
+    assert_eq!(thread_cpus(&connection), Some(list(&allowed)), "off: {connection} may run anywhere");
+    assert_eq!(user::Entity::find().count(db.reader()).await.unwrap(), 2);
+    task.stop().await;
+}
+
 on_both_databases_without_app!(
     migrations_go_up_down_and_up_again,
     field_stamps_move_to_one_row_per_record_and_back,
@@ -383,6 +424,17 @@ mod sqlite_checkpoints {
         crate::helpers::run_db_test(
             crate::helpers::Backend::Sqlite,
             super::sqlite_commits_reach_the_database_file_beside_the_writer,
+        )
+        .await;
+    }
+}
+
+mod sqlite_writer_cpu {
+    #[tokio::test]
+    async fn sqlite() {
+        crate::helpers::run_db_test(
+            crate::helpers::Backend::Sqlite,
+            super::sqlite_writer_and_its_connection_share_one_cpu,
         )
         .await;
     }

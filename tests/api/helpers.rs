@@ -156,7 +156,12 @@ impl TestDatabase {
 }
 
 fn database_config(url: String) -> DatabaseConfig {
-    DatabaseConfig { url, max_connections: 5, sqlite_synchronous: SqliteSynchronous::Full }
+    DatabaseConfig {
+        url,
+        max_connections: 5,
+        sqlite_synchronous: SqliteSynchronous::Full,
+        sqlite_writer_cpu: Default::default(),
+    }
 }
 
 pub fn postgres_url() -> String {
