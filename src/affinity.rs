@@ -8,6 +8,9 @@
 //! deliveries a second on two cores, with a quarter less CPU per event. The writer then runs on a
 //! thread of its own ([`crate::writer::Writer::start`]), so that the rest of the gateway's work
 //! (HTTP, deliveries to the CRM) does not share its runtime, and is free to use every CPU.
+//!
+//! A thread started from a pinned one inherits its CPU: nothing on the writer's thread may start
+//! threads of its own (`spawn_blocking`, say), other than the connections the pool opens there.
 
 use crate::config::WriterCpu;
 
@@ -30,6 +33,13 @@ pub fn choose_from(choice: WriterCpu, allowed: &[usize]) -> Result<Option<usize>
         }
         WriterCpu::Cpu(cpu) => Err(format!("CPU {cpu} is not one this process may run on ({})", list(allowed))),
     }
+}
+
+/// The name of the thread of the writer's `id`th SQLite connection (sqlx numbers the connections
+/// of the process). Linux keeps 15 bytes of a thread's name; this one fits them for any id below
+/// 10^9, so the thread is found by it ([`pin_named`]).
+pub fn writer_connection_thread(id: u64) -> String {
+    format!("sqlwr-{id}")
 }
 
 /// `0-3,6` style, as `/proc/<pid>/status` and `taskset` show CPU lists.
@@ -80,19 +90,24 @@ mod os {
         Ok(())
     }
 
-    /// Pins every thread of this process named `name` to `cpu`; returns how many there were.
+    /// Pins every thread of this process named `name` to `cpu`; returns how many it pinned, or
+    /// the error of one it could not pin when it pinned none.
     pub fn pin_named(name: &str, cpu: usize) -> io::Result<usize> {
-        let mut pinned = 0;
-        for task in std::fs::read_dir("/proc/self/task")? {
-            let task = task?;
+        let (mut pinned, mut failed) = (0, None);
+        for task in std::fs::read_dir("/proc/self/task")?.flatten() {
             let Ok(comm) = std::fs::read_to_string(task.path().join("comm")) else { continue };
             let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else { continue };
             if comm.trim_end() == name {
-                pin(tid, cpu)?;
-                pinned += 1;
+                match pin(tid, cpu) {
+                    Ok(()) => pinned += 1,
+                    Err(e) => failed = Some(e),
+                }
             }
         }
-        Ok(pinned)
+        match failed {
+            Some(e) if pinned == 0 => Err(e),
+            _ => Ok(pinned),
+        }
     }
 }
 
@@ -126,12 +141,18 @@ pub fn thread_cpus(name: &str) -> Option<String> {
     let tasks = std::fs::read_dir("/proc/self/task").ok()?;
     tasks.flatten().find_map(|task| {
         let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
-        if comm.trim_end() != name {
-            return None;
-        }
-        let status = std::fs::read_to_string(task.path().join("status")).ok()?;
-        status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).map(|l| l.trim().to_owned())
+        (comm.trim_end() == name).then(|| cpus_in(&task.path().join("status"))).flatten()
     })
+}
+
+/// The CPUs the calling thread may run on, as `/proc` lists them.
+pub fn current_thread_cpus() -> Option<String> {
+    cpus_in(std::path::Path::new("/proc/thread-self/status"))
+}
+
+fn cpus_in(status: &std::path::Path) -> Option<String> {
+    let status = std::fs::read_to_string(status).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).map(|l| l.trim().to_owned())
 }
 
 #[cfg(test)]
@@ -144,6 +165,12 @@ mod tests {
         assert_eq!(choose_from(WriterCpu::Auto, &[2, 5, 3]), Ok(Some(5)));
         assert_eq!(choose_from(WriterCpu::Auto, &[4]), Ok(None), "one CPU: nothing to pin");
         assert_eq!(choose_from(WriterCpu::Auto, &[]), Ok(None), "not supported: not pinned");
+    }
+
+    #[test]
+    fn the_connection_threads_name_fits_what_linux_keeps() {
+        assert_eq!(writer_connection_thread(7), "sqlwr-7");
+        assert!(writer_connection_thread(999_999_999).len() <= 15);
     }
 
     #[test]

@@ -453,7 +453,6 @@ fn parse_writer_cpu(v: &str) -> Result<WriterCpu, String> {
         "off" | "none" => WriterCpu::Off,
         n => WriterCpu::Cpu(n.parse().map_err(|_| format!("expected auto, off or a CPU number, got {v:?}"))?),
     };
-    crate::affinity::choose(choice)?;
     Ok(choice)
 }
 
@@ -623,6 +622,12 @@ impl Settings {
                 parse_writer_cpu,
             ),
         };
+        // Only SQLite has a writer thread to pin: elsewhere the setting is not read.
+        if database.url.starts_with("sqlite:")
+            && let Err(e) = crate::affinity::choose(database.sqlite_writer_cpu)
+        {
+            problems.add("SQLITE_WRITER_CPU", e);
+        }
 
         let bind_addr =
             problems.parse("BIND_ADDR", self.bind_addr.as_deref(), SocketAddr::from(([127, 0, 0, 1], 8080)), |v| {
@@ -950,6 +955,9 @@ mod tests {
             assert!(err.to_string().contains("not one this process may run on"), "{err}");
             assert_eq!(cpu(&first.to_string()).unwrap(), WriterCpu::Cpu(first));
         }
+        // PostgreSQL has no writer thread to pin: the CPU is not checked.
+        let config = settings(&[("DATABASE_URL", "postgres://u@localhost/db"), ("SQLITE_WRITER_CPU", "4096")]);
+        assert_eq!(config.validate().unwrap().database.sqlite_writer_cpu, WriterCpu::Cpu(4096));
     }
 
     #[test]

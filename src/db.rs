@@ -168,7 +168,7 @@ impl Db {
         self.writer_cpu
     }
 
-    /// SQLite: the name of the thread the writer's connection runs on (`sqlite-wr-N`, as `top -H`
+    /// SQLite: the name of the thread the writer's connection runs on (`sqlwr-N`, as `top -H`
     /// shows it); `None` on PostgreSQL.
     pub fn writer_thread(&self) -> Option<String> {
         let name = self.writer_thread.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -361,7 +361,7 @@ async fn connect_sqlite(
                     o.create_if_missing(true)
                         // Named, so that its thread can be found and pinned below.
                         .thread_name(move |id| {
-                            let name = format!("sqlite-wr-{id}");
+                            let name = crate::affinity::writer_connection_thread(id);
                             *slot.lock().unwrap_or_else(|e| e.into_inner()) = name.clone();
                             name
                         })

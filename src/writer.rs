@@ -226,32 +226,53 @@ impl WriterTask {
 
 /// Runs `work` on a thread of its own (named `crm-writer`, with a runtime of its own) pinned to
 /// `cpu`, beside its SQLite connection's thread ([`crate::affinity`]); the handle returned ends
-/// when the work does.
+/// when the work does, and fails with the work's panic if it panicked.
 fn on_own_thread(
     work: impl std::future::Future<Output = ()> + Send + 'static,
     cpu: usize,
 ) -> tokio::task::JoinHandle<()> {
-    let (done, finished) = oneshot::channel::<()>();
+    let (done, finished) = oneshot::channel::<Result<(), String>>();
     // As `std::thread::spawn` and `tokio::spawn` do, fail loudly when the system has no thread
     // left to give.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("cannot build the SQLite writer's runtime");
     std::thread::Builder::new()
         .name(WRITER_THREAD.into())
         .spawn(move || {
-            match crate::affinity::pin_current(cpu) {
-                Ok(()) => tracing::info!(cpu, "the SQLite writer runs on CPU {cpu}, with its connection's thread"),
-                Err(e) => tracing::warn!(cpu, error = %e, "cannot pin the SQLite writer's thread: it runs unpinned"),
-            }
-            runtime.block_on(work);
-            let _ = done.send(());
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                match crate::affinity::pin_current(cpu) {
+                    Ok(()) => tracing::info!(cpu, "the SQLite writer runs on CPU {cpu}"),
+                    Err(e) => {
+                        tracing::warn!(cpu, error = %e, "cannot pin the SQLite writer's thread: it runs unpinned")
+                    }
+                }
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("cannot build the SQLite writer's runtime");
+                runtime.block_on(work);
+                // What the work left behind (its connection, handed back to the pool by a task
+                // queued when the last transaction was dropped) finishes before the runtime goes.
+                runtime.block_on(async {
+                    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+                    let handle = tokio::runtime::Handle::current();
+                    while handle.metrics().num_alive_tasks() > 0 && tokio::time::Instant::now() < deadline {
+                        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                    }
+                });
+            }));
+            let _ = done.send(ran.map_err(|panic| {
+                panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic without a message".to_owned())
+            }));
         })
         .expect("cannot start the SQLite writer's thread");
     tokio::spawn(async move {
-        if finished.await.is_err() {
-            panic!("the writer thread ended without finishing its work");
+        match finished.await {
+            Ok(Ok(())) => {}
+            Ok(Err(panic)) => panic!("the SQLite writer's thread panicked: {panic}"),
+            Err(_) => panic!("the SQLite writer's thread ended without finishing its work"),
         }
     })
 }
@@ -423,11 +444,13 @@ mod tests {
     async fn a_group_takes_at_most_max_group_events_and_never_splits_a_delivery() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("writer.db").display());
+        // Not pinned: the writer shares this test's one thread, so every delivery is queued
+        // before it first runs.
         let config = DatabaseConfig {
             url,
             max_connections: 2,
             sqlite_synchronous: SqliteSynchronous::Full,
-            sqlite_writer_cpu: Default::default(),
+            sqlite_writer_cpu: crate::config::WriterCpu::Off,
         };
         let db = crate::db::Db::connect(&config).await.unwrap();
         db.migrate().await.unwrap();

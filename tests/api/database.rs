@@ -362,40 +362,50 @@ async fn sqlite_commits_reach_the_database_file_beside_the_writer(database: Test
 /// `auto` by default: the last CPU the process may run on, when it may run on two or more), and
 /// with `off` neither is pinned.
 async fn sqlite_writer_and_its_connection_share_one_cpu(database: TestDatabase) {
-    use crm_gateway::affinity::{allowed_cpus, list, thread_cpus};
+    use crm_gateway::affinity::{allowed_cpus, current_thread_cpus, list, thread_cpus};
     use crm_gateway::config::WriterCpu;
     use crm_gateway::ops::metrics::Metrics;
-    use crm_gateway::writer::{WRITER_THREAD, Writer};
+    use crm_gateway::writer::Writer;
     use std::sync::Arc;
 
+    // Inserts a user from the writer's own thread, and says which CPUs that thread may run on.
+    async fn insert(writer: &Writer, id: &str) -> Option<String> {
+        let user = a_user(id, &format!("{id}@example.com"));
+        writer
+            .run(move |txn| Box::pin(async move { user.insert(txn).await.map(|_| current_thread_cpus()) }))
+            .await
+            .unwrap()
+    }
     let allowed = allowed_cpus();
     let db = database.migrated().await;
     let (writer, task) = Writer::start(&db, Arc::new(Metrics::new()));
-    let user = a_user("u1", "user1@example.com");
-    writer.run(move |txn| Box::pin(async move { user.insert(txn).await.map(drop) })).await.unwrap();
+    let writers_cpus = insert(&writer, "u1").await;
     let connection = db.writer_thread().expect("the writer connection's thread is named");
-    assert!(connection.starts_with("sqlite-wr-"), "{connection}");
+    assert!(connection.starts_with("sqlwr-"), "{connection}");
     if allowed.len() >= 2 {
         let cpu = *allowed.iter().max().unwrap();
         assert_eq!(db.writer_cpu(), Some(cpu));
         assert_eq!(thread_cpus(&connection), Some(cpu.to_string()), "the connection's thread");
-        // Every test's writer is pinned the same way, so any `crm-writer` thread will do.
-        assert_eq!(thread_cpus(WRITER_THREAD), Some(cpu.to_string()), "the writer's thread");
+        assert_eq!(writers_cpus, Some(cpu.to_string()), "the writer's thread");
     } else {
         assert_eq!(db.writer_cpu(), None, "one CPU: nothing to pin");
     }
+    task.stop().await;
+    // The connection is back in its pool after the writer stopped: the next writer takes it.
+    let (writer, task) = Writer::start(&db, Arc::new(Metrics::new()));
+    insert(&writer, "u2").await;
+    assert_eq!(db.writer_thread(), Some(connection), "the same connection, not a new one");
     task.stop().await;
 
     let mut config = database.config.clone();
     config.sqlite_writer_cpu = WriterCpu::Off;
     let db = crm_gateway::db::Db::connect(&config).await.unwrap();
     let (writer, task) = Writer::start(&db, Arc::new(Metrics::new()));
-    let user = a_user("u2", "user2@example.com");
-    writer.run(move |txn| Box::pin(async move { user.insert(txn).await.map(drop) })).await.unwrap();
+    insert(&writer, "u3").await;
     assert_eq!(db.writer_cpu(), None);
     let connection = db.writer_thread().unwrap();
     assert_eq!(thread_cpus(&connection), Some(list(&allowed)), "off: {connection} may run anywhere");
-    assert_eq!(user::Entity::find().count(db.reader()).await.unwrap(), 2);
+    assert_eq!(user::Entity::find().count(db.reader()).await.unwrap(), 3);
     task.stop().await;
 }
 
