@@ -94,14 +94,10 @@ mod os {
     /// the error of one it could not pin when it pinned none.
     pub fn pin_named(name: &str, cpu: usize) -> io::Result<usize> {
         let (mut pinned, mut failed) = (0, None);
-        for task in std::fs::read_dir("/proc/self/task")?.flatten() {
-            let Ok(comm) = std::fs::read_to_string(task.path().join("comm")) else { continue };
-            let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else { continue };
-            if comm.trim_end() == name {
-                match pin(tid, cpu) {
-                    Ok(()) => pinned += 1,
-                    Err(e) => failed = Some(e),
-                }
+        for (tid, _) in super::threads_named(name)? {
+            match pin(tid, cpu) {
+                Ok(()) => pinned += 1,
+                Err(e) => failed = Some(e),
             }
         }
         match failed {
@@ -138,11 +134,21 @@ pub fn pin_current(cpu: usize) -> std::io::Result<()> {
 /// The CPUs thread `name` of this process may run on, as `/proc` lists them (`None` if there is
 /// no such thread). For tests and diagnostics.
 pub fn thread_cpus(name: &str) -> Option<String> {
-    let tasks = std::fs::read_dir("/proc/self/task").ok()?;
-    tasks.flatten().find_map(|task| {
-        let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
-        (comm.trim_end() == name).then(|| cpus_in(&task.path().join("status"))).flatten()
-    })
+    let (_, task) = threads_named(name).ok()?.into_iter().next()?;
+    cpus_in(&task.join("status"))
+}
+
+/// The threads of this process named `name`: each one's id and its `/proc` directory.
+fn threads_named(name: &str) -> std::io::Result<Vec<(i32, std::path::PathBuf)>> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task")?.flatten() {
+        let Ok(comm) = std::fs::read_to_string(task.path().join("comm")) else { continue };
+        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else { continue };
+        if comm.trim_end() == name {
+            found.push((tid, task.path()));
+        }
+    }
+    Ok(found)
 }
 
 /// The CPUs the calling thread may run on, as `/proc` lists them.
