@@ -36,6 +36,9 @@ pub struct Sample {
     pub machine_busy: f64,
     pub other_busy: f64,
     pub peak_rss_kib: u64,
+    /// Bytes the server, and PostgreSQL's processes when the run used PostgreSQL, wrote to
+    /// storage during the window ([`procfs::written_bytes`]).
+    pub written: u64,
     /// Outbound only: `POST /api/events` answered 202 per second while sending.
     pub accepted_per_s: Option<f64>,
     /// Problem → how many times (non-2xx answers, transport errors, unexpected outcomes, lost or
@@ -71,13 +74,15 @@ impl Sample {
     }
 }
 
-/// CPU counters at one moment.
+/// CPU and storage counters at one moment.
 struct Snapshot {
     at: Instant,
     server: u64,
     db: Option<u64>,
     bench: u64,
     machine: MachineCpu,
+    /// Bytes written to storage by the server and PostgreSQL.
+    written: u64,
 }
 
 impl Snapshot {
@@ -88,6 +93,7 @@ impl Snapshot {
             db: postgres.then(procfs::postgres_ticks),
             bench: procfs::cpu_ticks(std::process::id()).unwrap_or(0),
             machine: MachineCpu::read(),
+            written: server.written_bytes() + if postgres { procfs::postgres_written() } else { 0 },
         }
     }
 
@@ -103,6 +109,7 @@ impl Snapshot {
         sample.server_cpu = procfs::ticks_to_duration(server);
         sample.bench_cpu = procfs::ticks_to_duration(bench);
         sample.db_cpu = db.map(procfs::ticks_to_duration);
+        sample.written = end.written.saturating_sub(self.written);
         let total = end.machine.total.saturating_sub(self.machine.total).max(1) as f64;
         let busy = end.machine.busy.saturating_sub(self.machine.busy);
         sample.machine_busy = busy as f64 / total;

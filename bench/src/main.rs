@@ -280,7 +280,7 @@ async fn bench(mut options: Options) -> anyhow::Result<ExitCode> {
             match run_case(&mut context, *case, run, &tag).await {
                 Ok((sample, log, stop_problem)) => {
                     eprintln!(
-                        "bench: run {run}/{} {:<24} {:>8} events/s  p50 {:>8}  p99 {:>8}  CPU/event {:>9}  RSS {:>5.1} MiB  busy {:>4} (other {:>4})  [{:.0} s]",
+                        "bench: run {run}/{} {:<24} {:>8} events/s  p50 {:>8}  p99 {:>8}  CPU/event {:>9}  RSS {:>5.1} MiB  written/event {:>8}  busy {:>4} (other {:>4})  [{:.0} s]",
                         options.runs,
                         case.label(),
                         report::thousands(sample.rate()),
@@ -288,6 +288,7 @@ async fn bench(mut options: Options) -> anyhow::Result<ExitCode> {
                         report::latency(sample.percentile(99.0).map(|d| d.as_secs_f64())),
                         report::micros(sample.cpu_per_event().map(|d| d.as_secs_f64())),
                         sample.peak_rss_kib as f64 / 1024.0,
+                        report::kilobytes((sample.events > 0).then(|| sample.written as f64 / sample.events as f64)),
                         report::percent(Some(sample.machine_busy)),
                         report::percent(Some(sample.other_busy)),
                         began.elapsed().as_secs_f64(),
@@ -367,7 +368,7 @@ async fn bench(mut options: Options) -> anyhow::Result<ExitCode> {
         procfs::filesystem_of(&context.workdir)
     );
     println!(
-        "- CPU: utime+stime from /proc/<pid>/stat at {ticks} ticks/s ({}); RSS: VmHWM from /proc/<pid>/status",
+        "- CPU: utime+stime from /proc/<pid>/stat at {ticks} ticks/s ({}); RSS: VmHWM from /proc/<pid>/status; written: write_bytes from /proc/<pid>/io (the server's, with PostgreSQL's processes' when it ran)",
         if assumed { "assumed: sysconf(_SC_CLK_TCK) failed" } else { "sysconf(_SC_CLK_TCK)" }
     );
     println!("- load average (1, 5, 15 min) at start: {load_before}; at end: {}", procfs::loadavg());

@@ -1,5 +1,6 @@
-//! What the benchmark reads from /proc: a process's CPU time (`/proc/<pid>/stat`, utime + stime)
-//! and peak resident set (`/proc/<pid>/status`, VmHWM), the whole machine's CPU (`/proc/stat`),
+//! What the benchmark reads from /proc: a process's CPU time (`/proc/<pid>/stat`, utime + stime),
+//! peak resident set (`/proc/<pid>/status`, VmHWM) and bytes written to storage
+//! (`/proc/<pid>/io`, write_bytes), the whole machine's CPU (`/proc/stat`),
 //! PostgreSQL's processes, and the machine's description.
 
 use std::fs;
@@ -40,14 +41,32 @@ pub fn peak_rss_kib(pid: u32) -> Option<u64> {
     status.lines().find_map(|line| line.strip_prefix("VmHWM:")?.trim().strip_suffix("kB")?.trim().parse().ok())
 }
 
+/// Bytes a process (all its threads) caused to be written to storage: `write_bytes` of
+/// `/proc/<pid>/io`, the file pages it dirtied (a SQLite WAL and database among them), not what it
+/// sent over sockets. Zero on a file system without storage (tmpfs).
+pub fn written_bytes(pid: u32) -> Option<u64> {
+    let io = fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines().find_map(|line| line.strip_prefix("write_bytes:")?.trim().parse().ok())
+}
+
 /// CPU ticks of every process whose command is `postgres` (the server and its backends).
 pub fn postgres_ticks() -> u64 {
+    postgres_sum(cpu_ticks)
+}
+
+/// Bytes written to storage by every process whose command is `postgres` (those that ended
+/// meanwhile drop out of the sum: the benchmark's backends live as long as its gateway).
+pub fn postgres_written() -> u64 {
+    postgres_sum(written_bytes)
+}
+
+fn postgres_sum(of: fn(u32) -> Option<u64>) -> u64 {
     let Ok(entries) = fs::read_dir("/proc") else { return 0 };
     entries
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
         .filter(|pid| fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "postgres"))
-        .filter_map(cpu_ticks)
+        .filter_map(of)
         .sum()
 }
 
@@ -121,5 +140,23 @@ mod tests {
         assert!(peak_rss_kib(pid).is_some_and(|k| k > 0));
         let cpu = MachineCpu::read();
         assert!(cpu.total >= cpu.busy && cpu.total > 0);
+    }
+
+    /// A file written and synced here counts in this process's bytes written to storage (unless
+    /// the temporary directory has no storage behind it).
+    #[test]
+    fn bytes_written_to_a_file_are_counted() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        if filesystem_of(dir.path()).starts_with("tmpfs") {
+            return;
+        }
+        let pid = std::process::id();
+        let before = written_bytes(pid).expect("/proc/self/io is readable");
+        let mut file = fs::File::create(dir.path().join("written")).unwrap();
+        file.write_all(&vec![7u8; 1 << 20]).unwrap();
+        file.sync_all().unwrap();
+        let after = written_bytes(pid).unwrap();
+        assert!(after - before >= 1 << 20, "{before} -> {after}");
     }
 }

@@ -26,6 +26,8 @@ pub struct Summary {
     pub db_cpu: Option<f64>,
     pub bench_cpu: Option<f64>,
     pub rss_mib: Option<f64>,
+    /// Bytes written to storage per event (the server's, and PostgreSQL's when it ran).
+    pub written: Option<f64>,
     pub busy: Option<f64>,
     pub other: Option<f64>,
     pub accepted: Option<f64>,
@@ -44,6 +46,7 @@ impl Summary {
             db_cpu: each(&|s| s.db_cpu.and_then(|d| per_event(d, s))),
             bench_cpu: each(&|s| per_event(s.bench_cpu, s)),
             rss_mib: each(&|s| Some(s.peak_rss_kib as f64 / 1024.0)),
+            written: each(&|s| (s.events > 0).then(|| s.written as f64 / s.events as f64)),
             busy: each(&|s| Some(s.machine_busy)),
             other: each(&|s| Some(s.other_busy)),
             accepted: each(&|s| s.accepted_per_s),
@@ -101,6 +104,11 @@ pub fn ratio(value: Option<f64>, anchor: Option<f64>) -> String {
     }
 }
 
+/// Bytes as kilobytes (10^3): `93.1 KB`, `0.9 KB`.
+pub fn kilobytes(bytes: Option<f64>) -> String {
+    bytes.map_or_else(|| "–".into(), |b| format!("{:.1} KB", b / 1e3))
+}
+
 pub fn percent(value: Option<f64>) -> String {
     value.map_or_else(|| "–".into(), |v| format!("{:.0} %", v * 100.0))
 }
@@ -120,9 +128,9 @@ pub fn table(rows: &[Row], anchor: Option<&Summary>) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| scenario | DB | events/s | p50 | p99 | server CPU/event | PostgreSQL CPU/event | peak RSS | × commit anchor events/s | × commit anchor CPU/event | machine busy (other) | notes |"
+        "| scenario | DB | events/s | p50 | p99 | server CPU/event | PostgreSQL CPU/event | peak RSS | written/event | × commit anchor events/s | × commit anchor CPU/event | machine busy (other) | notes |"
     );
-    let _ = writeln!(out, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|");
+    let _ = writeln!(out, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|");
     for row in rows {
         let s = &row.summary;
         let (rate_ratio, cpu_ratio) = if row.compare {
@@ -132,7 +140,7 @@ pub fn table(rows: &[Row], anchor: Option<&Summary>) -> String {
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} |",
             row.scenario,
             row.database,
             s.rate.map_or_else(|| "–".into(), thousands),
@@ -141,6 +149,7 @@ pub fn table(rows: &[Row], anchor: Option<&Summary>) -> String {
             micros(s.cpu),
             if s.db_cpu.is_some() { micros(s.db_cpu) } else { "".into() },
             s.rss_mib.map_or_else(|| "–".into(), |m| format!("{m:.1} MiB")),
+            kilobytes(s.written),
             rate_ratio,
             cpu_ratio,
             percent(s.busy),
@@ -167,5 +176,7 @@ mod tests {
         assert_eq!(latency(Some(1.26)), "1.26 s");
         assert_eq!(micros(Some(0.001962)), "1,962 µs");
         assert_eq!(ratio(Some(341.0), Some(13258.0)), "0.026×");
+        assert_eq!(kilobytes(Some(93_140.0)), "93.1 KB");
+        assert_eq!(kilobytes(None), "–");
     }
 }

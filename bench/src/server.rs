@@ -76,6 +76,10 @@ impl Server {
         procfs::peak_rss_kib(self.pid()).unwrap_or(0)
     }
 
+    pub fn written_bytes(&self) -> u64 {
+        procfs::written_bytes(self.pid()).unwrap_or(0)
+    }
+
     pub fn log_path(&self) -> &Path {
         &self.log_path
     }
