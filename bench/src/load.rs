@@ -37,8 +37,8 @@ pub struct Sample {
     pub other_busy: f64,
     pub peak_rss_kib: u64,
     /// Bytes the server, and PostgreSQL's processes when the run used PostgreSQL, wrote to
-    /// storage during the window ([`procfs::written_bytes`]).
-    pub written: u64,
+    /// storage during the window ([`procfs::written_bytes`]); `None` when one could not be read.
+    pub written: Option<u64>,
     /// Outbound only: `POST /api/events` answered 202 per second while sending.
     pub accepted_per_s: Option<f64>,
     /// Problem → how many times (non-2xx answers, transport errors, unexpected outcomes, lost or
@@ -65,6 +65,11 @@ impl Sample {
         (self.events > 0).then(|| self.server_cpu / u32::try_from(self.events).unwrap_or(u32::MAX))
     }
 
+    /// Bytes written to storage per counted event.
+    pub fn written_per_event(&self) -> Option<f64> {
+        self.written.filter(|_| self.events > 0).map(|w| w as f64 / self.events as f64)
+    }
+
     fn problem(&mut self, what: String, count: u64) {
         if self.problems.len() < MAX_PROBLEMS || self.problems.contains_key(&what) {
             *self.problems.entry(what).or_default() += count;
@@ -81,8 +86,8 @@ struct Snapshot {
     db: Option<u64>,
     bench: u64,
     machine: MachineCpu,
-    /// Bytes written to storage by the server and PostgreSQL.
-    written: u64,
+    /// Bytes written to storage by the server and PostgreSQL (`None`: not readable).
+    written: Option<u64>,
 }
 
 impl Snapshot {
@@ -93,7 +98,10 @@ impl Snapshot {
             db: postgres.then(procfs::postgres_ticks),
             bench: procfs::cpu_ticks(std::process::id()).unwrap_or(0),
             machine: MachineCpu::read(),
-            written: server.written_bytes() + if postgres { procfs::postgres_written() } else { 0 },
+            written: match (server.written_bytes(), postgres) {
+                (Some(server), true) => procfs::postgres_written().map(|db| server + db),
+                (server, _) => server,
+            },
         }
     }
 
@@ -109,7 +117,7 @@ impl Snapshot {
         sample.server_cpu = procfs::ticks_to_duration(server);
         sample.bench_cpu = procfs::ticks_to_duration(bench);
         sample.db_cpu = db.map(procfs::ticks_to_duration);
-        sample.written = end.written.saturating_sub(self.written);
+        sample.written = self.written.zip(end.written).map(|(start, end)| end.saturating_sub(start));
         let total = end.machine.total.saturating_sub(self.machine.total).max(1) as f64;
         let busy = end.machine.busy.saturating_sub(self.machine.busy);
         sample.machine_busy = busy as f64 / total;

@@ -288,7 +288,7 @@ async fn bench(mut options: Options) -> anyhow::Result<ExitCode> {
                         report::latency(sample.percentile(99.0).map(|d| d.as_secs_f64())),
                         report::micros(sample.cpu_per_event().map(|d| d.as_secs_f64())),
                         sample.peak_rss_kib as f64 / 1024.0,
-                        report::kilobytes((sample.events > 0).then(|| sample.written as f64 / sample.events as f64)),
+                        report::kilobytes(sample.written_per_event()),
                         report::percent(Some(sample.machine_busy)),
                         report::percent(Some(sample.other_busy)),
                         began.elapsed().as_secs_f64(),
@@ -368,7 +368,7 @@ async fn bench(mut options: Options) -> anyhow::Result<ExitCode> {
         procfs::filesystem_of(&context.workdir)
     );
     println!(
-        "- CPU: utime+stime from /proc/<pid>/stat at {ticks} ticks/s ({}); RSS: VmHWM from /proc/<pid>/status; written: write_bytes from /proc/<pid>/io (the server's, with PostgreSQL's processes' when it ran)",
+        "- CPU: utime+stime from /proc/<pid>/stat at {ticks} ticks/s ({}); RSS: VmHWM from /proc/<pid>/status; written: write_bytes from /proc/<pid>/io (the server's, with PostgreSQL's processes' when it ran; – when one could not be read)",
         if assumed { "assumed: sysconf(_SC_CLK_TCK) failed" } else { "sysconf(_SC_CLK_TCK)" }
     );
     println!("- load average (1, 5, 15 min) at start: {load_before}; at end: {}", procfs::loadavg());

@@ -46,7 +46,7 @@ impl Summary {
             db_cpu: each(&|s| s.db_cpu.and_then(|d| per_event(d, s))),
             bench_cpu: each(&|s| per_event(s.bench_cpu, s)),
             rss_mib: each(&|s| Some(s.peak_rss_kib as f64 / 1024.0)),
-            written: each(&|s| (s.events > 0).then(|| s.written as f64 / s.events as f64)),
+            written: each(&|s| s.written_per_event()),
             busy: each(&|s| Some(s.machine_busy)),
             other: each(&|s| Some(s.other_busy)),
             accepted: each(&|s| s.accepted_per_s),

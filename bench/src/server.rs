@@ -76,8 +76,8 @@ impl Server {
         procfs::peak_rss_kib(self.pid()).unwrap_or(0)
     }
 
-    pub fn written_bytes(&self) -> u64 {
-        procfs::written_bytes(self.pid()).unwrap_or(0)
+    pub fn written_bytes(&self) -> Option<u64> {
+        procfs::written_bytes(self.pid())
     }
 
     pub fn log_path(&self) -> &Path {
