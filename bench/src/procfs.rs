@@ -45,7 +45,11 @@ pub fn peak_rss_kib(pid: u32) -> Option<u64> {
 /// `/proc/<pid>/io`, the file pages it dirtied (a SQLite WAL and database among them), not what it
 /// sent over sockets. Zero on a file system without storage (tmpfs).
 pub fn written_bytes(pid: u32) -> Option<u64> {
-    let io = fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    write_bytes_in(&fs::read_to_string(format!("/proc/{pid}/io")).ok()?)
+}
+
+/// The `write_bytes` line of a `/proc/<pid>/io` text.
+fn write_bytes_in(io: &str) -> Option<u64> {
     io.lines().find_map(|line| line.strip_prefix("write_bytes:")?.trim().parse().ok())
 }
 
@@ -63,8 +67,7 @@ pub fn postgres_written() -> Option<u64> {
     for pid in postgres_pids() {
         match fs::read_to_string(format!("/proc/{pid}/io")) {
             Ok(io) => {
-                let bytes: u64 = io.lines().find_map(|l| l.strip_prefix("write_bytes:")?.trim().parse().ok())?;
-                total = Some(total.unwrap_or(0) + bytes);
+                total = Some(total.unwrap_or(0) + write_bytes_in(&io)?);
             }
             // Ended between the listing and the read: reaped, its bytes are the postmaster's now.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
