@@ -53,6 +53,20 @@ macro_rules! on_both_databases_without_app {
     )*};
 }
 
+/// Runs each named `async fn(TestDatabase)` on SQLite only (what PostgreSQL does not have:
+/// pragmas, checkpoints, the writer's thread), without the HTTP server.
+#[macro_export]
+macro_rules! on_sqlite_without_app {
+    ($($test:ident),* $(,)?) => {$(
+        mod $test {
+            #[tokio::test]
+            async fn sqlite() {
+                $crate::helpers::run_db_test($crate::helpers::Backend::Sqlite, super::$test).await;
+            }
+        }
+    )*};
+}
+
 pub async fn run_app_test<F, Fut>(backend: Backend, test: F)
 where
     F: FnOnce(TestApp) -> Fut,
