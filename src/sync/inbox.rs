@@ -78,8 +78,8 @@ pub async fn receive_all(
     deliveries: &[Incoming],
 ) -> Vec<Result<Vec<EventResult>, DbErr>> {
     let together = match c.begin().await {
-        Ok(savepoint) => match receive_set(&savepoint, ctx, deliveries).await {
-            Ok(results) => savepoint.commit().await.map(|()| results),
+        Ok(savepoint) => match receive_set(&savepoint, ctx, deliveries, true).await {
+            Ok((results, _)) => savepoint.commit().await.map(|()| results),
             Err(e) => savepoint.rollback().await.and(Err(e)),
         },
         Err(e) => Err(e),
@@ -104,11 +104,14 @@ pub async fn receive_all(
     }
 }
 
+/// Records and applies `deliveries` together; with `release`, also the events that waited for a
+/// record they linked, and otherwise returns those records (for [`release_waiting`]).
 async fn receive_set(
     c: &DatabaseTransaction,
     ctx: &SyncContext,
     deliveries: &[Incoming],
-) -> Result<Vec<Vec<EventResult>>, DbErr> {
+    release: bool,
+) -> Result<(Vec<Vec<EventResult>>, Vec<Key>), DbErr> {
     let now = Utc::now();
     // The first event of each id in the group; a later one is its duplicate.
     let mut first: HashMap<String, (usize, usize)> = HashMap::new();
@@ -127,9 +130,9 @@ async fn receive_set(
     // event by event, each inserted before it is applied.
     let stored = stored_ids(c, rows.iter().map(|(row, _)| row.event_id.as_str())).await?;
     rows.retain(|(row, _)| !stored.contains(&row.event_id));
-    let (applied, _) = apply_rows(c, ctx, rows, Rows::New, Vec::new(), true).await?;
+    let (applied, linked) = apply_rows(c, ctx, rows, Rows::New, Vec::new(), release).await?;
     let mut applied: HashMap<String, EventResult> = applied.into_iter().map(|r| (r.event_id.clone(), r)).collect();
-    Ok(deliveries
+    let results = deliveries
         .iter()
         .enumerate()
         .map(|(d, delivery)| {
@@ -146,7 +149,8 @@ async fn receive_set(
                 })
                 .collect()
         })
-        .collect())
+        .collect();
+    Ok((results, linked))
 }
 
 /// [`receive`] for each event of a delivery, in order.
@@ -162,20 +166,43 @@ async fn receive_each(
     Ok(results)
 }
 
-/// Records event `raw` of delivery `delivery_id` in the inbox and applies it, alone.
+/// Records event `raw` of delivery `delivery_id` in the inbox and applies it, alone: as a group of
+/// one ([`receive_set`]), so that its records are locked before its inbox row is written, in the
+/// order every group takes them (an event recorded first and applied after, against a group of
+/// another transaction that had locked the same record, was a deadlock on PostgreSQL). A database
+/// error rolls it back and it is tried once more (another gateway instance may have created the
+/// same record, or recorded the same event, meanwhile); data the database refuses twice is then
+/// recorded as `failed`.
 pub async fn receive(
     c: &DatabaseTransaction,
     ctx: &SyncContext,
     delivery_id: &str,
     raw: &Value,
 ) -> Result<EventResult, DbErr> {
-    let row = inbox_row(delivery_id, raw, Utc::now());
-    if insert_new(c, vec![row.clone()]).await? == 0 {
-        return Ok(EventResult { event_id: row.event_id, outcome: Outcome::Duplicate, reason: None, created: false });
+    let alone = [Incoming { delivery_id: delivery_id.to_owned(), events: Arc::new(vec![raw.clone()]) }];
+    let mut last_error = None;
+    for _ in 0..2 {
+        let savepoint = c.begin().await?;
+        match receive_set(&savepoint, ctx, &alone, false).await {
+            Ok((results, linked)) => {
+                savepoint.commit().await?;
+                let result = results.into_iter().flatten().next();
+                let result = result.ok_or_else(|| DbErr::Custom("a group of one event answered nothing".into()))?;
+                release_waiting(c, ctx, linked).await?;
+                return Ok(result);
+            }
+            Err(e) => {
+                savepoint.rollback().await?;
+                last_error = Some(e);
+            }
+        }
     }
-    let (result, linked) = apply_guarded(c, ctx, row, raw.clone(), false).await?;
-    release_waiting(c, ctx, linked).await?;
-    Ok(result)
+    let row = inbox_row(delivery_id, raw, Utc::now());
+    match last_error {
+        Some(e) if crate::db::is_data_error(&e) => record_failure(c, row, raw, &e, Rows::New).await,
+        Some(e) => Err(e),
+        None => Err(DbErr::Custom("no attempt was made".into())),
+    }
 }
 
 /// The event's id as its inbox row has it.
@@ -237,8 +264,6 @@ async fn insert_new(c: &DatabaseTransaction, mut rows: Vec<crm_inbox::Model>) ->
 enum Rows {
     /// Not in the inbox yet: each is inserted with its outcome.
     New,
-    /// In the inbox as received, not applied yet.
-    Received,
     /// Applied before (a replay, a release), which counts an attempt.
     Again,
 }
@@ -406,7 +431,7 @@ pub async fn replay(
 ) -> Result<Option<EventResult>, DbErr> {
     let Some(row) = crm_inbox::Entity::find_by_id(event_id).one(txn).await? else { return Ok(None) };
     let raw: Value = serde_json::from_str(&row.payload).map_err(|e| DbErr::Json(e.to_string()))?;
-    let (result, linked) = apply_guarded(txn, ctx, row, raw, true).await?;
+    let (result, linked) = apply_guarded(txn, ctx, row, raw).await?;
     release_waiting(txn, ctx, linked).await?;
     Ok(Some(result))
 }
@@ -518,7 +543,7 @@ pub async fn release_waiting(
             .await?;
         for row in waiting {
             let Ok(raw) = serde_json::from_str::<Value>(&row.payload) else { continue };
-            let (_, linked) = apply_guarded(c, ctx, row, raw, true).await?;
+            let (_, linked) = apply_guarded(c, ctx, row, raw).await?;
             queue.extend(linked);
         }
     }
@@ -560,22 +585,20 @@ pub(super) fn waiting_key(t: RecordType, crm_id: &str) -> String {
     format!("{}:{crm_id}", t.as_str())
 }
 
-/// Applies stored event `row` alone in a savepoint (without releasing what waits for it); a
-/// database error rolls it back and it is tried once more (another gateway instance may have
-/// created the same record meanwhile), then recorded as `failed`. Returns its result and the
-/// records it linked.
+/// Applies stored event `row` again, alone in a savepoint (without releasing what waits for it):
+/// a replay or a release. A database error rolls it back and it is tried once more (another gateway
+/// instance may have created the same record meanwhile), then recorded as `failed`. Returns its
+/// result and the records it linked.
 async fn apply_guarded(
     c: &DatabaseTransaction,
     ctx: &SyncContext,
     row: crm_inbox::Model,
     raw: Value,
-    again: bool,
 ) -> Result<(EventResult, Vec<Key>), DbErr> {
     let mut last_error = None;
     for _ in 0..2 {
         let savepoint = c.begin().await?;
-        let stand = if again { Rows::Again } else { Rows::Received };
-        match apply_rows(&savepoint, ctx, vec![(row.clone(), raw.clone())], stand, Vec::new(), false).await {
+        match apply_rows(&savepoint, ctx, vec![(row.clone(), raw.clone())], Rows::Again, Vec::new(), false).await {
             Ok((mut results, linked)) => {
                 savepoint.commit().await?;
                 return Ok((results.remove(0), linked));
@@ -592,21 +615,21 @@ async fn apply_guarded(
     if !crate::db::is_data_error(&last_error) {
         return Err(last_error);
     }
-    let error = last_error.to_string();
+    Ok((record_failure(c, row, &raw, &last_error, Rows::Again).await?, Vec::new()))
+}
+
+/// Records event `row` (`raw`) as `failed`, with a sync log, because the database refused its
+/// data with `error` (a constraint, a data exception). `stand` says whether the row is to be inserted ([`Rows::New`]: one another transaction recorded
+/// meanwhile makes the event a duplicate) or updated, counting an attempt ([`Rows::Again`]).
+async fn record_failure(
+    c: &DatabaseTransaction,
+    row: crm_inbox::Model,
+    raw: &Value,
+    error: &DbErr,
+    stand: Rows,
+) -> Result<EventResult, DbErr> {
+    let error = error.to_string();
     tracing::warn!(%error, "an inbound event failed");
-    let entity_id = raw.pointer("/object/externalId").and_then(Value::as_str).unwrap_or_default();
-    SyncLog {
-        entity_type: raw.pointer("/object/type").and_then(Value::as_str).unwrap_or("unknown"),
-        entity_id,
-        crm_id: raw.pointer("/object/id").and_then(Value::as_str),
-        action: "update",
-        status: "failed",
-        request_data: Some(raw.to_string()),
-        error_message: Some(error.clone()),
-        ..Default::default()
-    }
-    .write(c)
-    .await?;
     let decision = Decision::new(Outcome::Failed, format!("database error: {error}"));
     let result = EventResult {
         event_id: row.event_id.clone(),
@@ -615,7 +638,27 @@ async fn apply_guarded(
         created: decision.created,
     };
     let mut outcomes = Outcomes::default();
-    outcomes.record(&mut View::new(c), row, &decision, again);
-    outcomes.write(c).await?;
-    Ok((result, Vec::new()))
+    outcomes.record(&mut View::new(c), row, &decision, stand == Rows::Again);
+    if stand == Rows::New {
+        let rows = std::mem::take(&mut outcomes.rows);
+        if insert_new(c, rows).await? == 0 {
+            return Ok(EventResult { outcome: Outcome::Duplicate, reason: None, ..result });
+        }
+    } else {
+        outcomes.write(c).await?;
+    }
+    let entity_id = raw.pointer("/object/externalId").and_then(Value::as_str).unwrap_or_default();
+    SyncLog {
+        entity_type: raw.pointer("/object/type").and_then(Value::as_str).unwrap_or("unknown"),
+        entity_id,
+        crm_id: raw.pointer("/object/id").and_then(Value::as_str),
+        action: "update",
+        status: "failed",
+        request_data: Some(raw.to_string()),
+        error_message: Some(error),
+        ..Default::default()
+    }
+    .write(c)
+    .await?;
+    Ok(result)
 }

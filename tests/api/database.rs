@@ -2,7 +2,7 @@
 //! concurrent writers.
 
 use crate::helpers::TestDatabase;
-use crate::{on_both_databases_without_app, on_sqlite_without_app};
+use crate::{on_both_databases_without_app, on_one_database_without_app};
 use chrono::{NaiveDate, TimeZone, Utc};
 use entity::enums::*;
 use entity::{bookings, crm_sync_logs, enquiries, owner_memberships, properties, user};
@@ -420,7 +420,8 @@ on_both_databases_without_app!(
     many_concurrent_writers_all_succeed,
 );
 
-on_sqlite_without_app!(
+on_one_database_without_app!(
+    Sqlite sqlite:
     sqlite_runs_durable_wal_with_foreign_keys,
     sqlite_commits_reach_the_database_file_beside_the_writer,
     sqlite_writer_and_its_connection_share_one_cpu,

@@ -3,7 +3,7 @@
 //! by holding the writer with a piece of work until the deliveries are queued behind it.
 
 use crate::helpers::{TestApp, TestDatabase};
-use crate::{on_both_databases, on_both_databases_without_app};
+use crate::{on_both_databases, on_both_databases_without_app, on_one_database_without_app};
 use crm_gateway::sync::apply::SyncContext;
 use crm_gateway::sync::hlc::{Hlc, Stamp};
 use crm_gateway::sync::lww::Origin;
@@ -331,3 +331,70 @@ on_both_databases_without_app!(
     fifty_deliveries_in_one_group_take_as_many_statements_as_one,
     fifty_app_event_requests_in_one_group_take_as_many_statements_as_one,
 );
+
+/// A delivery done event by event (when its group failed) locks its records before it records its
+/// events in the inbox, as every group does, so it cannot deadlock with a group of another
+/// connection (another instance): here that group has locked the contact and is yet to record the
+/// same event when the delivery done alone reaches it. The one alone waits for the group, then
+/// finds the event recorded: a duplicate, with no error on either side.
+async fn an_event_done_alone_waits_for_a_group_holding_its_record(database: TestDatabase) {
+    use crm_gateway::sync::inbox::{Incoming, Outcome, receive, receive_all};
+    use sea_orm::{ConnectionTrait, QuerySelect, Statement, TransactionTrait};
+    use std::sync::Arc;
+
+    let db = database.migrated().await;
+    let other = database.connect().await;
+    let ctx = Arc::new(SyncContext { precedence: Origin::Crm, hlc: Hlc::starting_after(Stamp::default()) });
+    let delivery = |id: &str, event: Value| Incoming { delivery_id: id.into(), events: Arc::new(vec![event]) };
+    let created = contact("evt_created", "created", "crm_1", 1, "ada@example.com", "+44 1");
+    let txn = db.writer().begin().await.unwrap();
+    let results = receive_all(&txn, &ctx, &[delivery("dlv_created", created)]).await;
+    txn.commit().await.unwrap();
+    assert_eq!(results[0].as_ref().unwrap()[0].outcome, Outcome::Applied);
+
+    let updated = contact("evt_updated", "updated", "crm_1", 2, "ada@example.com", "+44 2");
+    // The group: its contact locked as its reads lock it, the event not recorded yet.
+    let group = db.writer().begin().await.unwrap();
+    let locked = user::Entity::find().filter(user::Column::CrmId.eq("crm_1")).lock_exclusive().one(&group).await;
+    assert!(locked.unwrap().is_some());
+    // The same event done alone, on another connection.
+    let alone = {
+        let (ctx, updated) = (ctx.clone(), updated.clone());
+        tokio::spawn(async move {
+            let txn = other.writer().begin().await?;
+            let result = receive(&txn, &ctx, "dlv_alone", &updated).await?;
+            txn.commit().await?;
+            Ok::<_, sea_orm::DbErr>(result)
+        })
+    };
+    // Until it waits for the group's lock (or fails: it must not).
+    let waiting = Statement::from_string(
+        db.reader().get_database_backend(),
+        "SELECT COUNT(*) AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+    );
+    let blocked = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            let row = db.reader().query_one_raw(waiting.clone()).await.unwrap().unwrap();
+            if row.try_get::<i64>("", "n").unwrap() > 0 || alone.is_finished() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(blocked.is_ok(), "the event done alone neither waited for the group nor finished");
+    // The group records and applies the event, and commits: no deadlock.
+    let results = receive_all(&group, &ctx, &[delivery("dlv_group", updated)]).await;
+    group.commit().await.unwrap();
+    let in_group = &results[0].as_ref().expect("the group's delivery")[0];
+    assert_eq!(in_group.outcome, Outcome::Applied);
+    let alone = alone.await.unwrap().expect("the event done alone");
+    assert_eq!((alone.event_id.as_str(), alone.outcome), ("evt_updated", Outcome::Duplicate));
+
+    let stored = crm_inbox::Entity::find_by_id("evt_updated").one(db.reader()).await.unwrap().unwrap();
+    assert_eq!((stored.delivery_id.as_str(), stored.outcome.as_str()), ("dlv_group", "applied"));
+    let ada = user::Entity::find().filter(user::Column::CrmId.eq("crm_1")).one(db.reader()).await.unwrap().unwrap();
+    assert_eq!(ada.phone.as_deref(), Some("+44 2"));
+}
+
+on_one_database_without_app!(Postgres postgres: an_event_done_alone_waits_for_a_group_holding_its_record);

@@ -53,15 +53,17 @@ macro_rules! on_both_databases_without_app {
     )*};
 }
 
-/// Runs each named `async fn(TestDatabase)` on SQLite only (what PostgreSQL does not have:
-/// pragmas, checkpoints, the writer's thread), without the HTTP server.
+/// Runs each named `async fn(TestDatabase)` on one database only, without the HTTP server:
+/// `on_one_database_without_app!(Sqlite sqlite: a, b)` for what PostgreSQL does not have (pragmas,
+/// checkpoints, the writer's thread), `(Postgres postgres: ...)` for what needs two writing
+/// connections at once.
 #[macro_export]
-macro_rules! on_sqlite_without_app {
-    ($($test:ident),* $(,)?) => {$(
+macro_rules! on_one_database_without_app {
+    ($backend:ident $name:ident: $($test:ident),* $(,)?) => {$(
         mod $test {
             #[tokio::test]
-            async fn sqlite() {
-                $crate::helpers::run_db_test($crate::helpers::Backend::Sqlite, super::$test).await;
+            async fn $name() {
+                $crate::helpers::run_db_test($crate::helpers::Backend::$backend, super::$test).await;
             }
         }
     )*};
