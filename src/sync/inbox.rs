@@ -71,18 +71,17 @@ pub struct Incoming {
 /// Records and applies the events of several deliveries together, with a fixed number of
 /// statements per table for the whole group ([`View`]), and answers per delivery, per event.
 /// When a statement of the group fails, the group is rolled back and each delivery is done again
-/// alone, event by event in savepoints ([`receive`]), so that one bad event fails alone.
+/// alone, event by event in savepoints ([`receive`]), so that one bad event fails alone. A group
+/// that failed only because another transaction (another instance) recorded some of its events
+/// meanwhile is done again as a group once, those events now its duplicates.
 pub async fn receive_all(
     c: &DatabaseTransaction,
     ctx: &SyncContext,
     deliveries: &[Incoming],
 ) -> Vec<Result<Vec<EventResult>, DbErr>> {
-    let together = match c.begin().await {
-        Ok(savepoint) => match receive_set(&savepoint, ctx, deliveries, true).await {
-            Ok((results, _)) => savepoint.commit().await.map(|()| results),
-            Err(e) => savepoint.rollback().await.and(Err(e)),
-        },
-        Err(e) => Err(e),
+    let together = match receive_group(c, ctx, deliveries).await {
+        Err(e) if is_raced(&e) => receive_group(c, ctx, deliveries).await,
+        other => other,
     };
     match together {
         Ok(results) => results.into_iter().map(Ok).collect(),
@@ -102,6 +101,28 @@ pub async fn receive_all(
             out
         }
     }
+}
+
+/// [`receive_set`] in a savepoint, rolled back when it fails.
+async fn receive_group(
+    c: &DatabaseTransaction,
+    ctx: &SyncContext,
+    deliveries: &[Incoming],
+) -> Result<Vec<Vec<EventResult>>, DbErr> {
+    let savepoint = c.begin().await?;
+    match receive_set(&savepoint, ctx, deliveries, true).await {
+        Ok((results, _)) => savepoint.commit().await.map(|()| results),
+        Err(e) => savepoint.rollback().await.and(Err(e)),
+    }
+}
+
+/// How [`Outcomes::write`] says that another transaction recorded some of a group's new events
+/// while the group was applying them.
+const RACED: &str = "recorded by another transaction meanwhile";
+
+/// Whether a group failed only because another transaction recorded some of its events meanwhile.
+fn is_raced(e: &DbErr) -> bool {
+    matches!(e, DbErr::Custom(message) if message.ends_with(RACED))
 }
 
 /// Records and applies `deliveries` together; with `release`, also the events that waited for a
@@ -394,10 +415,7 @@ impl Outcomes {
             let fresh = fresh.into_iter().map(|row| crm_inbox::Model { processed_at: now, ..row }).collect();
             let inserted = insert_new(c, fresh).await?;
             if inserted != expected {
-                return Err(DbErr::Custom(format!(
-                    "{} of {expected} events were recorded by another transaction meanwhile",
-                    expected - inserted
-                )));
+                return Err(DbErr::Custom(format!("{} of {expected} events were {RACED}", expected - inserted)));
             }
         }
         // (outcome, reason, waiting for, attempts) → the events that have it.

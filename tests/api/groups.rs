@@ -332,6 +332,24 @@ on_both_databases_without_app!(
     fifty_app_event_requests_in_one_group_take_as_many_statements_as_one,
 );
 
+/// Whether, within 10 s, a connection to the test's PostgreSQL database waits for a lock, or
+/// `finished` says the work that was to wait has ended (the caller's assertions then say how).
+async fn waits_for_a_lock(db: &crm_gateway::db::Db, finished: impl Fn() -> bool) -> bool {
+    use sea_orm::{ConnectionTrait, Statement};
+    let waiting = Statement::from_string(
+        db.reader().get_database_backend(),
+        "SELECT COUNT(*) AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+    );
+    let until = async {
+        while db.reader().query_one_raw(waiting.clone()).await.unwrap().unwrap().try_get::<i64>("", "n").unwrap() == 0
+            && !finished()
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), until).await.is_ok()
+}
+
 /// A delivery done event by event (when its group failed) locks its records before it records its
 /// events in the inbox, as every group does, so it cannot deadlock with a group of another
 /// connection (another instance): here that group has locked the contact and is yet to record the
@@ -339,7 +357,7 @@ on_both_databases_without_app!(
 /// finds the event recorded: a duplicate, with no error on either side.
 async fn an_event_done_alone_waits_for_a_group_holding_its_record(database: TestDatabase) {
     use crm_gateway::sync::inbox::{Incoming, Outcome, receive, receive_all};
-    use sea_orm::{ConnectionTrait, QuerySelect, Statement, TransactionTrait};
+    use sea_orm::{QuerySelect, TransactionTrait};
     use std::sync::Arc;
 
     let db = database.migrated().await;
@@ -368,21 +386,8 @@ async fn an_event_done_alone_waits_for_a_group_holding_its_record(database: Test
         })
     };
     // Until it waits for the group's lock (or fails: it must not).
-    let waiting = Statement::from_string(
-        db.reader().get_database_backend(),
-        "SELECT COUNT(*) AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
-    );
-    let blocked = tokio::time::timeout(std::time::Duration::from_secs(10), async {
-        loop {
-            let row = db.reader().query_one_raw(waiting.clone()).await.unwrap().unwrap();
-            if row.try_get::<i64>("", "n").unwrap() > 0 || alone.is_finished() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-    })
-    .await;
-    assert!(blocked.is_ok(), "the event done alone neither waited for the group nor finished");
+    let blocked = waits_for_a_lock(&db, || alone.is_finished()).await;
+    assert!(blocked, "the event done alone neither waited for the group nor finished");
     // The group records and applies the event, and commits: no deadlock.
     let results = receive_all(&group, &ctx, &[delivery("dlv_group", updated)]).await;
     group.commit().await.unwrap();
@@ -397,4 +402,79 @@ async fn an_event_done_alone_waits_for_a_group_holding_its_record(database: Test
     assert_eq!(ada.phone.as_deref(), Some("+44 2"));
 }
 
-on_one_database_without_app!(Postgres postgres: an_event_done_alone_waits_for_a_group_holding_its_record);
+/// A group beaten to one of its events by a group of another connection (another instance) is done
+/// again as a group, not delivery by delivery: the same answers (that event a duplicate), for the
+/// statements of about two groups.
+async fn a_group_raced_for_an_event_is_done_again_as_a_group(database: TestDatabase) {
+    use crm_gateway::sync::inbox::{Incoming, receive_all};
+    use sea_orm::{QuerySelect, TransactionTrait};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let db = database.migrated().await;
+    let mut other = database.connect().await;
+    let statements = Arc::new(AtomicUsize::new(0));
+    let counter = statements.clone();
+    other.on_write_statement(move |_| {
+        counter.fetch_add(1, Ordering::SeqCst);
+    });
+    let other = Arc::new(other);
+    let ctx = Arc::new(SyncContext { precedence: Origin::Crm, hlc: Hlc::starting_after(Stamp::default()) });
+    let delivery = |id: &str, event: Value| Incoming { delivery_id: id.into(), events: Arc::new(vec![event]) };
+    let group_on_other = |deliveries: Vec<Incoming>| {
+        let (other, ctx, statements) = (other.clone(), ctx.clone(), statements.clone());
+        async move {
+            let before = statements.load(Ordering::SeqCst);
+            let txn = other.writer().begin().await.unwrap();
+            let results = receive_all(&txn, &ctx, &deliveries).await;
+            txn.commit().await.unwrap();
+            let outcomes: Vec<Vec<&str>> =
+                results.into_iter().map(|r| r.unwrap().iter().map(|e| e.outcome.as_str()).collect()).collect();
+            (outcomes, statements.load(Ordering::SeqCst) - before)
+        }
+    };
+    let created = |n: usize| {
+        contact(&format!("evt_c{n}"), "created", &format!("crm_{n}"), 1, &format!("c{n}@example.com"), "+44 1")
+    };
+    let updated =
+        |id: &str, version: i64| contact(id, "updated", "crm_1", version, "c1@example.com", &format!("+44 {version}"));
+    let (outcomes, _) = group_on_other(vec![delivery("dlv_c1", created(1))]).await;
+    assert_eq!(outcomes, [["applied"]]);
+    // Ten contacts created, and contact crm_1 updated: the group's shape.
+    let shape = |from: usize, update: &str, version: i64| {
+        let mut deliveries: Vec<Incoming> =
+            (from..from + 10).map(|n| delivery(&format!("dlv_c{n}"), created(n))).collect();
+        deliveries.push(delivery(&format!("dlv_{update}"), updated(update, version)));
+        deliveries
+    };
+    let (outcomes, one_group) = group_on_other(shape(10, "evt_u2", 2)).await;
+    assert_eq!(outcomes, [["applied"]; 11]);
+
+    // The race: a group on the first connection has locked contact crm_1 and is yet to record
+    // evt_u3; the other connection's group has both.
+    let group = db.writer().begin().await.unwrap();
+    let locked = user::Entity::find().filter(user::Column::CrmId.eq("crm_1")).lock_exclusive().one(&group).await;
+    assert!(locked.unwrap().is_some());
+    let raced = tokio::spawn(group_on_other(shape(20, "evt_u3", 3)));
+    let blocked = waits_for_a_lock(&db, || raced.is_finished()).await;
+    assert!(blocked, "the other group neither waited for the contact's lock nor finished");
+    let results = receive_all(&group, &ctx, &[delivery("dlv_u3_first", updated("evt_u3", 3))]).await;
+    group.commit().await.unwrap();
+    assert_eq!(results[0].as_ref().unwrap()[0].outcome.as_str(), "applied");
+
+    let (outcomes, raced_statements) = raced.await.unwrap();
+    let mut expected = vec![vec!["applied"]; 10];
+    expected.push(vec!["duplicate"]);
+    assert_eq!(outcomes, expected);
+    assert!(
+        raced_statements <= 2 * one_group,
+        "the raced group took {raced_statements} statements, one group {one_group}: done one delivery at a time"
+    );
+    assert_eq!(user::Entity::find().count(db.reader()).await.unwrap(), 21);
+}
+
+on_one_database_without_app!(
+    Postgres postgres:
+    an_event_done_alone_waits_for_a_group_holding_its_record,
+    a_group_raced_for_an_event_is_done_again_as_a_group,
+);
