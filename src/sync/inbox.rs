@@ -147,8 +147,8 @@ async fn receive_set(
         }
     }
     // Their inbox rows are written once, with their outcomes, at the end ([`Outcomes::write`]);
-    // one recorded meanwhile by another transaction fails the group, which is then done again
-    // event by event, each inserted before it is applied.
+    // one recorded meanwhile by another transaction fails the group, which [`receive_all`] then
+    // does again as a group, that event now found here.
     let stored = stored_ids(c, rows.iter().map(|(row, _)| row.event_id.as_str())).await?;
     rows.retain(|(row, _)| !stored.contains(&row.event_id));
     let (applied, linked) = apply_rows(c, ctx, rows, Rows::New, Vec::new(), release).await?;
@@ -188,12 +188,16 @@ async fn receive_each(
 }
 
 /// Records event `raw` of delivery `delivery_id` in the inbox and applies it, alone: as a group of
-/// one ([`receive_set`]), so that its records are locked before its inbox row is written, in the
-/// order every group takes them (an event recorded first and applied after, against a group of
-/// another transaction that had locked the same record, was a deadlock on PostgreSQL). A database
-/// error rolls it back and it is tried once more (another gateway instance may have created the
-/// same record, or recorded the same event, meanwhile); data the database refuses twice is then
-/// recorded as `failed`.
+/// one ([`receive_set`]), so that its records are locked before its inbox row is written, as a
+/// group does (an event recorded first and applied after, against a group of another transaction
+/// that had locked the same record and was to record the same event, was a deadlock on
+/// PostgreSQL). Across the events of a delivery done this way, records are still locked in event
+/// order and held to the end, not in a group's order: two instances can still deadlock over two
+/// records, and PostgreSQL then fails one delivery, which TreadSoft sends again. A database error
+/// rolls it back and it is tried once more (another gateway instance may have created the same
+/// record, or recorded the same event, meanwhile; an event recorded meanwhile is tried once more
+/// still, and found a duplicate); when the last attempt's error is data the database refuses, the
+/// event is recorded as `failed`.
 pub async fn receive(
     c: &DatabaseTransaction,
     ctx: &SyncContext,
@@ -202,7 +206,10 @@ pub async fn receive(
 ) -> Result<EventResult, DbErr> {
     let alone = [Incoming { delivery_id: delivery_id.to_owned(), events: Arc::new(vec![raw.clone()]) }];
     let mut last_error = None;
-    for _ in 0..2 {
+    for attempt in 0..3 {
+        if attempt == 2 && !last_error.as_ref().is_some_and(is_raced) {
+            break;
+        }
         let savepoint = c.begin().await?;
         match receive_set(&savepoint, ctx, &alone, false).await {
             Ok((results, linked)) => {
@@ -637,8 +644,9 @@ async fn apply_guarded(
 }
 
 /// Records event `row` (`raw`) as `failed`, with a sync log, because the database refused its
-/// data with `error` (a constraint, a data exception). `stand` says whether the row is to be inserted ([`Rows::New`]: one another transaction recorded
-/// meanwhile makes the event a duplicate) or updated, counting an attempt ([`Rows::Again`]).
+/// data with `error` (a constraint, a data exception). `stand` says whether the row is to be
+/// inserted ([`Rows::New`]: one another transaction recorded meanwhile makes the event a
+/// duplicate, with no log) or updated, counting an attempt ([`Rows::Again`]).
 async fn record_failure(
     c: &DatabaseTransaction,
     row: crm_inbox::Model,

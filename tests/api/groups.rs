@@ -350,11 +350,11 @@ async fn waits_for_a_lock(db: &crm_gateway::db::Db, finished: impl Fn() -> bool)
     tokio::time::timeout(std::time::Duration::from_secs(10), until).await.is_ok()
 }
 
-/// A delivery done event by event (when its group failed) locks its records before it records its
-/// events in the inbox, as every group does, so it cannot deadlock with a group of another
-/// connection (another instance): here that group has locked the contact and is yet to record the
-/// same event when the delivery done alone reaches it. The one alone waits for the group, then
-/// finds the event recorded: a duplicate, with no error on either side.
+/// An event done alone (when its group failed) locks its record before it records the event in
+/// the inbox, as every group does, so it no longer deadlocks with a group of another connection
+/// (another instance) that has locked the same contact and is yet to record the same event. The
+/// one alone waits for the group, then finds the event recorded: a duplicate, with no error on
+/// either side.
 async fn an_event_done_alone_waits_for_a_group_holding_its_record(database: TestDatabase) {
     use crm_gateway::sync::inbox::{Incoming, Outcome, receive, receive_all};
     use sea_orm::{QuerySelect, TransactionTrait};
