@@ -14,6 +14,7 @@ mod m20261205_000001_sent_values;
 mod m20261206_000001_stream_positions;
 mod m20261207_000001_outbox_open_index;
 mod m20261208_000001_record_versions;
+mod m20261209_000001_sync_log_failed_crm_id;
 
 pub struct Migrator;
 
@@ -32,6 +33,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000001_stream_positions::Migration),
             Box::new(m20261207_000001_outbox_open_index::Migration),
             Box::new(m20261208_000001_record_versions::Migration),
+            Box::new(m20261209_000001_sync_log_failed_crm_id::Migration),
         ]
     }
 }

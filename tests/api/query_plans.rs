@@ -302,3 +302,101 @@ async fn open_deliveries_are_read_through_the_index_of_open_rows(database: TestD
 }
 
 on_both_databases_without_app!(open_deliveries_are_read_through_the_index_of_open_rows);
+
+/// The sync logs of a CRM id (`GET /api/crm/logs?crmId=`, `crm-gateway logs --crm-id`) are found
+/// without an index of every log's CRM id: a linked record's through the index by record, a
+/// deleted record's through its tombstone, a failed event's through the index of failed logs'
+/// CRM ids; and never by walking the table.
+async fn the_logs_of_a_crm_id_are_found_through_indexes(database: TestDatabase) {
+    use chrono::Utc;
+    use crm_gateway::ops::recovery::{Filter, logs};
+    use crm_gateway::sync::apply::SyncContext;
+    use crm_gateway::sync::hlc::{Hlc, Stamp};
+    use crm_gateway::sync::inbox::{Incoming, receive_all};
+    use crm_gateway::sync::lww::Origin;
+    use entity::{crm_sync_logs, sync_tombstones};
+    use sea_orm::{ActiveValue::Set, EntityTrait, TransactionTrait};
+    use serde_json::json;
+    use std::sync::{Arc, Mutex};
+
+    let mut db = database.migrated().await;
+    let ctx = SyncContext { precedence: Origin::Crm, hlc: Hlc::starting_after(Stamp::default()) };
+    let contact = |n: usize| {
+        json!({"id": format!("evt_{n}"), "type": "contact.created", "changeSource": "ui", "changedFields": [],
+            "object": {"type": "contact", "id": format!("crm_{n}"), "externalId": null, "version": 1,
+            "updatedAt": "2025-01-05T10:00:00.000Z", "deletedAt": null,
+            "data": {"firstName": "Ada", "lastName": "L", "email": format!("a{n}@example.com"), "phone": null,
+                "companyName": null, "role": "owner", "membershipStatus": "active"}}})
+    };
+    let deliveries: Vec<Incoming> =
+        (1..=2).map(|n| Incoming { delivery_id: format!("dlv_{n}"), events: Arc::new(vec![contact(n)]) }).collect();
+    let txn = db.writer().begin().await.unwrap();
+    for result in receive_all(&txn, &ctx, &deliveries).await {
+        assert_eq!(result.unwrap()[0].outcome.as_str(), "applied");
+    }
+    txn.commit().await.unwrap();
+    let log = |entity_id: &str, crm_id: &str, status: &str| crm_sync_logs::ActiveModel {
+        entity_type: Set("contact".into()),
+        entity_id: Set(entity_id.into()),
+        crm_id: Set(Some(crm_id.into())),
+        action: Set("update".into()),
+        status: Set(status.into()),
+        created_at: Set(Utc::now()),
+        ..Default::default()
+    };
+    // An event for a contact that never came to exist here, failed; a contact deleted, and gone.
+    crm_sync_logs::Entity::insert_many([log("", "crm_9", "failed"), log("user_gone", "crm_8", "success")])
+        .exec(db.writer())
+        .await
+        .unwrap();
+    sync_tombstones::Entity::insert(sync_tombstones::ActiveModel {
+        entity_type: Set("contact".into()),
+        crm_id: Set("crm_8".into()),
+        entity_id: Set(Some("user_gone".into())),
+        stamp_ms: Set(1),
+        stamp_seq: Set(0),
+        origin: Set("crm".into()),
+        event_id: Set("evt_8".into()),
+        created_at: Set(Utc::now()),
+    })
+    .exec(db.writer())
+    .await
+    .unwrap();
+
+    let seen: Arc<Mutex<Vec<Statement>>> = Arc::default();
+    let record = seen.clone();
+    db.on_read_statement(move |info| record.lock().unwrap().push(info.statement.clone()));
+    let listed = |crm_id: &str, record_type: Option<RecordType>| {
+        let filter = Filter { crm_id: Some(crm_id.into()), record_type, ..Default::default() };
+        let db = &db;
+        async move {
+            let page = logs(db.reader(), &filter, None, 50).await.unwrap();
+            page.items.into_iter().map(|l| (l.record_type, l.crm_id.unwrap(), l.status)).collect::<Vec<_>>()
+        }
+    };
+    let entry = |crm_id: &str, status: &str| ("contact".to_owned(), crm_id.to_owned(), status.to_owned());
+    assert_eq!(listed("crm_1", None).await, [entry("crm_1", "success")]);
+    assert_eq!(listed("crm_2", Some(RecordType::Contact)).await, [entry("crm_2", "success")]);
+    assert_eq!(listed("crm_2", Some(RecordType::Property)).await, []);
+    assert_eq!(listed("crm_9", None).await, [entry("crm_9", "failed")]);
+    assert_eq!(listed("crm_8", None).await, [entry("crm_8", "success")]);
+    assert_eq!(listed("crm_7", None).await, []);
+
+    let statements: Vec<Statement> =
+        seen.lock().unwrap().iter().filter(|s| s.sql.contains("crm_sync_logs")).cloned().collect();
+    assert!(statements.len() >= 6, "only {} statements on the sync log were caught", statements.len());
+    let c = db.writer().begin().await.unwrap();
+    if c.get_database_backend() == DatabaseBackend::Postgres {
+        c.execute_unprepared("SET LOCAL enable_seqscan = off").await.unwrap();
+    }
+    let mut scanning = Vec::new();
+    for statement in &statements {
+        let scans = full_scans(&c, statement).await;
+        if !scans.is_empty() {
+            scanning.push(format!("{}\n    {}", statement.sql, scans.join("\n    ")));
+        }
+    }
+    assert!(scanning.is_empty(), "statements that scan a whole table:\n{}", scanning.join("\n"));
+}
+
+on_both_databases_without_app!(the_logs_of_a_crm_id_are_found_through_indexes);
