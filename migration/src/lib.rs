@@ -15,6 +15,7 @@ mod m20261206_000001_stream_positions;
 mod m20261207_000001_outbox_open_index;
 mod m20261208_000001_record_versions;
 mod m20261209_000001_sync_log_failed_crm_id;
+mod m20261210_000001_inbox_indexes;
 
 pub struct Migrator;
 
@@ -34,6 +35,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000001_outbox_open_index::Migration),
             Box::new(m20261208_000001_record_versions::Migration),
             Box::new(m20261209_000001_sync_log_failed_crm_id::Migration),
+            Box::new(m20261210_000001_inbox_indexes::Migration),
         ]
     }
 }
