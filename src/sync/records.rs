@@ -250,6 +250,12 @@ pub async fn find_many(
     select_many(c, t, crm_ids, ids, email_keys, true).await
 }
 
+/// The records of `t` linked to any of `crm_ids`, deleted or not, unlocked: a read outside any
+/// write transaction (an operator's list).
+pub async fn read_by_crm_ids(c: &impl ConnectionTrait, t: RecordType, crm_ids: &[String]) -> Result<Vec<Local>, DbErr> {
+    select_many(c, t, crm_ids, &[], &[], false).await
+}
+
 /// The records of `t` whose primary key is in `ids`, deleted or not, by id, unlocked: a read
 /// outside any write transaction (what the delivery worker sends).
 pub async fn read_many(
