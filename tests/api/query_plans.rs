@@ -4,7 +4,7 @@
 //! the lookups by hand, and every statement a group of webhook deliveries and app events really
 //! runs (the set-based `IN`-list reads included), caught through the writer connection.
 
-use crate::helpers::{Backend, TestDatabase};
+use crate::helpers::TestDatabase;
 use crate::on_both_databases_without_app;
 use crm_gateway::sync::mapping::RecordType;
 use sea_orm::{ConnectionTrait, DatabaseBackend, Statement};
@@ -54,24 +54,10 @@ async fn every_hot_query_uses_an_index(database: TestDatabase) {
     }
     let mut full_scans = Vec::new();
     for (name, sql) in hot_queries() {
-        let explain = match database.backend {
-            Backend::Sqlite => format!("EXPLAIN QUERY PLAN {sql}"),
-            Backend::Postgres => format!("EXPLAIN {sql}"),
-        };
-        let rows = c.query_all_raw(Statement::from_string(backend, explain)).await.unwrap();
-        let plan: Vec<String> = rows
-            .iter()
-            .map(|row| match database.backend {
-                Backend::Sqlite => row.try_get::<String>("", "detail").unwrap(),
-                Backend::Postgres => row.try_get::<String>("", "QUERY PLAN").unwrap(),
-            })
-            .collect();
-        let scans = plan.iter().any(|line| match database.backend {
-            Backend::Sqlite => line.starts_with("SCAN "),
-            Backend::Postgres => line.contains("Seq Scan"),
-        });
-        if scans {
-            full_scans.push(format!("{name}: {sql}\n    {}", plan.join("\n    ")));
+        let steps = plan(&c, &Statement::from_string(backend, sql.clone())).await;
+        if steps.iter().any(|step| step.whole) {
+            let lines: Vec<String> = steps.into_iter().map(|step| step.line).collect();
+            full_scans.push(format!("{name}: {sql}\n    {}", lines.join("\n    ")));
         }
     }
     assert!(full_scans.is_empty(), "queries that scan a whole table:\n{}", full_scans.join("\n"));
