@@ -55,7 +55,7 @@ fn write_bytes_in(io: &str) -> Option<u64> {
 
 /// CPU ticks of every process whose command is `postgres` (the server and its backends).
 pub fn postgres_ticks() -> u64 {
-    postgres_sum(cpu_ticks)
+    postgres_pids().filter_map(cpu_ticks).sum()
 }
 
 /// Bytes written to storage by every process whose command is `postgres`. A backend that ends
@@ -75,10 +75,6 @@ pub fn postgres_written() -> Option<u64> {
         }
     }
     total
-}
-
-fn postgres_sum(of: fn(u32) -> Option<u64>) -> u64 {
-    postgres_pids().filter_map(of).sum()
 }
 
 fn postgres_pids() -> impl Iterator<Item = u32> {
