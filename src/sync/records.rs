@@ -321,20 +321,56 @@ pub async fn insert_many(c: &impl ConnectionTrait, t: RecordType, rows: Vec<Map<
     })
 }
 
-/// Writes whole records of `t` (every column given) over the stored ones with the same key, in
-/// as few statements as possible.
+/// The columns of `t`'s table that an index holds, besides the primary key. SQLite rewrites a
+/// row's entry in every index over a column an `UPDATE` sets, whether or not its value changed
+/// (a page of the index written for each row whose key is random, as a CRM id or an email is), so
+/// [`overwrite_many`] sets these only where they changed. A test holds this list to the schema.
+pub fn indexed_columns(t: RecordType) -> &'static [&'static str] {
+    match t {
+        RecordType::Contact => &["crm_id", "email_key", "role"],
+        RecordType::Property => &["crm_id", "owner_id"],
+        RecordType::Enquiry => &["crm_id", "property_id", "user_id"],
+        RecordType::Booking => &["crm_id", "property_id", "user_id"],
+        RecordType::Membership => &["crm_id", "user_id"],
+    }
+}
+
+/// The indexed columns of `t` ([`indexed_columns`]) whose values differ between `before` and `after`.
+pub fn changed_indexed(t: RecordType, before: &Map<String, Value>, after: &Map<String, Value>) -> Reindexed {
+    indexed_columns(t).iter().copied().filter(|c| before.get(*c) != after.get(*c)).collect()
+}
+
+/// Indexed columns of a record that changed: its entries in their indexes are to be rewritten.
+pub type Reindexed = std::collections::BTreeSet<&'static str>;
+
+/// Writes whole records of `t` (every column given) over the stored ones with the same key, each
+/// with the indexed columns that changed in it ([`changed_indexed`]): those are set, and the other
+/// indexed columns are left as stored. A statement for each set of changed indexed columns (as
+/// few as possible for each).
 pub async fn overwrite_many(
     c: &impl ConnectionTrait,
     t: RecordType,
-    rows: Vec<Map<String, Value>>,
+    rows: Vec<(Map<String, Value>, Reindexed)>,
 ) -> Result<(), DbErr> {
-    with_table!(t, m => {
-        let models =
-            rows.into_iter().map(|v| m::ActiveModel::from_json(Value::Object(v))).collect::<Result<Vec<_>, _>>()?;
-        let columns = <m::Column as Iterable>::iter().filter(|c| c.as_str() != "id");
-        let on_conflict = OnConflict::column(m::Column::Id).update_columns(columns).to_owned();
-        crate::db::insert_all(c, models, Some(on_conflict)).await
-    })
+    let mut by_reindexed: std::collections::BTreeMap<Reindexed, Vec<Map<String, Value>>> = Default::default();
+    for (values, reindexed) in rows {
+        by_reindexed.entry(reindexed).or_default().push(values);
+    }
+    for (reindexed, rows) in by_reindexed {
+        with_table!(t, m => {
+            let models = rows
+                .into_iter()
+                .map(|v| m::ActiveModel::from_json(Value::Object(v)))
+                .collect::<Result<Vec<_>, _>>()?;
+            let columns = <m::Column as Iterable>::iter().filter(|c| {
+                let name = c.as_str();
+                name != "id" && (!indexed_columns(t).contains(&name) || reindexed.contains(name))
+            });
+            let on_conflict = OnConflict::column(m::Column::Id).update_columns(columns).to_owned();
+            crate::db::insert_all(c, models, Some(on_conflict)).await?;
+        });
+    }
+    Ok(())
 }
 
 /// On PostgreSQL, moves the id sequence of `t`'s table past the largest id stored (the site

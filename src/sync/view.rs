@@ -37,6 +37,9 @@ struct Slot {
     t: RecordType,
     local: Local,
     state: State,
+    /// The indexed columns changed here ([`records::changed_indexed`]): of the indexed columns,
+    /// only these are written back.
+    reindexed: records::Reindexed,
 }
 
 /// A group's records and sync state, read once and written once. See the module documentation.
@@ -286,7 +289,7 @@ impl<'c, C: ConnectionTrait> View<'c, C> {
             let entry = self.by_email_key.entry(email_key.to_owned()).or_insert(None);
             entry.get_or_insert(i);
         }
-        self.slots.push(Slot { t, local, state: State::Clean });
+        self.slots.push(Slot { t, local, state: State::Clean, reindexed: Default::default() });
         i
     }
 
@@ -368,7 +371,12 @@ impl<'c, C: ConnectionTrait> View<'c, C> {
                 self.ids_given.insert(t);
             }
             let i = self.slots.len();
-            self.slots.push(Slot { t, local: Local { id: id.clone(), values: Map::new() }, state: State::New });
+            self.slots.push(Slot {
+                t,
+                local: Local { id: id.clone(), values: Map::new() },
+                state: State::New,
+                reindexed: Default::default(),
+            });
             self.by_id.insert((t, id.clone()), i);
             self.absent_ids.remove(&(t, id.clone()));
             self.versions.insert((t, id.clone()), HashMap::new());
@@ -388,24 +396,37 @@ impl<'c, C: ConnectionTrait> View<'c, C> {
 
     /// Sets the columns in `changes` of the record in slot `i`.
     pub(crate) fn update(&mut self, i: usize, changes: Map<String, Value>) {
-        let mut values = self.slots[i].local.values.clone();
-        values.extend(changes);
-        with_email_key(self.slots[i].t, &mut values);
-        if self.slots[i].state == State::Clean {
-            self.slots[i].state = State::Dirty;
+        let slot = &mut self.slots[i];
+        let before = |values: &Map<String, Value>, columns: &[&str]| -> Map<String, Value> {
+            columns.iter().filter_map(|c| Some(((*c).to_owned(), values.get(*c)?.clone()))).collect()
+        };
+        let looked_up = before(&slot.local.values, &["crm_id", "email_key"]);
+        let indexed = before(&slot.local.values, records::indexed_columns(slot.t));
+        slot.local.values.extend(changes);
+        with_email_key(slot.t, &mut slot.local.values);
+        let reindexed = records::changed_indexed(slot.t, &indexed, &slot.local.values);
+        slot.reindexed.extend(reindexed);
+        if slot.state == State::Clean {
+            slot.state = State::Dirty;
         }
-        self.set_values(i, values);
+        self.reindex(i, &looked_up);
     }
 
-    /// Replaces slot `i`'s values, keeping the CRM id and email indexes right.
+    /// Replaces slot `i`'s values, keeping the CRM id and email lookups right.
     fn set_values(&mut self, i: usize, values: Map<String, Value>) {
-        let t = self.slots[i].t;
         let old = std::mem::replace(&mut self.slots[i].local.values, values);
+        self.reindex(i, &old);
+    }
+
+    /// Keeps the CRM id and email lookups right after slot `i`'s values changed from `old` (of
+    /// which only `crm_id` and `email_key` are read).
+    fn reindex(&mut self, i: usize, old: &Map<String, Value>) {
+        let t = self.slots[i].t;
         let text =
             |values: &Map<String, Value>, name: &str| values.get(name).and_then(Value::as_str).map(str::to_owned);
         let new = &self.slots[i].local.values;
-        let (old_crm, new_crm) = (text(&old, "crm_id"), text(new, "crm_id"));
-        let (old_email, new_email) = (text(&old, "email_key"), text(new, "email_key"));
+        let (old_crm, new_crm) = (text(old, "crm_id"), text(new, "crm_id"));
+        let (old_email, new_email) = (text(old, "email_key"), text(new, "email_key"));
         if old_crm != new_crm {
             if let Some(old_crm) = old_crm {
                 self.by_crm_id.insert((t, old_crm), None);
@@ -621,21 +642,21 @@ impl<'c, C: ConnectionTrait> View<'c, C> {
     /// Writes the records created or changed since the last flush.
     async fn flush_records(&mut self) -> Result<(), DbErr> {
         for t in RecordType::ALL {
-            for (state, write) in [(State::New, true), (State::Dirty, false)] {
-                let rows: Vec<Map<String, Value>> = self
+            for state in [State::New, State::Dirty] {
+                let rows: Vec<(Map<String, Value>, records::Reindexed)> = self
                     .slots
                     .iter_mut()
                     .filter(|s| s.t == t && s.state == state)
                     .map(|s| {
                         s.state = State::Clean;
-                        s.local.values.clone()
+                        (s.local.values.clone(), std::mem::take(&mut s.reindexed))
                     })
                     .collect();
                 if rows.is_empty() {
                     continue;
                 }
-                if write {
-                    records::insert_many(self.c, t, rows).await?;
+                if state == State::New {
+                    records::insert_many(self.c, t, rows.into_iter().map(|(values, _)| values).collect()).await?;
                 } else {
                     records::overwrite_many(self.c, t, rows).await?;
                 }

@@ -212,7 +212,47 @@ async fn every_statement_of_a_group_uses_an_index(database: TestDatabase) {
     assert!(scanning.is_empty(), "statements that scan a whole table:\n{}", scanning.join("\n"));
 }
 
-on_both_databases_without_app!(every_hot_query_uses_an_index, every_statement_of_a_group_uses_an_index);
+/// The indexed columns a record written back leaves alone unless they changed
+/// (`records::indexed_columns`) are every column an index of its table holds besides the key, on
+/// both databases: an index over another column would have its entries left stale. (One over an
+/// expression, or partial, would need its columns worked out: none is.)
+async fn the_indexed_columns_of_each_record_type_are_those_of_the_schema(database: TestDatabase) {
+    use crm_gateway::sync::records::indexed_columns;
+    use std::collections::BTreeSet;
+    let db = database.migrated().await;
+    let c = db.writer();
+    let backend = c.get_database_backend();
+    for t in RecordType::ALL {
+        let table = t.table();
+        let sql = match backend {
+            DatabaseBackend::Postgres => format!(
+                "SELECT CASE WHEN i.indexprs IS NULL AND i.indpred IS NULL THEN a.attname END AS name \
+                 FROM pg_index i JOIN pg_class r ON r.oid = i.indrelid \
+                 LEFT JOIN pg_attribute a ON a.attrelid = r.oid AND a.attnum = ANY(i.indkey) \
+                 WHERE r.relname = '{table}' AND pg_table_is_visible(r.oid) AND NOT i.indisprimary"
+            ),
+            _ => format!(
+                "SELECT CASE WHEN il.partial THEN NULL ELSE ii.name END AS name \
+                 FROM pragma_index_list('{table}') il, pragma_index_info(il.name) ii WHERE il.origin != 'pk'"
+            ),
+        };
+        let rows = c.query_all_raw(Statement::from_string(backend, sql)).await.unwrap();
+        let columns: Vec<Option<String>> = rows.iter().map(|row| row.try_get("", "name").unwrap()).collect();
+        assert!(
+            columns.iter().all(Option::is_some),
+            "{table}: a partial index, or one over an expression: {columns:?}"
+        );
+        let schema: BTreeSet<String> = columns.into_iter().flatten().collect();
+        let listed: BTreeSet<String> = indexed_columns(t).iter().map(|c| (*c).to_owned()).collect();
+        assert_eq!(listed, schema, "{table}: the indexed columns listed against the schema's");
+    }
+}
+
+on_both_databases_without_app!(
+    every_hot_query_uses_an_index,
+    every_statement_of_a_group_uses_an_index,
+    the_indexed_columns_of_each_record_type_are_those_of_the_schema,
+);
 
 /// The open deliveries of a set of records (what each group and each delivery outcome reads) are
 /// found through the index of open rows, not by walking every delivered row of the record type:

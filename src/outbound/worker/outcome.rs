@@ -248,13 +248,15 @@ pub(super) async fn record(
 
     // Records: each whole, over itself (read above under lock), a statement per record type.
     for t in RecordType::ALL {
-        let rows: Vec<Map<String, Value>> = changed
+        let rows: Vec<(Map<String, Value>, records::Reindexed)> = changed
             .iter()
             .filter(|((k, _), _)| *k == t)
             .filter_map(|(key, changes)| {
-                let mut values = locals.get(key)?.values.clone();
+                let stored = &locals.get(key)?.values;
+                let mut values = stored.clone();
                 values.extend(changes.clone());
-                Some(values)
+                let reindexed = records::changed_indexed(t, stored, &values);
+                Some((values, reindexed))
             })
             .collect();
         if !rows.is_empty() {
