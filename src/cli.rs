@@ -117,7 +117,7 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show one record's sync state: its row, field stamps, outbox rows, webhook events and logs.
+    /// Show one record's sync state: its row, field stamps, outbox rows not delivered yet, webhook events and logs.
     Inspect {
         /// contact (or user), property, enquiry, booking, membership.
         record_type: String,

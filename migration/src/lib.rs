@@ -16,6 +16,7 @@ mod m20261207_000001_outbox_open_index;
 mod m20261208_000001_record_versions;
 mod m20261209_000001_sync_log_failed_crm_id;
 mod m20261210_000001_inbox_indexes;
+mod m20261211_000001_outbox_history_index;
 
 pub struct Migrator;
 
@@ -36,6 +37,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261208_000001_record_versions::Migration),
             Box::new(m20261209_000001_sync_log_failed_crm_id::Migration),
             Box::new(m20261210_000001_inbox_indexes::Migration),
+            Box::new(m20261211_000001_outbox_history_index::Migration),
         ]
     }
 }

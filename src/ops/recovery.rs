@@ -402,6 +402,7 @@ pub struct Inspection {
     pub field_stamps: Vec<FieldStamp>,
     /// When TreadSoft's record was deleted here, if it was (a tombstone).
     pub tombstoned_at: Option<DateTime<Utc>>,
+    /// Its deliveries not done yet: pending, in flight or dead-lettered (those done are in `logs`).
     pub outbox: Vec<OutboxEntry>,
     pub inbox: Vec<InboxEvent>,
     pub logs: Vec<LogEntry>,
@@ -410,8 +411,8 @@ pub struct Inspection {
 /// Rows of each kind an inspection lists, newest first.
 pub const INSPECT_ROWS: u64 = 50;
 
-/// One record's row, stamps, outbox rows, inbox events and logs; `None` if the gateway has never
-/// heard of it (no row, no outbox row, no log).
+/// One record's row, stamps, undelivered outbox rows, inbox events and logs; `None` if the gateway
+/// has never heard of it (no row, no undelivered outbox row, no log).
 pub async fn inspect(c: &impl ConnectionTrait, t: RecordType, id: &str) -> Result<Option<Inspection>, DbErr> {
     let local = records::find_by_id(c, t, id).await?;
     let crm_id = local.as_ref().and_then(|l| l.crm_id().map(str::to_owned));
@@ -427,9 +428,11 @@ pub async fn inspect(c: &impl ConnectionTrait, t: RecordType, id: &str) -> Resul
         })
         .collect();
     field_stamps.sort_by(|a, b| a.field.cmp(&b.field));
+    // Its deliveries not done (through the index of open rows); those done are in its logs.
     let outbox: Vec<OutboxEntry> = crm_outbox::Entity::find()
         .filter(crm_outbox::Column::RecordType.eq(t.as_str()))
         .filter(crm_outbox::Column::RecordId.eq(id))
+        .filter(crate::outbound::outbox::status_in(&crate::outbound::outbox::OPEN))
         .order_by_desc(crm_outbox::Column::Id)
         .limit(INSPECT_ROWS)
         .all(c)

@@ -335,6 +335,12 @@ async fn inspect_shows_a_records_whole_sync_state(database: TestDatabase) {
     let record: Value = app.get(&format!("/api/crm/records/contact/{from_crm}")).await.json().await.unwrap();
     assert_eq!(record["crmId"], "crm_c1");
     assert_eq!(record["inbox"][0]["eventId"], "evt_1", "the webhook that created it");
+    // Its link-back was delivered: no longer an outbox row to act on, a log of what was sent.
+    assert_eq!(record["outbox"], json!([]), "only deliveries not done are listed");
+    let logs = record["logs"].as_array().unwrap();
+    let sent_back =
+        |l: &&Value| l["status"] == "success" && l["request"].as_str().is_some_and(|r| r.contains(&from_crm));
+    assert!(logs.iter().any(|l| l["action"] == "update" && sent_back(&l)), "{logs:#?}");
     assert_eq!(app.get("/api/crm/records/user/nobody").await.status(), StatusCode::NOT_FOUND);
     assert_eq!(app.get("/api/crm/records/planet/1").await.status(), StatusCode::NOT_FOUND);
 }

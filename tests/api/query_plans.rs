@@ -22,8 +22,10 @@ fn hot_queries() -> Vec<(&'static str, String)> {
         ("stamps of a record", "SELECT * FROM sync_record_versions WHERE entity_type = '1' AND entity_id = '1'".into()),
         ("tombstone", "SELECT * FROM sync_tombstones WHERE entity_type = '1' AND crm_id = '1'".into()),
         (
-            "a record's deliveries",
-            "SELECT * FROM crm_outbox WHERE record_type = '1' AND record_id = '1' AND status = 'pending'".into(),
+            "a record's pending deliveries",
+            "SELECT * FROM crm_outbox WHERE record_type = '1' AND record_id = '1' \
+             AND status IN ('pending', 'in_flight', 'failed') AND status IN ('pending')"
+                .into(),
         ),
         ("deliveries in flight", format!("SELECT * FROM crm_outbox WHERE status = 'in_flight' AND lease_until >= {T}")),
         (
@@ -464,3 +466,34 @@ async fn the_logs_of_a_crm_id_are_found_through_indexes(database: TestDatabase) 
 }
 
 on_both_databases_without_app!(the_logs_of_a_crm_id_are_found_through_indexes);
+
+/// The operator's view of a record (`inspect`) reads every part of it through an index: its
+/// outbox rows through the index of open rows (the index of every row by record is gone), its
+/// webhook events, stamps and logs through theirs.
+async fn inspecting_a_record_reads_through_indexes(database: TestDatabase) {
+    use crm_gateway::ops::recovery::inspect;
+    use std::sync::{Arc, Mutex};
+    let mut db = database.migrated().await;
+    let seen: Arc<Mutex<Vec<Statement>>> = Arc::default();
+    let record = seen.clone();
+    db.on_read_statement(move |info| record.lock().unwrap().push(info.statement.clone()));
+    for t in RecordType::ALL {
+        assert!(inspect(db.reader(), t, "1").await.unwrap().is_none());
+    }
+    let statements: Vec<Statement> = seen.lock().unwrap().clone();
+    let c = sea_orm::TransactionTrait::begin(db.writer()).await.unwrap();
+    if c.get_database_backend() == DatabaseBackend::Postgres {
+        c.execute_unprepared("SET LOCAL enable_seqscan = off").await.unwrap();
+    }
+    let mut scanning = Vec::new();
+    for statement in &statements {
+        let scans = full_scans(&c, statement).await;
+        if !scans.is_empty() {
+            scanning.push(format!("{}\n    {}", statement.sql, scans.join("\n    ")));
+        }
+    }
+    assert!(statements.iter().any(|s| s.sql.contains("crm_outbox")), "{statements:?}");
+    assert!(scanning.is_empty(), "statements that scan a whole table:\n{}", scanning.join("\n"));
+}
+
+on_both_databases_without_app!(inspecting_a_record_reads_through_indexes);
