@@ -17,6 +17,7 @@ mod m20261208_000001_record_versions;
 mod m20261209_000001_sync_log_failed_crm_id;
 mod m20261210_000001_inbox_indexes;
 mod m20261211_000001_outbox_history_index;
+mod m20261212_000001_inbox_record_index;
 
 pub struct Migrator;
 
@@ -38,6 +39,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261209_000001_sync_log_failed_crm_id::Migration),
             Box::new(m20261210_000001_inbox_indexes::Migration),
             Box::new(m20261211_000001_outbox_history_index::Migration),
+            Box::new(m20261212_000001_inbox_record_index::Migration),
         ]
     }
 }

@@ -450,26 +450,16 @@ pub async fn inspect(c: &impl ConnectionTrait, t: RecordType, id: &str) -> Resul
             updated_at: row.updated_at,
         })
         .collect();
-    let (inbox, tombstoned_at) = match &crm_id {
-        None => (Vec::new(), None),
-        Some(crm_id) => {
-            let inbox = crm_inbox::Entity::find()
-                .filter(crm_inbox::Column::RecordType.eq(t.as_str()))
-                .filter(crm_inbox::Column::CrmId.eq(crm_id.as_str()))
-                .order_by_desc(crm_inbox::Column::ReceivedAt)
-                .order_by_desc(crm_inbox::Column::EventId)
-                .limit(INSPECT_ROWS)
-                .all(c)
-                .await?
-                .into_iter()
-                .map(InboxEvent::from)
-                .collect();
-            let tombstone = sync_tombstones::Entity::find_by_id((t.as_str().to_owned(), crm_id.clone())).one(c).await?;
-            (inbox, tombstone.map(|t| t.created_at))
-        }
-    };
     let filter = Filter { record_type: Some(t), record_id: Some(id.to_owned()), ..Default::default() };
     let logs = logs(c, &filter, None, INSPECT_ROWS).await?.items;
+    let inbox = inbox_of(c, t, crm_id.as_deref(), &logs).await?;
+    let tombstoned_at = match &crm_id {
+        None => None,
+        Some(crm_id) => {
+            let tombstone = sync_tombstones::Entity::find_by_id((t.as_str().to_owned(), crm_id.clone())).one(c).await?;
+            tombstone.map(|t| t.created_at)
+        }
+    };
     if local.is_none() && outbox.is_empty() && logs.is_empty() {
         return Ok(None);
     }
@@ -484,6 +474,48 @@ pub async fn inspect(c: &impl ConnectionTrait, t: RecordType, id: &str) -> Resul
         inbox,
         logs,
     }))
+}
+
+/// A record's webhook events, newest first: those its logs name (an applied event logs its
+/// payload under the record; logs are kept longer than inbox rows) and, when it has a TreadSoft
+/// id, those of that id not applied, which log nothing under it (through the partial index of
+/// events not applied, `idx_crm_inbox_record`: applied events are not indexed by record).
+async fn inbox_of(
+    c: &impl ConnectionTrait,
+    t: RecordType,
+    crm_id: Option<&str>,
+    logs: &[LogEntry],
+) -> Result<Vec<InboxEvent>, DbErr> {
+    use sea_orm::sea_query::{Expr, ExprTrait};
+    let named: Vec<String> = logs
+        .iter()
+        .filter_map(|log| serde_json::from_str::<Value>(log.request.as_deref()?).ok())
+        .filter(|request| request.get("object").is_some_and(Value::is_object))
+        .filter_map(|request| Some(request.get("id")?.as_str()?.to_owned()))
+        .collect();
+    let mut rows = Vec::new();
+    if !named.is_empty() {
+        rows.extend(crm_inbox::Entity::find().filter(crm_inbox::Column::EventId.is_in(named)).all(c).await?);
+    }
+    if let Some(crm_id) = crm_id {
+        // The index's condition as a constant: only then may a plan use the partial index.
+        let not_applied =
+            Expr::col((crm_inbox::Entity, crm_inbox::Column::Outcome)).ne(Expr::Constant("applied".into()));
+        let unapplied = crm_inbox::Entity::find()
+            .filter(crm_inbox::Column::RecordType.eq(t.as_str()))
+            .filter(crm_inbox::Column::CrmId.eq(crm_id))
+            .filter(not_applied)
+            .order_by_desc(crm_inbox::Column::ReceivedAt)
+            .order_by_desc(crm_inbox::Column::EventId)
+            .limit(INSPECT_ROWS)
+            .all(c)
+            .await?;
+        rows.extend(unapplied);
+    }
+    rows.sort_by(|a, b| (b.received_at, &b.event_id).cmp(&(a.received_at, &a.event_id)));
+    rows.dedup_by(|a, b| a.event_id == b.event_id);
+    rows.truncate(INSPECT_ROWS as usize);
+    Ok(rows.into_iter().map(InboxEvent::from).collect())
 }
 
 /// The query string of the list routes.

@@ -332,9 +332,22 @@ async fn inspect_shows_a_records_whole_sync_state(database: TestDatabase) {
     assert_eq!(record["outbox"][0]["status"], "failed");
     assert_eq!(record["logs"][0]["status"], "failed");
     let from_crm = user_id_of(&app, "crm_c1").await;
+    // An older version of it, stale: not applied, so no log of its own under the record.
+    let older = event("evt_0", "contact.updated", "crm_c1", 0, -60, &["phone"], json!({"phone": "+44 0"}));
+    assert_eq!(app.deliver(&[older]).await, ["stale"]);
     let record: Value = app.get(&format!("/api/crm/records/contact/{from_crm}")).await.json().await.unwrap();
     assert_eq!(record["crmId"], "crm_c1");
-    assert_eq!(record["inbox"][0]["eventId"], "evt_1", "the webhook that created it");
+    let events: Vec<(&str, &str)> = record["inbox"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["eventId"].as_str().unwrap(), e["outcome"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        events,
+        [("evt_0", "stale"), ("evt_1", "applied")],
+        "newest first: the stale one, the one that created it"
+    );
     // Its link-back was delivered: no longer an outbox row to act on, a log of what was sent.
     assert_eq!(record["outbox"], json!([]), "only deliveries not done are listed");
     let logs = record["logs"].as_array().unwrap();

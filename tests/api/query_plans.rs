@@ -469,14 +469,48 @@ on_both_databases_without_app!(the_logs_of_a_crm_id_are_found_through_indexes);
 
 /// The operator's view of a record (`inspect`) reads every part of it through an index: its
 /// outbox rows through the index of open rows (the index of every row by record is gone), its
-/// webhook events, stamps and logs through theirs.
+/// webhook events by the ids its logs name and, of those not applied, through the partial index
+/// by record; its stamps and logs through theirs.
 async fn inspecting_a_record_reads_through_indexes(database: TestDatabase) {
     use crm_gateway::ops::recovery::inspect;
+    use crm_gateway::sync::apply::SyncContext;
+    use crm_gateway::sync::hlc::{Hlc, Stamp};
+    use crm_gateway::sync::inbox::{Incoming, receive_all};
+    use crm_gateway::sync::lww::Origin;
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    use serde_json::json;
     use std::sync::{Arc, Mutex};
+
     let mut db = database.migrated().await;
+    // A contact created by a webhook, and an older version of it (stale, not applied).
+    let ctx = SyncContext { precedence: Origin::Crm, hlc: Hlc::starting_after(Stamp::default()) };
+    let contact = |id: &str, kind: &str, version: i64| {
+        json!({"id": id, "type": format!("contact.{kind}"), "changeSource": "ui", "changedFields": ["phone"],
+            "object": {"type": "contact", "id": "crm_1", "externalId": null, "version": version,
+            "updatedAt": format!("2025-01-05T10:00:0{version}.000Z"), "deletedAt": null,
+            "data": {"firstName": "Ada", "lastName": "L", "email": "ada@example.com", "phone": null,
+                "companyName": null, "role": "owner", "membershipStatus": "active"}}})
+    };
+    for (n, event) in [contact("evt_2", "created", 2), contact("evt_1", "updated", 1)].into_iter().enumerate() {
+        let txn = sea_orm::TransactionTrait::begin(db.writer()).await.unwrap();
+        let delivery = Incoming { delivery_id: format!("dlv_{n}"), events: Arc::new(vec![event]) };
+        receive_all(&txn, &ctx, &[delivery]).await.pop().unwrap().unwrap();
+        txn.commit().await.unwrap();
+    }
+    let user = entity::user::Entity::find()
+        .filter(entity::user::Column::CrmId.eq("crm_1"))
+        .one(db.reader())
+        .await
+        .unwrap()
+        .expect("created");
     let seen: Arc<Mutex<Vec<Statement>>> = Arc::default();
     let record = seen.clone();
     db.on_read_statement(move |info| record.lock().unwrap().push(info.statement.clone()));
+    let inspection = inspect(db.reader(), RecordType::Contact, &user.id).await.unwrap().expect("known");
+    let events: Vec<(&str, &str)> =
+        inspection.inbox.iter().map(|e| (e.event_id.as_str(), e.outcome.as_str())).collect();
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert!(events.contains(&("evt_2", "applied")) && events.iter().any(|e| e.0 == "evt_1" && e.1 != "applied"));
     for t in RecordType::ALL {
         assert!(inspect(db.reader(), t, "1").await.unwrap().is_none());
     }
@@ -492,7 +526,9 @@ async fn inspecting_a_record_reads_through_indexes(database: TestDatabase) {
             scanning.push(format!("{}\n    {}", statement.sql, scans.join("\n    ")));
         }
     }
-    assert!(statements.iter().any(|s| s.sql.contains("crm_outbox")), "{statements:?}");
+    for table in ["crm_outbox", "crm_inbox", "crm_sync_logs"] {
+        assert!(statements.iter().any(|s| s.sql.contains(table)), "no read of {table}: {statements:?}");
+    }
     assert!(scanning.is_empty(), "statements that scan a whole table:\n{}", scanning.join("\n"));
 }
 
