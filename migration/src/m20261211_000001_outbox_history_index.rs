@@ -3,7 +3,8 @@
 //! bears no relation to the last one written, so a page of its own for each change queued (about
 //! a tenth of what a delivered change wrote in all). The gateway's own lookups of a record's
 //! rows read the open ones only, through `idx_crm_outbox_open`; the operator's view of a record
-//! (`inspect`) now lists those too, and the deliveries done are in the record's sync logs.
+//! (`inspect`) now lists those too: the deliveries made are in the record's sync logs, and one
+//! skipped (a record the mapping does not sync, say) is no longer listed.
 
 use crate::index;
 use sea_orm_migration::prelude::*;

@@ -196,7 +196,8 @@ pub async fn outbound_failures(
     limit: u64,
 ) -> Result<Page<OutboundFailure>, DbErr> {
     use crm_outbox::Column as O;
-    let mut which = Condition::all().add(O::Status.eq(OutboxStatus::Failed));
+    // The statuses as constants: with a record, through the index of open rows by record.
+    let mut which = Condition::all().add(crate::outbound::outbox::status_in(&[OutboxStatus::Failed]));
     if let Some(t) = filter.record_type {
         which = which.add(O::RecordType.eq(t.as_str()));
     }
@@ -330,7 +331,7 @@ pub struct FieldStamp {
     pub event_id: String,
 }
 
-/// An outbox row of the record, delivered or not.
+/// An outbox row of the record not delivered yet: pending, in flight or dead-lettered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OutboxEntry {
@@ -402,7 +403,8 @@ pub struct Inspection {
     pub field_stamps: Vec<FieldStamp>,
     /// When TreadSoft's record was deleted here, if it was (a tombstone).
     pub tombstoned_at: Option<DateTime<Utc>>,
-    /// Its deliveries not done yet: pending, in flight or dead-lettered (those done are in `logs`).
+    /// Its deliveries not done yet: pending, in flight or dead-lettered. Those delivered are in
+    /// `logs`; one skipped (a record the mapping does not sync, say) is not listed.
     pub outbox: Vec<OutboxEntry>,
     pub inbox: Vec<InboxEvent>,
     pub logs: Vec<LogEntry>,
@@ -428,7 +430,7 @@ pub async fn inspect(c: &impl ConnectionTrait, t: RecordType, id: &str) -> Resul
         })
         .collect();
     field_stamps.sort_by(|a, b| a.field.cmp(&b.field));
-    // Its deliveries not done (through the index of open rows); those done are in its logs.
+    // Its deliveries not done (through the index of open rows); those delivered are in its logs.
     let outbox: Vec<OutboxEntry> = crm_outbox::Entity::find()
         .filter(crm_outbox::Column::RecordType.eq(t.as_str()))
         .filter(crm_outbox::Column::RecordId.eq(id))
@@ -486,7 +488,6 @@ async fn inbox_of(
     crm_id: Option<&str>,
     logs: &[LogEntry],
 ) -> Result<Vec<InboxEvent>, DbErr> {
-    use sea_orm::sea_query::{Expr, ExprTrait};
     let named: Vec<String> = logs
         .iter()
         .filter_map(|log| serde_json::from_str::<Value>(log.request.as_deref()?).ok())
@@ -498,13 +499,10 @@ async fn inbox_of(
         rows.extend(crm_inbox::Entity::find().filter(crm_inbox::Column::EventId.is_in(named)).all(c).await?);
     }
     if let Some(crm_id) = crm_id {
-        // The index's condition as a constant: only then may a plan use the partial index.
-        let not_applied =
-            Expr::col((crm_inbox::Entity, crm_inbox::Column::Outcome)).ne(Expr::Constant("applied".into()));
         let unapplied = crm_inbox::Entity::find()
             .filter(crm_inbox::Column::RecordType.eq(t.as_str()))
             .filter(crm_inbox::Column::CrmId.eq(crm_id))
-            .filter(not_applied)
+            .filter(crate::sync::inbox::not_applied())
             .order_by_desc(crm_inbox::Column::ReceivedAt)
             .order_by_desc(crm_inbox::Column::EventId)
             .limit(INSPECT_ROWS)

@@ -194,7 +194,7 @@ pub async fn inspect(config: Config, name: String, id: String, json: bool) -> an
             short(o.last_error.as_deref(), 80),
         ]);
     }
-    section("Outbox, not delivered yet (newest first; deliveries done are in the sync logs)", &outbox);
+    section("Outbox, not delivered yet (newest first; those delivered are in the sync logs)", &outbox);
     let mut inbox = table(&["event", "received (UTC)", "type", "outcome", "reason"]);
     for e in &inspection.inbox {
         inbox.add_row(vec![

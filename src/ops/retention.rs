@@ -121,7 +121,8 @@ fn before(now: DateTime<Utc>, keep: Duration) -> DateTime<Utc> {
         .unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
-/// `SELECT 1 FROM crm_inbox WHERE outcome IN ('failed', 'waiting')` about the tombstone's record.
+/// `SELECT 1 FROM crm_inbox WHERE outcome IN ('failed', 'waiting')` about the tombstone's record
+/// (and `outcome <> 'applied'`, so that the index by record serves it).
 fn unresolved_events_of_the_tombstone() -> sea_orm::sea_query::SelectStatement {
     use crm_inbox::Column as I;
     use sync_tombstones::Column as T;
@@ -129,6 +130,8 @@ fn unresolved_events_of_the_tombstone() -> sea_orm::sea_query::SelectStatement {
         .expr(Expr::val(1))
         .from(crm_inbox::Entity)
         .and_where(Expr::col((crm_inbox::Entity, I::Outcome)).is_in(["failed", "waiting"]))
+        // Through the partial index of events not applied, by record.
+        .and_where(crate::sync::inbox::not_applied())
         .and_where(Expr::col((crm_inbox::Entity, I::RecordType)).equals((sync_tombstones::Entity, T::EntityType)))
         .and_where(Expr::col((crm_inbox::Entity, I::CrmId)).equals((sync_tombstones::Entity, T::CrmId)))
         .to_owned()

@@ -68,6 +68,16 @@ pub struct Incoming {
     pub events: Arc<Vec<Value>>,
 }
 
+/// `outcome <> 'applied'`, with `'applied'` written into the statement as a constant: the
+/// condition of the partial index of events by record (`idx_crm_inbox_record`), which a plan can
+/// use only where the query holds this very term (SQLite proves nothing else implies it; a
+/// cached generic plan on PostgreSQL cannot see bound values). Applied events are not indexed by
+/// record: a record's applied events are named by its sync logs.
+pub fn not_applied() -> sea_orm::sea_query::SimpleExpr {
+    use sea_orm::sea_query::ExprTrait;
+    Expr::col((crm_inbox::Entity, crm_inbox::Column::Outcome)).ne(Expr::Constant(Outcome::Applied.as_str().into()))
+}
+
 /// Records and applies the events of several deliveries together, with a fixed number of
 /// statements per table for the whole group ([`View`]), and answers per delivery, per event.
 /// When a statement of the group fails, the group is rolled back and each delivery is done again

@@ -216,8 +216,10 @@ async fn every_statement_of_a_group_uses_an_index(database: TestDatabase) {
 
 /// The indexed columns a record written back leaves alone unless they changed
 /// (`records::indexed_columns`) are every column an index of its table holds besides the key, on
-/// both databases: an index over another column would have its entries left stale. (One over an
-/// expression, or partial, would need its columns worked out: none is.)
+/// both databases. An index over a column left off the list costs its entry rewritten with every
+/// record written back (unlisted columns are always set), the waste the list is there to spare;
+/// a listed column that no index holds is set only where it changed, which is harmless. (An index
+/// over an expression, or a partial one, would need its columns worked out: none is.)
 async fn the_indexed_columns_of_each_record_type_are_those_of_the_schema(database: TestDatabase) {
     use crm_gateway::sync::records::indexed_columns;
     use std::collections::BTreeSet;
@@ -533,3 +535,51 @@ async fn inspecting_a_record_reads_through_indexes(database: TestDatabase) {
 }
 
 on_both_databases_without_app!(inspecting_a_record_reads_through_indexes);
+
+/// The lookups by record that now have a partial index to go through say its condition, as
+/// constants, and read it (SQLite, where the index is named in the plan): the failed deliveries
+/// of a record (the failure list), and the unresolved events that keep a tombstone (retention),
+/// rather than every failed row through an index by status.
+async fn lookups_by_record_read_the_partial_indexes(database: TestDatabase) {
+    use crm_gateway::config::Retention;
+    use crm_gateway::ops::metrics::Metrics;
+    use crm_gateway::ops::recovery::{Filter, outbound_failures};
+    use crm_gateway::ops::retention::prune;
+    use crm_gateway::writer::Writer;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    let mut db = database.migrated().await;
+    let seen: Arc<Mutex<Vec<Statement>>> = Arc::default();
+    let record = seen.clone();
+    db.on_read_statement(move |info| record.lock().unwrap().push(info.statement.clone()));
+    let by_record =
+        Filter { record_type: Some(RecordType::Contact), record_id: Some("user_1".into()), ..Default::default() };
+    outbound_failures(db.reader(), &by_record, None, 10).await.unwrap();
+    let (writer, task) = Writer::start(&db, Arc::new(Metrics::new()));
+    let day = Duration::from_secs(86_400);
+    let keep = Retention { sync_logs: day, inbox: day, outbox: day, tombstones: day };
+    prune(&writer, db.reader(), &keep, chrono::Utc::now(), true, None).await.unwrap();
+    drop(writer);
+    task.stop().await;
+
+    let statements: Vec<Statement> = seen.lock().unwrap().clone();
+    let mut checked = 0;
+    for statement in &statements {
+        let index = if statement.sql.contains("<> 'applied'") {
+            "idx_crm_inbox_record"
+        } else if statement.sql.contains("IN ('pending', 'in_flight', 'failed')") {
+            "idx_crm_outbox_open"
+        } else {
+            continue;
+        };
+        checked += 1;
+        let steps = plan(db.reader(), statement).await;
+        let lines: Vec<String> = steps.iter().map(|step| step.line.clone()).collect();
+        let read = steps.iter().any(|step| step.index.as_deref() == Some(index));
+        assert!(read, "{index} not read:\n{}\n    {}", statement.sql, lines.join("\n    "));
+    }
+    assert_eq!(checked, 2, "the failure list and the tombstones' retention: {statements:?}");
+}
+
+crate::on_one_database_without_app!(Sqlite sqlite: lookups_by_record_read_the_partial_indexes);
