@@ -325,6 +325,8 @@ pub async fn insert_many(c: &impl ConnectionTrait, t: RecordType, rows: Vec<Map<
 /// row's entry in every index over a column an `UPDATE` sets, whether or not its value changed
 /// (a page of the index written for each row whose key is random, as a CRM id or an email is), so
 /// [`overwrite_many`] sets these only where they changed. A test holds this list to the schema.
+/// The CRM id and (contacts) the email key are among them, uniquely indexed: the view's lookups
+/// by them read their values before an update from these columns.
 pub fn indexed_columns(t: RecordType) -> &'static [&'static str] {
     match t {
         RecordType::Contact => &["crm_id", "email_key", "role"],

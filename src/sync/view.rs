@@ -397,19 +397,17 @@ impl<'c, C: ConnectionTrait> View<'c, C> {
     /// Sets the columns in `changes` of the record in slot `i`.
     pub(crate) fn update(&mut self, i: usize, changes: Map<String, Value>) {
         let slot = &mut self.slots[i];
-        let before = |values: &Map<String, Value>, columns: &[&str]| -> Map<String, Value> {
-            columns.iter().filter_map(|c| Some(((*c).to_owned(), values.get(*c)?.clone()))).collect()
-        };
-        let looked_up = before(&slot.local.values, &["crm_id", "email_key"]);
-        let indexed = before(&slot.local.values, records::indexed_columns(slot.t));
+        // The indexed columns before: the CRM id and the email key (what `reindex` reads) among them.
+        let indexed = records::indexed_columns(slot.t);
+        let before: Map<String, Value> =
+            indexed.iter().filter_map(|c| Some(((*c).to_owned(), slot.local.values.get(*c)?.clone()))).collect();
         slot.local.values.extend(changes);
         with_email_key(slot.t, &mut slot.local.values);
-        let reindexed = records::changed_indexed(slot.t, &indexed, &slot.local.values);
-        slot.reindexed.extend(reindexed);
+        slot.reindexed.extend(records::changed_indexed(slot.t, &before, &slot.local.values));
         if slot.state == State::Clean {
             slot.state = State::Dirty;
         }
-        self.reindex(i, &looked_up);
+        self.reindex(i, &before);
     }
 
     /// Replaces slot `i`'s values, keeping the CRM id and email lookups right.
