@@ -49,17 +49,13 @@ fn hot_queries() -> Vec<(&'static str, String)> {
 
 async fn every_hot_query_uses_an_index(database: TestDatabase) {
     let db = database.migrated().await;
-    let c = sea_orm::TransactionTrait::begin(db.writer()).await.unwrap();
+    let c = planner(&db).await;
     let backend = c.get_database_backend();
-    if backend == DatabaseBackend::Postgres {
-        c.execute_unprepared("SET LOCAL enable_seqscan = off").await.unwrap();
-    }
     let mut full_scans = Vec::new();
     for (name, sql) in hot_queries() {
         let steps = plan(&c, &Statement::from_string(backend, sql.clone())).await;
         if steps.iter().any(|step| step.whole) {
-            let lines: Vec<String> = steps.into_iter().map(|step| step.line).collect();
-            full_scans.push(format!("{name}: {sql}\n    {}", lines.join("\n    ")));
+            full_scans.push(format!("{name}: {}", shown(&sql, steps)));
         }
     }
     assert!(full_scans.is_empty(), "queries that scan a whole table:\n{}", full_scans.join("\n"));
@@ -113,9 +109,33 @@ async fn plan(c: &impl ConnectionTrait, statement: &Statement) -> Vec<Step> {
     steps
 }
 
-/// Whole-table scans in the plan of `statement`.
-async fn full_scans(c: &impl ConnectionTrait, statement: &Statement) -> Vec<String> {
-    plan(c, statement).await.into_iter().filter(|step| step.whole).map(|step| step.line).collect()
+/// A transaction to plan statements in (one connection, so that a setting holds for every
+/// `EXPLAIN`): on PostgreSQL with sequential scans priced out, which leaves one only where no
+/// index can serve.
+async fn planner(db: &crm_gateway::db::Db) -> sea_orm::DatabaseTransaction {
+    let c = sea_orm::TransactionTrait::begin(db.writer()).await.unwrap();
+    if c.get_database_backend() == DatabaseBackend::Postgres {
+        c.execute_unprepared("SET LOCAL enable_seqscan = off").await.unwrap();
+    }
+    c
+}
+
+/// `sql` with the lines of its plan, for a failure's message.
+fn shown(sql: &str, steps: Vec<Step>) -> String {
+    let lines: Vec<String> = steps.into_iter().map(|step| step.line).collect();
+    format!("{sql}\n    {}", lines.join("\n    "))
+}
+
+/// Those of `statements` whose plan reads a whole table, each shown with its plan.
+async fn scanning<'s>(c: &impl ConnectionTrait, statements: impl IntoIterator<Item = &'s Statement>) -> Vec<String> {
+    let mut scanning = Vec::new();
+    for statement in statements {
+        let steps = plan(c, statement).await;
+        if steps.iter().any(|step| step.whole) {
+            scanning.push(shown(&statement.sql, steps));
+        }
+    }
+    scanning
 }
 
 /// Every read, update and delete a group of webhook deliveries and of app events runs.
@@ -193,24 +213,15 @@ async fn every_statement_of_a_group_uses_an_index(database: TestDatabase) {
     txn.commit().await.unwrap();
 
     let statements: Vec<Statement> = seen.lock().unwrap().clone();
-    // One connection (a transaction), so that the setting holds for every EXPLAIN.
-    let c = db.writer().begin().await.unwrap();
-    if c.get_database_backend() == DatabaseBackend::Postgres {
-        c.execute_unprepared("SET LOCAL enable_seqscan = off").await.unwrap();
-    }
-    let (mut checked, mut scanning) = (0, Vec::new());
-    for statement in &statements {
-        let verb = statement.sql.split_whitespace().next().unwrap_or_default().to_ascii_uppercase();
-        if !matches!(verb.as_str(), "SELECT" | "UPDATE" | "DELETE") || statement.sql.contains("pg_advisory") {
-            continue;
-        }
-        checked += 1;
-        let scans = full_scans(&c, statement).await;
-        if !scans.is_empty() {
-            scanning.push(format!("{}\n    {}", statement.sql, scans.join("\n    ")));
-        }
-    }
-    assert!(checked >= 10, "only {checked} statements were caught");
+    let checked: Vec<&Statement> = statements
+        .iter()
+        .filter(|statement| {
+            let verb = statement.sql.split_whitespace().next().unwrap_or_default().to_ascii_uppercase();
+            matches!(verb.as_str(), "SELECT" | "UPDATE" | "DELETE") && !statement.sql.contains("pg_advisory")
+        })
+        .collect();
+    assert!(checked.len() >= 10, "only {} statements were caught", checked.len());
+    let scanning = scanning(&planner(&db).await, checked).await;
     assert!(scanning.is_empty(), "statements that scan a whole table:\n{}", scanning.join("\n"));
 }
 
@@ -444,10 +455,7 @@ async fn the_logs_of_a_crm_id_are_found_through_indexes(database: TestDatabase) 
     let statements: Vec<Statement> =
         seen.lock().unwrap().iter().filter(|s| s.sql.contains("crm_sync_logs")).cloned().collect();
     assert!(statements.len() >= 6, "only {} statements on the sync log were caught", statements.len());
-    let c = db.writer().begin().await.unwrap();
-    if c.get_database_backend() == DatabaseBackend::Postgres {
-        c.execute_unprepared("SET LOCAL enable_seqscan = off").await.unwrap();
-    }
+    let c = planner(&db).await;
     // Only through the index by record and the failed rows' index of CRM ids: not by walking
     // every log of a type or a status. Which index, on SQLite; on PostgreSQL, whose planner has
     // no statistics of these few rows and takes any index on the first column alike, that none
@@ -460,8 +468,7 @@ async fn the_logs_of_a_crm_id_are_found_through_indexes(database: TestDatabase) 
         let other =
             |step: &Step| step.whole || (sqlite && step.index.as_deref().is_some_and(|i| !through.contains(&i)));
         if steps.iter().any(other) {
-            let lines: Vec<String> = steps.into_iter().map(|s| s.line).collect();
-            elsewhere.push(format!("{}\n    {}", statement.sql, lines.join("\n    ")));
+            elsewhere.push(shown(&statement.sql, steps));
         }
     }
     assert!(elsewhere.is_empty(), "statements read otherwise:\n{}", elsewhere.join("\n"));
@@ -517,17 +524,7 @@ async fn inspecting_a_record_reads_through_indexes(database: TestDatabase) {
         assert!(inspect(db.reader(), t, "1").await.unwrap().is_none());
     }
     let statements: Vec<Statement> = seen.lock().unwrap().clone();
-    let c = sea_orm::TransactionTrait::begin(db.writer()).await.unwrap();
-    if c.get_database_backend() == DatabaseBackend::Postgres {
-        c.execute_unprepared("SET LOCAL enable_seqscan = off").await.unwrap();
-    }
-    let mut scanning = Vec::new();
-    for statement in &statements {
-        let scans = full_scans(&c, statement).await;
-        if !scans.is_empty() {
-            scanning.push(format!("{}\n    {}", statement.sql, scans.join("\n    ")));
-        }
-    }
+    let scanning = scanning(&planner(&db).await, &statements).await;
     for table in ["crm_outbox", "crm_inbox", "crm_sync_logs"] {
         assert!(statements.iter().any(|s| s.sql.contains(table)), "no read of {table}: {statements:?}");
     }
@@ -575,9 +572,8 @@ async fn lookups_by_record_read_the_partial_indexes(database: TestDatabase) {
         };
         checked += 1;
         let steps = plan(db.reader(), statement).await;
-        let lines: Vec<String> = steps.iter().map(|step| step.line.clone()).collect();
         let read = steps.iter().any(|step| step.index.as_deref() == Some(index));
-        assert!(read, "{index} not read:\n{}\n    {}", statement.sql, lines.join("\n    "));
+        assert!(read, "{index} not read:\n{}", shown(&statement.sql, steps));
     }
     assert_eq!(checked, 2, "the failure list and the tombstones' retention: {statements:?}");
 }
