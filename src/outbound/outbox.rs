@@ -216,22 +216,16 @@ pub async fn undelivered_of(
     c: &impl ConnectionTrait,
     records: &[(RecordType, String)],
 ) -> Result<HashMap<(RecordType, String), Vec<crm_outbox::Model>>, DbErr> {
-    let mut out: HashMap<(RecordType, String), Vec<crm_outbox::Model>> = HashMap::new();
+    let mut rows = Vec::new();
     for chunk in records.chunks(crate::db::MAX_PARAMS / 2) {
-        let rows = if c.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
-            let mut rows = undelivered_query(chunk, &[OutboxStatus::Pending]).lock_exclusive().all(c).await?;
+        if c.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
+            rows.extend(undelivered_query(chunk, &[OutboxStatus::Pending]).lock_exclusive().all(c).await?);
             rows.extend(undelivered_query(chunk, &[OutboxStatus::InFlight, OutboxStatus::Failed]).all(c).await?);
-            rows
         } else {
-            undelivered_query(chunk, &OPEN).all(c).await?
-        };
-        for row in rows {
-            if let Some(t) = RecordType::parse(&row.record_type) {
-                out.entry((t, row.record_id.clone())).or_default().push(row);
-            }
+            rows.extend(undelivered_query(chunk, &OPEN).all(c).await?);
         }
     }
-    Ok(out)
+    Ok(undelivered_by_record(rows))
 }
 
 /// The rows of `records` in one of `statuses`, links aside, oldest first.
@@ -239,11 +233,49 @@ pub fn undelivered_query(
     records: &[(RecordType, String)],
     statuses: &[OutboxStatus],
 ) -> sea_orm::Select<crm_outbox::Entity> {
+    rows_of(records, statuses).filter(crm_outbox::Column::Operation.ne(OutboxOperation::Link))
+}
+
+/// The rows of `records` in one of `statuses`, oldest first.
+fn rows_of(records: &[(RecordType, String)], statuses: &[OutboxStatus]) -> sea_orm::Select<crm_outbox::Entity> {
     crm_outbox::Entity::find()
         .filter(crate::sync::stamps::by_type(records, crm_outbox::Column::RecordType, crm_outbox::Column::RecordId))
         .filter(status_in(statuses))
-        .filter(crm_outbox::Column::Operation.ne(OutboxOperation::Link))
         .order_by_asc(crm_outbox::Column::Id)
+}
+
+/// Every open row (pending, in flight, failed) of the records in `records`, links included,
+/// oldest first, unlocked: on SQLite, where the writer's transaction holds the whole database, one
+/// read that serves both what a delivery outcome checks of its own rows (in flight, under its
+/// lease) and the records' other undelivered rows ([`undelivered_of`]).
+pub async fn open_of(
+    c: &impl ConnectionTrait,
+    records: &[(RecordType, String)],
+) -> Result<Vec<crm_outbox::Model>, DbErr> {
+    let mut out = Vec::new();
+    for chunk in records.chunks(crate::db::MAX_PARAMS / 2) {
+        out.extend(open_query(chunk).all(c).await?);
+    }
+    Ok(out)
+}
+
+/// The open rows of `records`, links included, oldest first: what [`open_of`] reads.
+pub fn open_query(records: &[(RecordType, String)]) -> sea_orm::Select<crm_outbox::Entity> {
+    rows_of(records, &OPEN)
+}
+
+/// `rows` (open rows, as [`open_of`] reads them) by record, links aside: the undelivered rows of
+/// each, as [`undelivered_of`] returns them.
+pub fn undelivered_by_record(
+    rows: impl IntoIterator<Item = crm_outbox::Model>,
+) -> HashMap<(RecordType, String), Vec<crm_outbox::Model>> {
+    let mut out: HashMap<(RecordType, String), Vec<crm_outbox::Model>> = HashMap::new();
+    for row in rows.into_iter().filter(|r| r.operation != OutboxOperation::Link) {
+        if let Some(t) = RecordType::parse(&row.record_type) {
+            out.entry((t, row.record_id.clone())).or_default().push(row);
+        }
+    }
+    out
 }
 
 /// Whether the record's delivery was dead-lettered and nothing of it is queued or being sent

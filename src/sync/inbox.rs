@@ -554,7 +554,9 @@ pub async fn release_waiting(
     linked: impl IntoIterator<Item = Key>,
 ) -> Result<(), DbErr> {
     let linked: Vec<Key> = linked.into_iter().collect();
-    if linked.is_empty() {
+    // Most links release nothing: looked for first, without a savepoint of its own.
+    let keys: Vec<String> = linked.iter().map(|(t, crm_id)| waiting_key(*t, crm_id)).collect();
+    if !any_waiting(c, &keys).await? {
         return Ok(());
     }
     let savepoint = c.begin().await?;
@@ -583,6 +585,27 @@ pub async fn release_waiting(
         }
     }
     Ok(())
+}
+
+/// Whether an event waits for any of `keys`, read after their advisory locks (whichever of a
+/// waiting event and its parent's release comes second sees what the first one committed).
+async fn any_waiting(c: &DatabaseTransaction, keys: &[String]) -> Result<bool, DbErr> {
+    crate::db::lock_names(c, keys).await?;
+    for chunk in keys.chunks(crate::db::MAX_PARAMS / 2) {
+        let found = crm_inbox::Entity::find()
+            .select_only()
+            .column(crm_inbox::Column::EventId)
+            .filter(crm_inbox::Column::Outcome.eq(Outcome::Waiting.as_str()))
+            .filter(crm_inbox::Column::WaitingFor.is_in(chunk.iter().map(String::as_str)))
+            .limit(1)
+            .into_tuple::<String>()
+            .one(c)
+            .await?;
+        if found.is_some() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Most parents one sweep releases for each record type.

@@ -443,6 +443,41 @@ async fn an_outcome_that_cannot_be_written_leaves_only_its_row_in_flight(databas
     assert_eq!([status("user_1"), status("user_2"), status("user_3")], ["delivered", "in_flight", "delivered"]);
 }
 
+/// An instance that was still sending when its lease ran out and another instance claimed the row
+/// leaves the row to that instance: its outcome is not recorded over the newer claim (no link, no
+/// log, no request id; the row still in flight under the other lease).
+async fn an_outcome_after_the_lease_was_taken_over_is_not_recorded(database: TestDatabase) {
+    use sea_orm::{ActiveModelTrait, Set};
+    let (app, stub) = with_stub(database).await;
+    register(&app, "ev_1", "user_1").await;
+    stub.state().script.push_back(Scripted::Slow(std::time::Duration::from_millis(300)));
+
+    let delivery = app.delivery.clone();
+    let sending = tokio::spawn(async move { delivery.deliver_due(Utc::now()).await.unwrap() });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while stub.state().calls.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the worker did not send");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    // Another instance's claim, as `claim_in` makes it, after this one's lease ran out.
+    let row = outbox(&app).await.remove(0);
+    assert_eq!(row.status, "in_flight");
+    let other_lease = row.lease_until.unwrap() + Duration::seconds(90);
+    let mut claimed: crm_outbox::ActiveModel = row.into();
+    claimed.lease_until = Set(Some(other_lease));
+    claimed.attempts = Set(2);
+    claimed.update(app.db.writer()).await.unwrap();
+    sending.await.unwrap();
+
+    assert_eq!(stub.state().all("contacts").len(), 1, "it was sent");
+    let row = outbox(&app).await.remove(0);
+    assert_eq!((row.status.as_str(), row.lease_until), ("in_flight", Some(other_lease)));
+    let user = stored_user(&app, "user_1").await;
+    assert_eq!((user.crm_id, user.crm_sync_status), (None, CrmSyncStatus::Pending));
+    assert_eq!(crm_sync_logs::Entity::find().count(app.db.reader()).await.unwrap(), 0);
+    assert_eq!(crm_requests::Entity::find().count(app.db.reader()).await.unwrap(), 0);
+}
+
 /// The point of reading a claimed batch's records (and their parents) together: delivering fifty
 /// new owners and a house of each takes as many statements, reads and writes, as one of each.
 async fn fifty_owners_and_houses_are_delivered_with_as_many_statements_as_one(database: TestDatabase) {
@@ -557,6 +592,7 @@ async fn a_record_written_back_sets_only_the_indexed_columns_that_changed(databa
 }
 
 on_both_databases_without_app!(
+    an_outcome_after_the_lease_was_taken_over_is_not_recorded,
     a_record_written_back_sets_only_the_indexed_columns_that_changed,
     fifty_owners_and_houses_are_delivered_with_as_many_statements_as_one,
     two_workers_deliver_a_thousand_changes_exactly_once,

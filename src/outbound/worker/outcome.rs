@@ -19,7 +19,10 @@ use chrono::{DateTime, Utc};
 use entity::enums::OutboxStatus;
 use entity::{crm_outbox, crm_requests, crm_sent_values};
 use sea_orm::sea_query::{Expr, OnConflict};
-use sea_orm::{ColumnTrait, DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set,
+};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap};
 
@@ -67,15 +70,33 @@ pub(super) async fn record(
     // Only the instance whose lease still holds may record: one that ran past its lease was
     // taken over, and the newer outcome must not be overwritten.
     let ids: Vec<i64> = results.iter().map(|(row, _)| row.id).collect();
-    let current: HashMap<i64, crm_outbox::Model> = crm_outbox::Entity::find()
-        .filter(crm_outbox::Column::Id.is_in(ids))
-        .order_by_asc(crm_outbox::Column::Id)
-        .lock_exclusive()
-        .all(txn)
-        .await?
-        .into_iter()
-        .map(|row| (row.id, row))
+    let records: Option<Vec<(RecordType, String)>> = results
+        .iter()
+        .map(|(row, _)| RecordType::parse(&row.record_type).map(|t| (t, row.record_id.clone())))
         .collect();
+    let (current, read_open): (HashMap<i64, crm_outbox::Model>, _) = match records {
+        // SQLite: the open rows of every record sent, read once, hold both the rows sent (a row
+        // not among them is not in flight, so not held) and the records' other undelivered rows.
+        Some(records) if txn.get_database_backend() != DatabaseBackend::Postgres => {
+            let open = outbox::open_of(txn, &records).await?;
+            let current = open.iter().filter(|row| ids.contains(&row.id)).map(|row| (row.id, row.clone())).collect();
+            (current, Some(outbox::undelivered_by_record(open)))
+        }
+        // PostgreSQL: the rows sent are locked first, then (below) their records, then the
+        // records' pending rows, the order an apply cannot wait on in a cycle.
+        _ => {
+            let current = crm_outbox::Entity::find()
+                .filter(crm_outbox::Column::Id.is_in(ids))
+                .order_by_asc(crm_outbox::Column::Id)
+                .lock_exclusive()
+                .all(txn)
+                .await?
+                .into_iter()
+                .map(|row| (row.id, row))
+                .collect();
+            (current, None)
+        }
+    };
     let held: Vec<&(crm_outbox::Model, Attempt)> = results
         .iter()
         .filter(|(row, _)| {
@@ -104,7 +125,10 @@ pub(super) async fn record(
             }
         }
     }
-    let undelivered = outbox::undelivered_of(txn, &touched).await?;
+    let undelivered = match read_open {
+        Some(undelivered) => undelivered,
+        None => outbox::undelivered_of(txn, &touched).await?,
+    };
 
     let mut updates: HashMap<RowUpdate, Vec<i64>> = HashMap::new();
     let mut changed: BTreeMap<(RecordType, String), Map<String, Value>> = BTreeMap::new();
