@@ -448,9 +448,12 @@ async fn an_outcome_that_cannot_be_written_leaves_only_its_row_in_flight(databas
 /// log, no request id; the row still in flight under the other lease).
 async fn an_outcome_after_the_lease_was_taken_over_is_not_recorded(database: TestDatabase) {
     use sea_orm::{ActiveModelTrait, Set};
-    let (app, stub) = with_stub(database).await;
+    let stub = Stub::start().await;
+    // A request timeout well past the stub's delay, so the takeover below lands during the send
+    // even on a slow machine.
+    let app = TestApp::spawn_with(database, |c| crate::helpers::use_stub_patiently(c, &stub)).await;
     register(&app, "ev_1", "user_1").await;
-    stub.state().script.push_back(Scripted::Slow(std::time::Duration::from_millis(300)));
+    stub.state().script.push_back(Scripted::Slow(std::time::Duration::from_secs(1)));
 
     let delivery = app.delivery.clone();
     let sending = tokio::spawn(async move { delivery.deliver_due(Utc::now()).await.unwrap() });
@@ -461,7 +464,7 @@ async fn an_outcome_after_the_lease_was_taken_over_is_not_recorded(database: Tes
     }
     // Another instance's claim, as `claim_in` makes it, after this one's lease ran out.
     let row = outbox(&app).await.remove(0);
-    assert_eq!(row.status, "in_flight");
+    assert_eq!(row.status, "in_flight", "the takeover came after the outcome: the machine is too slow for this test");
     let other_lease = row.lease_until.unwrap() + Duration::seconds(90);
     let mut claimed: crm_outbox::ActiveModel = row.into();
     claimed.lease_until = Set(Some(other_lease));
