@@ -211,19 +211,18 @@ fn fields_of<'a>(rows: impl Iterator<Item = &'a crm_outbox::Model>) -> Option<BT
 /// rows are locked (a change may be merged into one; the claim skips locked rows); rows in flight
 /// or failed are only read, so that recording a delivery's outcome (which locks its row, then the
 /// record) never waits in a cycle with an apply (which locks the record, then reads these). On
-/// SQLite, where the writer's transaction holds the whole database, that is one read.
+/// SQLite, where the writer's transaction holds the whole database, that is one read ([`open_of`]).
 pub async fn undelivered_of(
     c: &impl ConnectionTrait,
     records: &[(RecordType, String)],
 ) -> Result<HashMap<(RecordType, String), Vec<crm_outbox::Model>>, DbErr> {
+    if c.get_database_backend() != sea_orm::DatabaseBackend::Postgres {
+        return Ok(undelivered_by_record(open_of(c, records).await?));
+    }
     let mut rows = Vec::new();
     for chunk in records.chunks(crate::db::MAX_PARAMS / 2) {
-        if c.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
-            rows.extend(undelivered_query(chunk, &[OutboxStatus::Pending]).lock_exclusive().all(c).await?);
-            rows.extend(undelivered_query(chunk, &[OutboxStatus::InFlight, OutboxStatus::Failed]).all(c).await?);
-        } else {
-            rows.extend(undelivered_query(chunk, &OPEN).all(c).await?);
-        }
+        rows.extend(undelivered_query(chunk, &[OutboxStatus::Pending]).lock_exclusive().all(c).await?);
+        rows.extend(undelivered_query(chunk, &[OutboxStatus::InFlight, OutboxStatus::Failed]).all(c).await?);
     }
     Ok(undelivered_by_record(rows))
 }

@@ -592,11 +592,9 @@ pub async fn release_waiting(
 async fn any_waiting(c: &DatabaseTransaction, keys: &[String]) -> Result<bool, DbErr> {
     crate::db::lock_names(c, keys).await?;
     for chunk in keys.chunks(crate::db::MAX_PARAMS / 2) {
-        let found = crm_inbox::Entity::find()
+        let found = waiting_for_any(chunk)
             .select_only()
             .column(crm_inbox::Column::EventId)
-            .filter(crm_inbox::Column::Outcome.eq(Outcome::Waiting.as_str()))
-            .filter(crm_inbox::Column::WaitingFor.is_in(chunk.iter().map(String::as_str)))
             .limit(1)
             .into_tuple::<String>()
             .one(c)
@@ -606,6 +604,13 @@ async fn any_waiting(c: &DatabaseTransaction, keys: &[String]) -> Result<bool, D
         }
     }
     Ok(false)
+}
+
+/// The events waiting for any of `keys` (stored waiting, not yet released).
+pub(crate) fn waiting_for_any(keys: &[String]) -> sea_orm::Select<crm_inbox::Entity> {
+    crm_inbox::Entity::find()
+        .filter(crm_inbox::Column::Outcome.eq(Outcome::Waiting.as_str()))
+        .filter(crm_inbox::Column::WaitingFor.is_in(keys.iter().map(String::as_str)))
 }
 
 /// Most parents one sweep releases for each record type.

@@ -584,11 +584,7 @@ impl<'c, C: ConnectionTrait> View<'c, C> {
     /// Loads the stored events waiting for each of `keys` (their advisory locks are held).
     async fn load_waiting(&mut self, keys: &[String]) -> Result<(), DbErr> {
         for chunk in keys.chunks(crate::db::MAX_PARAMS / 2) {
-            let rows = crm_inbox::Entity::find()
-                .filter(crm_inbox::Column::Outcome.eq(super::inbox::Outcome::Waiting.as_str()))
-                .filter(crm_inbox::Column::WaitingFor.is_in(chunk.iter().map(String::as_str)))
-                .all(self.c)
-                .await?;
+            let rows = super::inbox::waiting_for_any(chunk).all(self.c).await?;
             for row in rows {
                 let key = row.waiting_for.clone().unwrap_or_default();
                 self.waiting.entry(key).or_default().push(row);

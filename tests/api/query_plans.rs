@@ -304,8 +304,9 @@ async fn open_deliveries_are_read_through_the_index_of_open_rows(database: TestD
             (undelivered_query(&keys, &[OutboxStatus::Pending]).lock_exclusive().build(backend), 100),
             (undelivered_query(&keys, &[OutboxStatus::InFlight, OutboxStatus::Failed]).build(backend), 0),
         ],
-        // One read of every open row (links aside, and with them: what a delivery outcome
-        // reads); a pending-only lookup (as queuing a change makes) too.
+        // Every open row of the records, links aside (a record's own lookup) and with them (one
+        // read: what `undelivered_of` and a delivery outcome read); a pending-only lookup (as
+        // queuing a change makes) too.
         _ => vec![
             (undelivered_query(&keys, &OPEN).build(backend), 100),
             (open_query(&keys).build(backend), 100),
