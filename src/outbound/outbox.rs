@@ -4,7 +4,7 @@
 
 use crate::sync::mapping::RecordType;
 use crate::writer::{WriteError, Writer};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use entity::crm_outbox;
 use entity::enums::{OutboxOperation, OutboxStatus};
 use sea_orm::sea_query::Expr;
@@ -110,16 +110,53 @@ pub const OPEN: [OutboxStatus; 3] = [OutboxStatus::Pending, OutboxStatus::InFlig
 /// proves it only from a term identical to the index's, so some of the open statuses are asked
 /// for as `status IN (<all three>) AND status IN (<these>)`.
 pub fn status_in(statuses: &[OutboxStatus]) -> Expr {
+    status_in_of(crm_outbox::Entity, statuses)
+}
+
+/// [`status_in`] of the outbox named `table` in the statement (an alias, in a subquery).
+fn status_in_of(table: impl sea_orm::sea_query::IntoIden + Clone, statuses: &[OutboxStatus]) -> Expr {
     use sea_orm::ActiveEnum;
     use sea_orm::sea_query::ExprTrait;
     let of = |statuses: &[OutboxStatus]| {
-        Expr::col((crm_outbox::Entity, crm_outbox::Column::Status))
+        Expr::col((table.clone(), crm_outbox::Column::Status))
             .is_in(statuses.iter().map(|s| Expr::Constant(s.to_value().into())))
     };
     if statuses != OPEN && statuses.iter().all(|s| OPEN.contains(s)) {
         return of(&OPEN).and(of(statuses));
     }
     of(statuses)
+}
+
+/// The rows a delivery step may claim at `now`, oldest first, at most `limit` (among `only`, when
+/// given): pending and due, or in flight under a lease that has run out, of a record with no
+/// other row in flight under a lease that holds. Locked on PostgreSQL, skipping rows another
+/// instance holds. One statement: the records in flight are excluded by the database (through the
+/// index of open rows), so they neither cost a read of their own nor take places in the batch.
+pub fn due_query(now: DateTime<Utc>, limit: u64, only: Option<Vec<i64>>) -> sea_orm::Select<crm_outbox::Entity> {
+    use crm_outbox::Column;
+    use sea_orm::sea_query::{ExprTrait, LockBehavior, LockType, Query};
+    let busy = "busy";
+    let in_flight = Query::select()
+        .expr(Expr::val(1))
+        .from_as(crm_outbox::Entity, busy)
+        .and_where(Expr::col((busy, Column::RecordType)).equals((crm_outbox::Entity, Column::RecordType)))
+        .and_where(Expr::col((busy, Column::RecordId)).equals((crm_outbox::Entity, Column::RecordId)))
+        .and_where(status_in_of(busy, &[OutboxStatus::InFlight]))
+        .and_where(Expr::col((busy, Column::LeaseUntil)).gte(now))
+        .to_owned();
+    let mut due = crm_outbox::Entity::find();
+    if let Some(ids) = only {
+        due = due.filter(Column::Id.is_in(ids));
+    }
+    due.filter(
+        Condition::any()
+            .add(Column::Status.eq(OutboxStatus::Pending).and(Column::NextAttemptAt.lte(now)))
+            .add(Column::Status.eq(OutboxStatus::InFlight).and(Column::LeaseUntil.lt(now))),
+    )
+    .filter(Expr::exists(in_flight).not())
+    .order_by_asc(Column::Id)
+    .limit(limit)
+    .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
 }
 
 /// The record's deliveries that are not done (pending, in flight or failed), links aside.

@@ -573,11 +573,7 @@ pub async fn release_waiting(
     while let Some((t, crm_id)) = queue.pop_front() {
         let key = waiting_key(t, &crm_id);
         crate::db::lock_named(c, &key).await?;
-        let waiting = crm_inbox::Entity::find()
-            .filter(crm_inbox::Column::Outcome.eq(Outcome::Waiting.as_str()))
-            .filter(crm_inbox::Column::WaitingFor.eq(key))
-            .all(c)
-            .await?;
+        let waiting = waiting_for_any(std::slice::from_ref(&key)).all(c).await?;
         for row in waiting {
             let Ok(raw) = serde_json::from_str::<Value>(&row.payload) else { continue };
             let (_, linked) = apply_guarded(c, ctx, row, raw).await?;

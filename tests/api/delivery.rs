@@ -443,18 +443,15 @@ async fn an_outcome_that_cannot_be_written_leaves_only_its_row_in_flight(databas
     assert_eq!([status("user_1"), status("user_2"), status("user_3")], ["delivered", "in_flight", "delivered"]);
 }
 
-/// An instance that was still sending when its lease ran out and another instance claimed the row
-/// leaves the row to that instance: its outcome is not recorded over the newer claim (no link, no
-/// log, no request id; the row still in flight under the other lease).
-async fn an_outcome_after_the_lease_was_taken_over_is_not_recorded(database: TestDatabase) {
-    use sea_orm::{ActiveModelTrait, Set};
+/// An app with owner `user_1` registered and a delivery step sending it, which TreadSoft (a stub)
+/// holds for a second: returned once the request has arrived, with the step's task. The request
+/// timeout is well past the delay (and the lease past that), so what a test does meanwhile lands
+/// during the send even on a slow machine.
+async fn registered_and_sending_slowly(database: TestDatabase) -> (TestApp, Stub, tokio::task::JoinHandle<usize>) {
     let stub = Stub::start().await;
-    // A request timeout well past the stub's delay, so the takeover below lands during the send
-    // even on a slow machine.
     let app = TestApp::spawn_with(database, |c| crate::helpers::use_stub_patiently(c, &stub)).await;
     register(&app, "ev_1", "user_1").await;
     stub.state().script.push_back(Scripted::Slow(std::time::Duration::from_secs(1)));
-
     let delivery = app.delivery.clone();
     let sending = tokio::spawn(async move { delivery.deliver_due(Utc::now()).await.unwrap() });
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -462,6 +459,15 @@ async fn an_outcome_after_the_lease_was_taken_over_is_not_recorded(database: Tes
         assert!(std::time::Instant::now() < deadline, "the worker did not send");
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
+    (app, stub, sending)
+}
+
+/// An instance that was still sending when its lease ran out and another instance claimed the row
+/// leaves the row to that instance: its outcome is not recorded over the newer claim (no link, no
+/// log, no request id; the row still in flight under the other lease).
+async fn an_outcome_after_the_lease_was_taken_over_is_not_recorded(database: TestDatabase) {
+    use sea_orm::{ActiveModelTrait, Set};
+    let (app, stub, sending) = registered_and_sending_slowly(database).await;
     // Another instance's claim, as `claim_in` makes it, after this one's lease ran out.
     let row = outbox(&app).await.remove(0);
     assert_eq!(row.status, "in_flight", "the takeover came after the outcome: the machine is too slow for this test");
@@ -479,6 +485,31 @@ async fn an_outcome_after_the_lease_was_taken_over_is_not_recorded(database: Tes
     assert_eq!((user.crm_id, user.crm_sync_status), (None, CrmSyncStatus::Pending));
     assert_eq!(crm_sync_logs::Entity::find().count(app.db.reader()).await.unwrap(), 0);
     assert_eq!(crm_requests::Entity::find().count(app.db.reader()).await.unwrap(), 0);
+}
+
+/// A record's change queued while an earlier change of it is still on its way waits for that
+/// send: a step meanwhile (another instance's, say) claims the other records' rows but not this
+/// one's, and the change goes out once the first is recorded, so TreadSoft gets them in order.
+async fn a_change_waits_while_its_record_is_in_flight(database: TestDatabase) {
+    let (app, stub, sending) = registered_and_sending_slowly(database).await;
+    let changed = json!({"id": "ev_2", "type": "owner.updated", "data": {"id": "user_1", "phone": "+44 2"}});
+    assert_eq!(app.post_events(&changed).await.status(), StatusCode::ACCEPTED);
+    register(&app, "ev_3", "user_2").await;
+
+    assert_eq!(app.delivery.deliver_due(Utc::now()).await.unwrap(), 1, "the other owner only");
+    let mut rows = outbox(&app).await;
+    rows.sort_by_key(|r| r.id);
+    let of = |id: &str| -> Vec<&str> { rows.iter().filter(|r| r.record_id == id).map(|r| r.status.as_str()).collect() };
+    assert_eq!(of("user_1"), ["in_flight", "pending"], "the change waits for the send before it");
+    assert_eq!(of("user_2"), ["delivered"]);
+    assert_eq!(sending.await.unwrap(), 1);
+
+    assert_eq!(app.deliver_pending().await, 1, "then the change goes");
+    let calls: Vec<String> = stub.state().calls.iter().map(|c| c.method.clone()).collect();
+    assert_eq!(calls, ["POST", "POST", "PATCH"]);
+    let contact = stub.state().by_external_id("contacts", "user_1").unwrap();
+    assert_eq!(contact["phone"], "+44 2");
+    assert_eq!(stored_user(&app, "user_1").await.crm_sync_status, CrmSyncStatus::Synced);
 }
 
 /// The point of reading a claimed batch's records (and their parents) together: delivering fifty
@@ -596,6 +627,7 @@ async fn a_record_written_back_sets_only_the_indexed_columns_that_changed(databa
 
 on_both_databases_without_app!(
     an_outcome_after_the_lease_was_taken_over_is_not_recorded,
+    a_change_waits_while_its_record_is_in_flight,
     a_record_written_back_sets_only_the_indexed_columns_that_changed,
     fifty_owners_and_houses_are_delivered_with_as_many_statements_as_one,
     two_workers_deliver_a_thousand_changes_exactly_once,

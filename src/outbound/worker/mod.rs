@@ -23,10 +23,8 @@ use chrono::{DateTime, Utc};
 use entity::crm_outbox;
 use entity::enums::OutboxStatus;
 use outcome::record;
-use sea_orm::sea_query::{Expr, LockBehavior, LockType};
-use sea_orm::{
-    ColumnTrait, Condition, DatabaseBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
-};
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, DatabaseBackend, EntityTrait, QueryFilter, TransactionTrait};
 use send::{Create, Prepared};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashSet};
@@ -331,39 +329,13 @@ async fn claim_in(
     // before this one looks, shows which records are in flight, so a backlog
     // larger than one batch cannot put two rows of one record in flight at once.
     crate::db::lock_named(txn, "crm_outbox.claim").await?;
-    let mut due = crm_outbox::Entity::find();
-    if let Some(ids) = only {
-        due = due.filter(crm_outbox::Column::Id.is_in(ids));
-    }
-    let due = due
-        .filter(
-            Condition::any()
-                .add(
-                    crm_outbox::Column::Status
-                        .eq(OutboxStatus::Pending)
-                        .and(crm_outbox::Column::NextAttemptAt.lte(now)),
-                )
-                .add(crm_outbox::Column::Status.eq(OutboxStatus::InFlight).and(crm_outbox::Column::LeaseUntil.lt(now))),
-        )
-        .order_by_asc(crm_outbox::Column::Id)
-        .limit(BATCH)
-        .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
-        .all(txn)
-        .await?;
-    let busy: HashSet<(String, String)> = crm_outbox::Entity::find()
-        .filter(crm_outbox::Column::Status.eq(OutboxStatus::InFlight))
-        .filter(crm_outbox::Column::LeaseUntil.gte(now))
-        .all(txn)
-        .await?
-        .into_iter()
-        .map(|r| (r.record_type, r.record_id))
-        .collect();
+    let due = super::outbox::due_query(now, BATCH, only).all(txn).await?;
     let mut seen = HashSet::new();
     let claimed: Vec<crm_outbox::Model> = due
         .into_iter()
         .filter(|r| {
             let key = (r.record_type.clone(), r.record_id.clone());
-            !busy.contains(&key) && seen.insert(key)
+            seen.insert(key)
         })
         .map(|mut r| {
             r.attempts += 1;
