@@ -130,8 +130,9 @@ fn status_in_of(table: impl sea_orm::sea_query::IntoIden + Clone, statuses: &[Ou
 /// The rows a delivery step may claim at `now`, oldest first, at most `limit` (among `only`, when
 /// given): pending and due, or in flight under a lease that has run out, of a record with no
 /// other row in flight under a lease that holds. Locked on PostgreSQL, skipping rows another
-/// instance holds. One statement: the records in flight are excluded by the database (through the
-/// index of open rows), so they neither cost a read of their own nor take places in the batch.
+/// instance holds. One statement: the records in flight are excluded by the database (on SQLite
+/// through the index of open rows; PostgreSQL's planner may take the status index), so they
+/// neither cost a read of their own nor take places in the batch.
 pub fn due_query(now: DateTime<Utc>, limit: u64, only: Option<Vec<i64>>) -> sea_orm::Select<crm_outbox::Entity> {
     use crm_outbox::Column;
     use sea_orm::sea_query::{ExprTrait, LockBehavior, LockType, Query};

@@ -444,14 +444,17 @@ async fn an_outcome_that_cannot_be_written_leaves_only_its_row_in_flight(databas
 }
 
 /// An app with owner `user_1` registered and a delivery step sending it, which TreadSoft (a stub)
-/// holds for a second: returned once the request has arrived, with the step's task. The request
-/// timeout is well past the delay (and the lease past that), so what a test does meanwhile lands
-/// during the send even on a slow machine.
-async fn registered_and_sending_slowly(database: TestDatabase) -> (TestApp, Stub, tokio::task::JoinHandle<usize>) {
+/// holds for `hold`: returned once the request has arrived, with the step's task. The request
+/// timeout (30 s) and the lease are well past the hold, so the send is answered, not timed out;
+/// what a test does meanwhile must take less than `hold` (its failure says when it did not).
+async fn registered_and_sending_slowly(
+    database: TestDatabase,
+    hold: std::time::Duration,
+) -> (TestApp, Stub, tokio::task::JoinHandle<usize>) {
     let stub = Stub::start().await;
     let app = TestApp::spawn_with(database, |c| crate::helpers::use_stub_patiently(c, &stub)).await;
     register(&app, "ev_1", "user_1").await;
-    stub.state().script.push_back(Scripted::Slow(std::time::Duration::from_secs(1)));
+    stub.state().script.push_back(Scripted::Slow(hold));
     let delivery = app.delivery.clone();
     let sending = tokio::spawn(async move { delivery.deliver_due(Utc::now()).await.unwrap() });
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -467,7 +470,7 @@ async fn registered_and_sending_slowly(database: TestDatabase) -> (TestApp, Stub
 /// log, no request id; the row still in flight under the other lease).
 async fn an_outcome_after_the_lease_was_taken_over_is_not_recorded(database: TestDatabase) {
     use sea_orm::{ActiveModelTrait, Set};
-    let (app, stub, sending) = registered_and_sending_slowly(database).await;
+    let (app, stub, sending) = registered_and_sending_slowly(database, std::time::Duration::from_secs(1)).await;
     // Another instance's claim, as `claim_in` makes it, after this one's lease ran out.
     let row = outbox(&app).await.remove(0);
     assert_eq!(row.status, "in_flight", "the takeover came after the outcome: the machine is too slow for this test");
@@ -491,12 +494,14 @@ async fn an_outcome_after_the_lease_was_taken_over_is_not_recorded(database: Tes
 /// send: a step meanwhile (another instance's, say) claims the other records' rows but not this
 /// one's, and the change goes out once the first is recorded, so TreadSoft gets them in order.
 async fn a_change_waits_while_its_record_is_in_flight(database: TestDatabase) {
-    let (app, stub, sending) = registered_and_sending_slowly(database).await;
+    let (app, stub, sending) = registered_and_sending_slowly(database, std::time::Duration::from_secs(2)).await;
     let changed = json!({"id": "ev_2", "type": "owner.updated", "data": {"id": "user_1", "phone": "+44 2"}});
     assert_eq!(app.post_events(&changed).await.status(), StatusCode::ACCEPTED);
     register(&app, "ev_3", "user_2").await;
 
-    assert_eq!(app.delivery.deliver_due(Utc::now()).await.unwrap(), 1, "the other owner only");
+    let claimed = app.delivery.deliver_due(Utc::now()).await.unwrap();
+    let slow = "the first send ended before this step: the machine is too slow for this test";
+    assert_eq!(claimed, 1, "{}", if sending.is_finished() { slow } else { "the other owner only" });
     let mut rows = outbox(&app).await;
     rows.sort_by_key(|r| r.id);
     let of = |id: &str| -> Vec<&str> { rows.iter().filter(|r| r.record_id == id).map(|r| r.status.as_str()).collect() };

@@ -260,13 +260,6 @@ on_both_databases_without_app!(
     the_indexed_columns_of_each_record_type_are_those_of_the_schema,
 );
 
-/// The open deliveries of a set of records (what each group and each delivery outcome reads) are
-/// found through the index of open rows, not by walking every delivered row of the record type:
-/// here 20,000 delivered rows and 100 pending ones, just written, so that no statistics exist yet
-/// (a busy new table; PostgreSQL then misjudged the index by record). The statements are the ones
-/// the gateway builds, with their bound values; on PostgreSQL planned as a cached generic plan
-/// (planned once for any values), which can use a partial index only if the statuses are part of
-/// the statement rather than bound.
 /// 20,100 outbox rows of contacts `user_1` to `user_20100`, each 200th pending (due now), the
 /// others delivered: a history that an index of open rows skips.
 async fn outbox_history(db: &crm_gateway::db::Db) {
@@ -328,6 +321,13 @@ async fn the_claim_reads_through_indexes(database: TestDatabase) {
 
 on_both_databases_without_app!(the_claim_reads_through_indexes);
 
+/// The open deliveries of a set of records (what each group and each delivery outcome reads) are
+/// found through the index of open rows, not by walking every delivered row of the record type:
+/// here 20,000 delivered rows and 100 pending ones, just written, so that no statistics exist yet
+/// (a busy new table; PostgreSQL then misjudged the index by record). The statements are the ones
+/// the gateway builds, with their bound values; on PostgreSQL planned as a cached generic plan
+/// (planned once for any values), which can use a partial index only if the statuses are part of
+/// the statement rather than bound.
 async fn open_deliveries_are_read_through_the_index_of_open_rows(database: TestDatabase) {
     use crm_gateway::outbound::outbox::{OPEN, open_query, undelivered_query};
     use entity::enums::OutboxStatus;
