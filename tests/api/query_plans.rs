@@ -278,10 +278,11 @@ async fn outbox_history(db: &crm_gateway::db::Db) {
         .unwrap();
 }
 
-/// A delivery step's claim is one statement (`outbox::due_query`) that reads through indexes: the
-/// due rows through the index of due rows, and for each, whether its record has a row in flight
-/// through the index of open rows, never the delivered history. It finds the pending rows and
-/// the rows whose lease ran out, and leaves out the record whose row is in flight.
+/// A delivery step's claim is one statement (`outbox::due_query`) that reads through indexes,
+/// never a whole table (on SQLite, whether a due row's record has a row in flight through the
+/// index of open rows, not the delivered history; PostgreSQL's planner picks its own index). It
+/// finds the pending rows and the rows whose lease ran out, and leaves out the record whose row
+/// is in flight.
 async fn the_claim_reads_through_indexes(database: TestDatabase) {
     use crm_gateway::outbound::outbox::{Operation, due_query, pending_row};
     use entity::enums::OutboxStatus;
