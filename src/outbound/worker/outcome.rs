@@ -24,7 +24,7 @@ use sea_orm::{
     QuerySelect, Set,
 };
 use serde_json::{Map, Value};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// What one recorded row came to, and the CRM's HTTP status if it answered.
 pub(super) type Counted = (&'static str, Option<u16>);
@@ -70,16 +70,17 @@ pub(super) async fn record(
     // Only the instance whose lease still holds may record: one that ran past its lease was
     // taken over, and the newer outcome must not be overwritten.
     let ids: Vec<i64> = results.iter().map(|(row, _)| row.id).collect();
-    let records: Option<Vec<(RecordType, String)>> = results
-        .iter()
-        .map(|(row, _)| RecordType::parse(&row.record_type).map(|t| (t, row.record_id.clone())))
-        .collect();
+    // Each row's record type, parsed once; `None` for a type this build does not know.
+    let types: Vec<Option<RecordType>> = results.iter().map(|(row, _)| RecordType::parse(&row.record_type)).collect();
+    let records: Option<Vec<(RecordType, String)>> =
+        results.iter().zip(&types).map(|((row, _), t)| t.map(|t| (t, row.record_id.clone()))).collect();
     let (current, read_open): (HashMap<i64, crm_outbox::Model>, _) = match records {
         // SQLite: the open rows of every record sent, read once, hold both the rows sent (a row
         // not among them is not in flight, so not held) and the records' other undelivered rows.
         Some(records) if txn.get_database_backend() != DatabaseBackend::Postgres => {
             let open = outbox::open_of(txn, &records).await?;
-            let current = open.iter().filter(|row| ids.contains(&row.id)).map(|row| (row.id, row.clone())).collect();
+            let sent: HashSet<i64> = ids.iter().copied().collect();
+            let current = open.iter().filter(|row| sent.contains(&row.id)).map(|row| (row.id, row.clone())).collect();
             (current, Some(outbox::undelivered_by_record(open)))
         }
         // PostgreSQL: the rows sent are locked first, then (below) their records, then the
@@ -97,9 +98,10 @@ pub(super) async fn record(
             (current, None)
         }
     };
-    let held: Vec<&(crm_outbox::Model, Attempt)> = results
+    let held: Vec<(&crm_outbox::Model, &Attempt, Option<RecordType>)> = results
         .iter()
-        .filter(|(row, _)| {
+        .zip(types)
+        .filter(|((row, _), _)| {
             let holds = current
                 .get(&row.id)
                 .is_some_and(|c| c.status == OutboxStatus::InFlight && c.lease_until == row.lease_until);
@@ -108,13 +110,14 @@ pub(super) async fn record(
             }
             holds
         })
+        .map(|((row, attempt), t)| (row, attempt, t))
         .collect();
 
     // The records delivered or dead-lettered, with their other undelivered rows.
     let touched: Vec<(RecordType, String)> = held
         .iter()
-        .filter(|(_, attempt)| matches!(attempt, Attempt::Done { .. } | Attempt::Failed { .. }))
-        .filter_map(|(row, _)| RecordType::parse(&row.record_type).map(|t| (t, row.record_id.clone())))
+        .filter(|(_, attempt, _)| matches!(attempt, Attempt::Done { .. } | Attempt::Failed { .. }))
+        .filter_map(|(row, _, t)| t.map(|t| (t, row.record_id.clone())))
         .collect();
     let mut locals: HashMap<(RecordType, String), Local> = HashMap::new();
     for t in RecordType::ALL {
@@ -138,8 +141,8 @@ pub(super) async fn record(
     let mut logs = Vec::new();
     let mut counted: Vec<Counted> = Vec::with_capacity(held.len());
     let mut restamps: Vec<(RecordType, String, &'static str, Version)> = Vec::new();
-    for (row, attempt) in held {
-        let Some(t) = RecordType::parse(&row.record_type) else {
+    for (row, attempt, t) in held {
+        let Some(t) = t else {
             let update = RowUpdate::finish(OutboxStatus::Failed, Some("unknown record type".into()), None);
             updates.entry(update).or_default().push(row.id);
             counted.push(("dead_letter", None));
