@@ -574,7 +574,7 @@ pub async fn release_waiting(
         let key = waiting_key(t, &crm_id);
         crate::db::lock_named(c, &key).await?;
         let waiting = waiting_for_any(std::slice::from_ref(&key)).all(c).await?;
-        for row in waiting {
+        for row in waiting.into_iter().filter(still_waiting) {
             let Ok(raw) = serde_json::from_str::<Value>(&row.payload) else { continue };
             let (_, linked) = apply_guarded(c, ctx, row, raw).await?;
             queue.extend(linked);
@@ -588,25 +588,32 @@ pub async fn release_waiting(
 async fn any_waiting(c: &DatabaseTransaction, keys: &[String]) -> Result<bool, DbErr> {
     crate::db::lock_names(c, keys).await?;
     for chunk in keys.chunks(crate::db::MAX_PARAMS / 2) {
-        let found = waiting_for_any(chunk)
+        let outcomes = waiting_for_any(chunk)
             .select_only()
-            .column(crm_inbox::Column::EventId)
-            .limit(1)
+            .column(crm_inbox::Column::Outcome)
             .into_tuple::<String>()
-            .one(c)
+            .all(c)
             .await?;
-        if found.is_some() {
+        if outcomes.iter().any(|outcome| outcome == Outcome::Waiting.as_str()) {
             return Ok(true);
         }
     }
     Ok(false)
 }
 
-/// The events waiting for any of `keys` (stored waiting, not yet released).
+/// The stored events whose `waiting_for` is any of `keys`, read through the partial index of
+/// the rows that wait (`idx_crm_inbox_waiting_for`). An event has `waiting_for` only while it
+/// waits (the outcome written next clears it), so these are the events waiting for `keys`;
+/// callers still keep only those whose outcome is `waiting` ([`still_waiting`]). The outcome is
+/// left out of the statement: given `outcome = 'waiting'` as well, SQLite's planner reads every
+/// waiting event through the index by outcome instead, however many wait for other records.
 pub(crate) fn waiting_for_any(keys: &[String]) -> sea_orm::Select<crm_inbox::Entity> {
-    crm_inbox::Entity::find()
-        .filter(crm_inbox::Column::Outcome.eq(Outcome::Waiting.as_str()))
-        .filter(crm_inbox::Column::WaitingFor.is_in(keys.iter().map(String::as_str)))
+    crm_inbox::Entity::find().filter(crm_inbox::Column::WaitingFor.is_in(keys.iter().map(String::as_str)))
+}
+
+/// Whether stored event `row` still waits for its parent (not released yet).
+pub(crate) fn still_waiting(row: &crm_inbox::Model) -> bool {
+    row.outcome == Outcome::Waiting.as_str()
 }
 
 /// Most parents one sweep releases for each record type.

@@ -585,7 +585,7 @@ impl<'c, C: ConnectionTrait> View<'c, C> {
     async fn load_waiting(&mut self, keys: &[String]) -> Result<(), DbErr> {
         for chunk in keys.chunks(crate::db::MAX_PARAMS / 2) {
             let rows = super::inbox::waiting_for_any(chunk).all(self.c).await?;
-            for row in rows {
+            for row in rows.into_iter().filter(super::inbox::still_waiting) {
                 let key = row.waiting_for.clone().unwrap_or_default();
                 self.waiting.entry(key).or_default().push(row);
             }
