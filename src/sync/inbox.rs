@@ -588,25 +588,27 @@ pub async fn release_waiting(
 async fn any_waiting(c: &DatabaseTransaction, keys: &[String]) -> Result<bool, DbErr> {
     crate::db::lock_names(c, keys).await?;
     for chunk in keys.chunks(crate::db::MAX_PARAMS / 2) {
-        let outcomes = waiting_for_any(chunk)
+        let found = waiting_for_any(chunk)
             .select_only()
-            .column(crm_inbox::Column::Outcome)
+            .column(crm_inbox::Column::EventId)
+            .limit(1)
             .into_tuple::<String>()
-            .all(c)
+            .one(c)
             .await?;
-        if outcomes.iter().any(|outcome| outcome == Outcome::Waiting.as_str()) {
+        if found.is_some() {
             return Ok(true);
         }
     }
     Ok(false)
 }
 
-/// The stored events whose `waiting_for` is any of `keys`, read through the partial index of
-/// the rows that wait (`idx_crm_inbox_waiting_for`). An event has `waiting_for` only while it
-/// waits (the outcome written next clears it), so these are the events waiting for `keys`;
-/// callers still keep only those whose outcome is `waiting` ([`still_waiting`]). The outcome is
-/// left out of the statement: given `outcome = 'waiting'` as well, SQLite's planner reads every
-/// waiting event through the index by outcome instead, however many wait for other records.
+/// The stored events waiting for any of `keys`: those whose `waiting_for` is one of them, read
+/// through the partial index of the rows that wait (`idx_crm_inbox_waiting_for`). Only
+/// [`Outcomes::write`] sets an event's outcome, and it writes `waiting_for` with it, cleared for
+/// any outcome but `waiting`; the callers that apply the rows keep only those still waiting
+/// ([`still_waiting`]) as a safeguard. The outcome is left out of the statement: given
+/// `outcome = 'waiting'` as well, SQLite's planner read every waiting event through the index by
+/// outcome, however many wait for other records (PostgreSQL's planner makes its own choice).
 pub(crate) fn waiting_for_any(keys: &[String]) -> sea_orm::Select<crm_inbox::Entity> {
     crm_inbox::Entity::find().filter(crm_inbox::Column::WaitingFor.is_in(keys.iter().map(String::as_str)))
 }

@@ -14,7 +14,7 @@ use sea_orm::{ConnectionTrait, DatabaseBackend, Statement};
 fn hot_queries() -> Vec<(&'static str, String)> {
     let mut queries: Vec<(&str, String)> = vec![
         ("inbox event", "SELECT * FROM crm_inbox WHERE event_id = '1'".into()),
-        ("events waiting for a parent", "SELECT * FROM crm_inbox WHERE waiting_for = '1'".into()),
+        ("events waiting for parents", "SELECT * FROM crm_inbox WHERE waiting_for IN ('1', '2')".into()),
         ("stamps of a record", "SELECT * FROM sync_record_versions WHERE entity_type = '1' AND entity_id = '1'".into()),
         ("tombstone", "SELECT * FROM sync_tombstones WHERE entity_type = '1' AND crm_id = '1'".into()),
         (
@@ -214,7 +214,10 @@ async fn every_statement_of_a_group_uses_an_index(database: TestDatabase) {
     // outcome, which holds every waiting event whatever it waits for.
     let waiting: Vec<&Statement> =
         checked.iter().copied().filter(|s| s.sql.contains(r#""crm_inbox"."waiting_for" IN"#)).collect();
-    assert!(!waiting.is_empty(), "no look for waiting events was caught: {checked:?}");
+    // With one key SQLite plans `IN (?)` as `=`, where the choice is close; the old plan showed
+    // with lists of several.
+    let listed = |s: &&Statement| s.values.as_ref().is_some_and(|v| v.0.len() >= 2);
+    assert!(waiting.iter().any(listed), "no look for waiting events of several records was caught: {waiting:?}");
     if db.backend() == DatabaseBackend::Sqlite {
         for statement in &waiting {
             let steps = plan(db.reader(), statement).await;
