@@ -277,6 +277,18 @@ fn on_own_thread(
     })
 }
 
+/// Opens a group's transaction on `connection`, the writer connection. `IMMEDIATE`: on SQLite
+/// the write lock is taken at `BEGIN`, so another process writing the same file makes this one
+/// wait (busy timeout) instead of failing with "database is locked"; on PostgreSQL its waits are
+/// bounded ([`crate::db::bound_waits`]).
+pub async fn begin_group(connection: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
+    let options =
+        TransactionOptions { sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate), ..Default::default() };
+    let txn = connection.begin_with_options(options).await?;
+    crate::db::bound_waits(&txn).await?;
+    Ok(txn)
+}
+
 /// The name of the SQLite writer's thread (as `top -H` and `/proc` show it).
 pub const WRITER_THREAD: &str = "crm-writer";
 
@@ -354,18 +366,8 @@ async fn run(
             events += job.events();
             batch.push(job);
         }
-        // IMMEDIATE: on SQLite take the write lock at BEGIN, so another process writing the same
-        // file makes this one wait (busy timeout) instead of failing with "database is locked".
-        let options = TransactionOptions {
-            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-            ..Default::default()
-        };
         let started = std::time::Instant::now();
-        let began = match connection.begin_with_options(options).await {
-            Ok(txn) => crate::db::bound_waits(&txn).await.map(|()| txn),
-            Err(e) => Err(e),
-        };
-        let txn = match began {
+        let txn = match begin_group(&connection).await {
             Ok(txn) => txn,
             Err(e) => {
                 // Dropping the work answers its callers with `Unavailable`.

@@ -22,6 +22,9 @@
 #[path = "../src/payload.rs"]
 #[allow(dead_code)]
 mod payload;
+#[path = "../src/procfs.rs"]
+#[allow(dead_code)]
+mod procfs;
 
 use anyhow::{Context, bail};
 use chrono::SecondsFormat;
@@ -32,8 +35,8 @@ use crm_gateway::sync::hlc::{Hlc, Stamp};
 use crm_gateway::sync::inbox::{Incoming, receive_all};
 use crm_gateway::sync::lww::Origin;
 use payload::ContactStream;
+use sea_orm::Statement;
 use sea_orm::sea_query::Value;
-use sea_orm::{SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -42,11 +45,8 @@ use std::time::Instant;
 
 /// This process's CPU time so far (all its threads: sqlx's connection threads included).
 fn cpu_seconds() -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat")?;
-    let fields: Vec<&str> = stat.rsplit_once(") ").context("/proc/self/stat")?.1.split_whitespace().collect();
-    let ticks = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    // SAFETY: sysconf reads a constant of the system.
-    Ok(ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64)
+    let ticks = procfs::cpu_ticks(std::process::id()).context("cannot read /proc/self/stat")?;
+    Ok(procfs::ticks_to_duration(ticks).as_secs_f64())
 }
 
 /// `count` groups of `per_group` deliveries of `events` events each; delivery `w` of each group
@@ -81,8 +81,9 @@ async fn open(path: &Path) -> anyhow::Result<Db> {
     Ok(db)
 }
 
-/// Applies each group in a transaction as the writer does (`BEGIN IMMEDIATE`, then `receive_all`,
-/// which opens a savepoint for the group); returns what `caught` holds after each group.
+/// Applies each group in a transaction as the writer does (`writer::begin_group`, then
+/// `receive_all`, which opens a savepoint for the group); returns what `caught` holds after each
+/// group.
 async fn apply(
     db: &Db,
     groups: &[Vec<Incoming>],
@@ -91,11 +92,7 @@ async fn apply(
     let ctx = SyncContext { precedence: Origin::Crm, hlc: Hlc::starting_after(Stamp::default()) };
     let mut out = Vec::with_capacity(groups.len());
     for group in groups {
-        let options = TransactionOptions {
-            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-            ..Default::default()
-        };
-        let txn = db.writer().begin_with_options(options).await?;
+        let txn = crm_gateway::writer::begin_group(db.writer()).await?;
         for result in receive_all(&txn, &ctx, group).await {
             result?;
         }
